@@ -1,0 +1,297 @@
+//! [`Cache`]: the public face of the locked get.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::builder::CacheBuilder;
+use crate::coalesce::Flights;
+use crate::error::Error;
+use crate::flight;
+use crate::key::{KeyEncoder, WireKey};
+use crate::schedule::{Estimates, Site, site_of};
+use crate::stats::{Counters, Stats};
+use crate::store::memory::MemoryStore;
+use crate::store::{Fill, Lease, Lookup, Store, StoreError};
+
+/// A handle to a distributed memoization cache. Cheap to clone: clones share the store, the
+/// in-process coalescing and the counters.
+///
+/// Build one with [`Cache::builder`]; call [`Cache::get`] (or a `#[distcached]` function).
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    core: Core,
+    store: AnyStore,
+}
+
+/// Everything of a cache but its store: what `flight.rs` needs besides the store.
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub(crate) keys: KeyEncoder,
+    pub(crate) flights: Flights,
+    pub(crate) stats: Counters,
+    pub(crate) estimates: Estimates,
+    pub(crate) config: Config,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) max_value_bytes: usize,
+    pub(crate) on_unavailable: OnUnavailable,
+    pub(crate) max_poll_interval: Duration,
+}
+
+/// What a call does when the store cannot be reached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OnUnavailable {
+    /// Run the getter without the store and return its value (degraded mode, counted in
+    /// [`Stats::degraded_calls`] and logged). The calls of this process still share one run
+    /// per key; other processes run their own. The default: callers get their values.
+    #[default]
+    RunGetter,
+    /// Fail the call with [`Error::Unavailable`]: for getters too expensive to run once per
+    /// process when the cluster is down.
+    Fail,
+}
+
+/// The stores a [`Cache`] can sit on: one type, so that the algorithm is compiled once per value
+/// type, and a `match` per store operation picks the store.
+#[derive(Debug, Clone)]
+pub(crate) enum AnyStore {
+    Memory(MemoryStore),
+}
+
+impl Cache {
+    /// Starts configuring a cache. With no servers, it keeps values in this process.
+    ///
+    /// ```
+    /// let cache = distcache::Cache::builder().namespace("myapp").build()?;
+    /// # Ok::<(), distcache::BuildError>(())
+    /// ```
+    pub fn builder() -> CacheBuilder {
+        CacheBuilder::default()
+    }
+
+    pub(crate) fn from_parts(core: Core, store: AnyStore) -> Self {
+        Cache {
+            inner: Arc::new(Inner { core, store }),
+        }
+    }
+
+    /// Returns `key`'s value: the stored one, or the one `getter` computes, which is then stored
+    /// for `expire`. The getter runs once per key per `expire` window across every caller that
+    /// shares the store; every other caller waits for its value and returns it.
+    ///
+    /// - **Bounded.** The call returns within `exec_limit`, waiting and computing included, plus
+    ///   at most one store operation to hand the lease back. A getter still running at the
+    ///   limit is dropped and the call fails with [`Error::Timeout`]; the next call may run the
+    ///   getter at once. A getter that blocks its thread instead of awaiting cannot be cut off:
+    ///   run CPU-bound work in [`tokio::task::spawn_blocking`].
+    /// - **Failures.** The getter's own error reaches its own caller unchanged; callers waiting
+    ///   on it try again, and one of them runs the getter next. A panic in the getter is caught
+    ///   and becomes [`Error::GetterPanicked`].
+    /// - **Values.** Stored as JSON. A value that cannot be stored (over the size limit, not
+    ///   serializable) is still returned to its caller, and counted. Stored bytes that do not
+    ///   decode as `T` are a miss: the value is recomputed.
+    ///
+    /// A zero `exec_limit` or `expire` is refused with [`Error::InvalidArgument`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), distcache::Error> {
+    /// let cache = distcache::Cache::builder().build().unwrap();
+    /// let price: u64 = cache
+    ///     .get("price:42", Duration::from_secs(5), Duration::from_secs(60), || async {
+    ///         // An expensive query, run once per minute across the fleet.
+    ///         Ok::<_, distcache::Error>(1999)
+    ///     })
+    ///     .await?;
+    /// assert_eq!(price, 1999);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// Concurrent callers share one run of the getter. In this interleaving, task A finds no
+    /// value and wins the lease; task B arrives while A's getter runs, and waits; A stores its
+    /// value and returns it; B wakes with that same value, and its getter never runs:
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use std::sync::atomic::{AtomicU32, Ordering};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cache = distcache::Cache::builder().build().unwrap();
+    /// let runs = &AtomicU32::new(0);
+    /// let getter = || async move {
+    ///     runs.fetch_add(1, Ordering::SeqCst);
+    ///     tokio::time::sleep(Duration::from_millis(50)).await;
+    ///     Ok::<_, distcache::Error>("report".to_owned())
+    /// };
+    /// let limit = Duration::from_secs(1);
+    /// let (a, b) = tokio::join!(
+    ///     cache.get("report", limit, limit, getter),
+    ///     cache.get("report", limit, limit, getter),
+    /// );
+    /// assert_eq!((a.unwrap(), b.unwrap()), ("report".into(), "report".into()));
+    /// assert_eq!(runs.load(Ordering::SeqCst), 1);
+    /// # }
+    /// ```
+    pub async fn get<T, E, F, Fut>(
+        &self,
+        key: &str,
+        exec_limit: Duration,
+        expire: Duration,
+        getter: F,
+    ) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned,
+        E: From<Error>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.get_at(site_of::<F>(), key, exec_limit, expire, getter)
+            .await
+    }
+
+    /// [`Cache::get`] for a getter whose call site is not its own type (the macro's wrapper).
+    pub(crate) async fn get_at<T, E, F, Fut>(
+        &self,
+        site: Site,
+        key: &str,
+        exec_limit: Duration,
+        expire: Duration,
+        getter: F,
+    ) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned,
+        E: From<Error>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let inner = &*self.inner;
+        flight::get(
+            &inner.core,
+            &inner.store,
+            site,
+            key,
+            exec_limit,
+            expire,
+            getter,
+        )
+        .await
+    }
+
+    /// Runs `getter` without the store, for a call that has no usable key.
+    pub(crate) async fn run_uncached<T, E, F, Fut>(
+        &self,
+        site: Site,
+        label: &str,
+        exec_limit: Duration,
+        getter: F,
+    ) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned,
+        E: From<Error>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let inner = &*self.inner;
+        flight::run_uncached(&inner.core, &inner.store, site, label, exec_limit, getter).await
+    }
+
+    /// Removes `key`'s value, so that the next call computes it again (once). A getter running
+    /// for the key meanwhile still returns its value to its callers, but cannot store it.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), distcache::Error> {
+    /// let cache = distcache::Cache::builder().build().unwrap();
+    /// let minute = Duration::from_secs(60);
+    /// let v: u32 = cache.get("k", minute, minute, || async { Ok::<_, distcache::Error>(1) }).await?;
+    /// cache.invalidate("k").await?;
+    /// let v: u32 = cache.get("k", minute, minute, || async { Ok::<_, distcache::Error>(2) }).await?;
+    /// assert_eq!(v, 2);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn invalidate(&self, key: &str) -> Result<(), Error> {
+        let inner = &*self.inner;
+        let wire = inner.core.keys.encode(key);
+        inner.store.invalidate(&wire).await.map_err(|err| {
+            inner.core.stats.store_errors.incr();
+            Error::Unavailable {
+                key: key.to_owned(),
+                source: err.into_box(),
+            }
+        })
+    }
+
+    /// This cache's counters since it was built (shared by its clones).
+    pub fn stats(&self) -> Stats {
+        self.inner.core.stats.snapshot()
+    }
+}
+
+impl fmt::Debug for Cache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("store", &self.to_string())
+            .field("config", &self.inner.core.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Names the store, for logs: `in-process store`, or the memcached servers.
+impl fmt::Display for Cache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.inner.store {
+            AnyStore::Memory(_) => f.write_str("in-process store"),
+        }
+    }
+}
+
+impl Store for AnyStore {
+    async fn lookup(&self, key: &WireKey, lease_ttl: Duration) -> Result<Lookup, StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.lookup(key, lease_ttl).await,
+        }
+    }
+
+    async fn fill(
+        &self,
+        key: &WireKey,
+        lease: Lease,
+        data: &Bytes,
+        flags: u32,
+        expire: Duration,
+    ) -> Result<Fill, StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.fill(key, lease, data, flags, expire).await,
+        }
+    }
+
+    async fn release(&self, key: &WireKey, lease: Lease) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.release(key, lease).await,
+        }
+    }
+
+    async fn invalidate(&self, key: &WireKey) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.invalidate(key).await,
+        }
+    }
+}

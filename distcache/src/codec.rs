@@ -1,0 +1,105 @@
+//! Values to stored bytes and back: JSON, marked in the item's client flags.
+//!
+//! The flags say which format wrote the bytes, so that a foreign writer's item (a Python
+//! client's pickle, a PHP session) or a future format is recognised before it is parsed. Bytes
+//! that do not decode as the requested type are a miss, never a panic and never returned.
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Client flags of an item written by this codec: `"DCJ1"`, distcache JSON, version 1.
+pub(crate) const JSON_FLAGS: u32 = u32::from_be_bytes(*b"DCJ1");
+
+/// memcached's default item size limit (`-I 1m`) less room for the longest key and the item
+/// header: measured on memcached 1.6.18, a 250-byte key leaves 1,048,263 bytes for the value.
+pub(crate) const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024 - 512;
+
+/// Why a value was not stored.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum EncodeError {
+    #[error("the value is {size} bytes as JSON, over the limit of {limit}")]
+    TooLarge {
+        /// The encoded value: it is still good for this process's waiting callers.
+        bytes: Bytes,
+        size: usize,
+        limit: usize,
+    },
+    #[error("the value cannot be serialized as JSON: {0}")]
+    Serialize(#[source] serde_json::Error),
+}
+
+/// Why stored bytes were not returned.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DecodeError {
+    #[error("the item's flags {0:#010x} are not distcache JSON")]
+    ForeignFlags(u32),
+    #[error("the item is not JSON of the requested type: {0}")]
+    Mismatch(#[source] serde_json::Error),
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T, limit: usize) -> Result<Bytes, EncodeError> {
+    let json = serde_json::to_vec(value).map_err(EncodeError::Serialize)?;
+    let size = json.len();
+    let bytes = Bytes::from(json);
+    if size > limit {
+        return Err(EncodeError::TooLarge { bytes, size, limit });
+    }
+    Ok(bytes)
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(flags: u32, data: &[u8]) -> Result<T, DecodeError> {
+    if flags != JSON_FLAGS {
+        return Err(DecodeError::ForeignFlags(flags));
+    }
+    serde_json::from_slice(data).map_err(DecodeError::Mismatch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn values_round_trip() {
+        let value = (42u64, "x".to_owned(), vec![1.5f64]);
+        let bytes = encode(&value, 100).unwrap();
+        assert_eq!(&bytes[..], br#"[42,"x",[1.5]]"#);
+        assert_eq!(
+            decode::<(u64, String, Vec<f64>)>(JSON_FLAGS, &bytes).unwrap(),
+            value
+        );
+    }
+
+    #[test]
+    fn over_the_limit_is_refused_but_kept() {
+        let err = encode(&"abcdef", 4).unwrap_err();
+        let EncodeError::TooLarge { bytes, size, limit } = err else {
+            panic!("expected TooLarge, got {err:?}")
+        };
+        assert_eq!((&bytes[..], size, limit), (&b"\"abcdef\""[..], 8, 4));
+    }
+
+    #[test]
+    fn unserializable_values_are_refused() {
+        let mut map = HashMap::new();
+        map.insert(vec![1u8], 1);
+        assert!(matches!(encode(&map, 100), Err(EncodeError::Serialize(_))));
+    }
+
+    #[test]
+    fn foreign_or_mismatched_bytes_are_refused() {
+        assert!(matches!(
+            decode::<u64>(0, b"42"),
+            Err(DecodeError::ForeignFlags(0))
+        ));
+        assert!(matches!(
+            decode::<u64>(JSON_FLAGS, b"\"forty-two\""),
+            Err(DecodeError::Mismatch(_))
+        ));
+        assert!(matches!(
+            decode::<u64>(JSON_FLAGS, b"\x80\x04\x95"),
+            Err(DecodeError::Mismatch(_))
+        ));
+    }
+}

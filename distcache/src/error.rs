@@ -1,0 +1,98 @@
+//! The errors of a call and of building a [`Cache`](crate::Cache).
+
+use std::time::Duration;
+
+/// A boxed error from a dependency, so that no dependency's type leaks into our API.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a [`Cache::get`](crate::Cache::get) call failed.
+///
+/// The getter's own error never appears here: it reaches the caller unchanged, as `E`.
+/// This type reaches the caller through `E: From<Error>`, the way `?` converts errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The call did not finish within its `exec_limit`: waiting for another caller's
+    /// computation, or running the getter itself, took too long. A getter still running
+    /// was dropped and its lease handed back, so that the next caller may try at once.
+    #[error("key {key:?}: no value within the exec_limit of {limit:?}")]
+    Timeout {
+        /// The caller's key.
+        key: String,
+        /// The `exec_limit` that elapsed.
+        limit: Duration,
+    },
+
+    /// The getter panicked. The panic was caught: the process and other keys are unaffected,
+    /// the lease was handed back and the next call runs the getter again.
+    #[error("key {key:?}: the getter panicked: {message}")]
+    GetterPanicked {
+        /// The caller's key.
+        key: String,
+        /// The panic's message, when it was a string.
+        message: String,
+    },
+
+    /// The store could not be reached and the cache is configured to fail rather than run
+    /// the getter without it (see [`CacheBuilder::on_unavailable`](crate::CacheBuilder::on_unavailable)).
+    #[error("key {key:?}: the cache store is unavailable")]
+    Unavailable {
+        /// The caller's key.
+        key: String,
+        /// What went wrong talking to the store.
+        #[source]
+        source: BoxError,
+    },
+
+    /// A call's argument is unusable: a zero `exec_limit` or `expire`.
+    #[error("key {key:?}: invalid argument: {reason}")]
+    InvalidArgument {
+        /// The caller's key.
+        key: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// The process-wide default cache could not be built from the environment
+    /// (`DISTCACHE_SERVERS`); every call through it fails until the configuration is fixed.
+    #[error("the default cache could not be built: {0}")]
+    DefaultCache(#[source] BuildError),
+}
+
+/// Why [`CacheBuilder::build`](crate::CacheBuilder::build) refused a configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The namespace is longer than the limit or holds a character memcached keys cannot carry.
+    #[error("invalid namespace {namespace:?}: {reason}")]
+    InvalidNamespace {
+        /// The namespace as given.
+        namespace: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// A size, count or duration is out of its range.
+    #[error("invalid {setting}: {reason}")]
+    InvalidSetting {
+        /// The builder method that set it.
+        setting: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl Error {
+    pub(crate) fn timeout(key: &str, limit: Duration) -> Self {
+        Error::Timeout {
+            key: key.to_owned(),
+            limit,
+        }
+    }
+
+    /// Whether this is a [`Error::Timeout`].
+    #[must_use]
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Timeout { .. })
+    }
+}

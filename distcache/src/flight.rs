@@ -1,0 +1,513 @@
+//! The locked get: what happens on a call, top to bottom, over any [`Store`].
+//!
+//! 1. Within this process, the first caller of a key leads; later callers await the leader's
+//!    result (`coalesce.rs`) and try again if it ends without a value.
+//! 2. The leader looks the key up, which in one round trip either finds the value, wins the lease
+//!    (the store's right to compute), or finds the lease held by someone else.
+//! 3. A winner runs the getter, bounded by the call's deadline with panics caught, then fills the
+//!    store under its lease, or hands the lease back if the getter failed, panicked or ran out of
+//!    time. A loser polls on the schedule of `schedule.rs` until the value appears, the lease
+//!    frees up (its holder died) and it wins it, or the deadline passes.
+//! 4. If the store cannot be reached, the leader runs the getter itself (degraded), unless the
+//!    cache is configured to fail.
+//!
+//! Everything is bounded by one deadline, `exec_limit` from the start of the call; only handing
+//! a lease back after it (one store operation) may add one I/O timeout.
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::time::{Instant, sleep_until, timeout_at};
+use tracing::{debug, error, warn};
+
+use crate::cache::{Core, OnUnavailable};
+use crate::coalesce::{Join, Leader};
+use crate::codec::{self, EncodeError, JSON_FLAGS};
+use crate::error::Error;
+use crate::key::WireKey;
+use crate::schedule::{PollSchedule, Site};
+use crate::store::{Fill, Lease, Lookup, Store, StoreError};
+
+/// After this many undecodable items in one call, the call stops fighting over the key: it runs
+/// the getter and returns the value without storing it.
+const MAX_DECODE_MISSES: u32 = 2;
+
+pub(crate) async fn get<S, T, E, F, Fut>(
+    core: &Core,
+    store: &S,
+    site: Site,
+    key: &str,
+    exec_limit: Duration,
+    expire: Duration,
+    getter: F,
+) -> Result<T, E>
+where
+    S: Store,
+    T: Serialize + DeserializeOwned,
+    E: From<Error>,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let invalid = |reason| {
+        Err(Error::InvalidArgument {
+            key: key.to_owned(),
+            reason,
+        }
+        .into())
+    };
+    if exec_limit.is_zero() {
+        return invalid("exec_limit must be more than zero");
+    }
+    if expire.is_zero() {
+        return invalid("expire must be more than zero");
+    }
+    let call = Call {
+        core,
+        store,
+        key,
+        wire: core.keys.encode(key),
+        deadline: Instant::now() + exec_limit,
+        exec_limit,
+        expire,
+        site,
+    };
+    loop {
+        match core.flights.join(&call.wire) {
+            Join::Leader(leader) => return call.lead(leader, getter).await,
+            Join::Follower(follower) => {
+                core.stats.coalesced_waits.incr();
+                match timeout_at(call.deadline, follower.wait()).await {
+                    Err(_elapsed) => return Err(call.timed_out()),
+                    Ok(Some(json)) => match codec::decode(JSON_FLAGS, &json) {
+                        Ok(value) => return Ok(value),
+                        Err(err) => call.decode_miss(&err),
+                    },
+                    // The leader failed or was cancelled: try again; one of us leads next.
+                    Ok(None) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Runs `getter` within `exec_limit`, without the store: the call has no usable key (the
+/// macro could not serialize its arguments). Counted as degraded.
+pub(crate) async fn run_uncached<S, T, E, F, Fut>(
+    core: &Core,
+    store: &S,
+    site: Site,
+    label: &str,
+    exec_limit: Duration,
+    getter: F,
+) -> Result<T, E>
+where
+    S: Store,
+    E: From<Error>,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    if exec_limit.is_zero() {
+        return Err(Error::InvalidArgument {
+            key: label.to_owned(),
+            reason: "exec_limit must be more than zero",
+        }
+        .into());
+    }
+    core.stats.degraded_calls.incr();
+    let call = Call {
+        core,
+        store,
+        key: label,
+        wire: core.keys.encode(label),
+        deadline: Instant::now() + exec_limit,
+        exec_limit,
+        expire: exec_limit,
+        site,
+    };
+    call.run_getter(getter).await
+}
+
+/// What the leader does after a lookup.
+enum Step<T> {
+    Value(T, bytes::Bytes),
+    Undecodable(codec::DecodeError),
+    Won(Lease),
+    Busy,
+}
+
+/// One call's context.
+struct Call<'a, S> {
+    core: &'a Core,
+    store: &'a S,
+    key: &'a str,
+    wire: WireKey,
+    deadline: Instant,
+    exec_limit: Duration,
+    expire: Duration,
+    site: Site,
+}
+
+impl<S: Store> Call<'_, S> {
+    async fn lead<T, E, F, Fut>(&self, leader: Leader<'_>, getter: F) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned,
+        E: From<Error>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let stats = &self.core.stats;
+        let mut waiting: Option<(Instant, PollSchedule)> = None;
+        let mut decode_misses = 0;
+        let mut first = true;
+        loop {
+            let lookup = match timeout_at(
+                self.deadline,
+                self.store.lookup(&self.wire, self.lease_ttl()),
+            )
+            .await
+            {
+                Err(_elapsed) => return Err(self.timed_out()),
+                Ok(Err(err)) => return self.without_store(leader, getter, err).await,
+                Ok(Ok(lookup)) => lookup,
+            };
+            let step = match lookup {
+                Lookup::Hit(item) => match codec::decode(item.flags, &item.data) {
+                    Ok(value) => Step::Value(value, item.data),
+                    Err(err) => Step::Undecodable(err),
+                },
+                Lookup::Won(lease) => Step::Won(lease),
+                Lookup::Busy => Step::Busy,
+            };
+            if std::mem::take(&mut first) {
+                match step {
+                    Step::Value(..) => stats.hits.incr(),
+                    _ => stats.misses.incr(),
+                }
+            }
+            match step {
+                Step::Value(value, json) => {
+                    if let Some((since, _)) = waiting {
+                        self.core.estimates.record_wait(self.site, since.elapsed());
+                    }
+                    leader.publish(json);
+                    return Ok(value);
+                }
+                Step::Undecodable(err) => {
+                    self.decode_miss(&err);
+                    decode_misses += 1;
+                    if decode_misses > MAX_DECODE_MISSES {
+                        return self.run_unstored(leader, getter).await;
+                    }
+                    // Remove the item; the next lookup wins the lease (or finds another
+                    // caller's) and the value is recomputed as on any miss.
+                    match timeout_at(self.deadline, self.store.invalidate(&self.wire)).await {
+                        Err(_elapsed) => return Err(self.timed_out()),
+                        Ok(Err(err)) => return self.without_store(leader, getter, err).await,
+                        Ok(Ok(())) => {}
+                    }
+                }
+                Step::Won(lease) => return self.compute(leader, lease, getter).await,
+                Step::Busy => {
+                    let (_, schedule) = waiting.get_or_insert_with(|| {
+                        stats.lease_waits.incr();
+                        let expected = self.core.estimates.expected_wait(self.site);
+                        (
+                            Instant::now(),
+                            PollSchedule::new(expected, self.core.config.max_poll_interval),
+                        )
+                    });
+                    let wake = Instant::now() + schedule.next_delay();
+                    if wake >= self.deadline {
+                        sleep_until(self.deadline).await;
+                        return Err(self.timed_out());
+                    }
+                    sleep_until(wake).await;
+                }
+            }
+        }
+    }
+
+    /// We hold the lease: run the getter, then store its value or hand the lease back.
+    async fn compute<T, E, F, Fut>(
+        &self,
+        leader: Leader<'_>,
+        lease: Lease,
+        getter: F,
+    ) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned,
+        E: From<Error>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let mut held = HeldLease {
+            store: self.store,
+            wire: &self.wire,
+            lease: Some(lease),
+        };
+        let value = match self.run_getter(getter).await {
+            Ok(value) => value,
+            Err(err) => {
+                // Hand the lease back before the followers hear of the failure (when `leader`
+                // drops), so that the one that tries next wins it at once.
+                held.release().await;
+                return Err(err);
+            }
+        };
+        let stats = &self.core.stats;
+        let json = match codec::encode(&value, self.core.config.max_value_bytes) {
+            Ok(json) => json,
+            Err(err) => {
+                held.release().await;
+                return Ok(self.unstorable(leader, value, err));
+            }
+        };
+        match self
+            .store
+            .fill(&self.wire, lease, &json, JSON_FLAGS, self.expire)
+            .await
+        {
+            Ok(Fill::Stored) => held.disarm(),
+            Ok(Fill::LeaseLost) => {
+                held.disarm();
+                stats.lost_fills.incr();
+                debug!(
+                    key = self.key,
+                    "the lease was taken over before the value was stored; returned, not stored"
+                );
+            }
+            Ok(Fill::TooLarge) => {
+                held.release().await;
+                stats.unstorable_values.incr();
+                warn!(
+                    key = self.key,
+                    size = json.len(),
+                    "the server refused the value's size; returned, not stored"
+                );
+            }
+            Err(err) => {
+                held.disarm();
+                stats.store_errors.incr();
+                warn!(key = self.key, error = %err, "storing the value failed; returned, not stored");
+            }
+        }
+        leader.publish(json);
+        Ok(value)
+    }
+
+    /// The store cannot be reached: run the getter without it, or fail, as configured.
+    async fn without_store<T, E, F, Fut>(
+        &self,
+        leader: Leader<'_>,
+        getter: F,
+        err: StoreError,
+    ) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned,
+        E: From<Error>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let stats = &self.core.stats;
+        stats.store_errors.incr();
+        match self.core.config.on_unavailable {
+            OnUnavailable::Fail => {
+                warn!(key = self.key, error = %err, "the cache store is unavailable; failing the call as configured");
+                Err(Error::Unavailable {
+                    key: self.key.to_owned(),
+                    source: err.into_box(),
+                }
+                .into())
+            }
+            OnUnavailable::RunGetter => {
+                stats.degraded_calls.incr();
+                warn!(key = self.key, error = %err, "the cache store is unavailable; running the getter without it");
+                self.run_unstored(leader, getter).await
+            }
+        }
+    }
+
+    /// Runs the getter without a lease and without storing its value; this process's waiting
+    /// callers still share it.
+    async fn run_unstored<T, E, F, Fut>(&self, leader: Leader<'_>, getter: F) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned,
+        E: From<Error>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let value = self.run_getter(getter).await?;
+        Ok(match codec::encode(&value, usize::MAX) {
+            Ok(json) => {
+                leader.publish(json);
+                value
+            }
+            Err(err) => self.unstorable(leader, value, err),
+        })
+    }
+
+    /// Runs the getter within the deadline, a panic caught and made a typed error.
+    async fn run_getter<T, E, F, Fut>(&self, getter: F) -> Result<T, E>
+    where
+        E: From<Error>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let stats = &self.core.stats;
+        stats.getter_runs.incr();
+        let started = Instant::now();
+        match timeout_at(self.deadline, catch_unwind(getter)).await {
+            Err(_elapsed) => {
+                warn!(key = self.key, limit = ?self.exec_limit, "the getter ran out of time and was dropped");
+                Err(self.timed_out())
+            }
+            Ok(Err(panic)) => {
+                stats.getter_panics.incr();
+                let message = panic_message(&*panic);
+                error!(key = self.key, panic = %message, "the getter panicked");
+                Err(Error::GetterPanicked {
+                    key: self.key.to_owned(),
+                    message,
+                }
+                .into())
+            }
+            Ok(Ok(Err(err))) => {
+                stats.getter_errors.incr();
+                debug!(
+                    key = self.key,
+                    "the getter failed; its error goes to its caller"
+                );
+                Err(err)
+            }
+            Ok(Ok(Ok(value))) => {
+                self.core.estimates.record_run(self.site, started.elapsed());
+                Ok(value)
+            }
+        }
+    }
+
+    /// A value that cannot be stored is still returned; this process's waiting callers share it
+    /// when it could be encoded at all.
+    fn unstorable<T>(&self, leader: Leader<'_>, value: T, err: EncodeError) -> T {
+        self.core.stats.unstorable_values.incr();
+        warn!(key = self.key, error = %err, "the value is returned but not stored");
+        match err {
+            EncodeError::TooLarge { bytes, .. } => leader.publish(bytes),
+            // Followers try again and compute their own.
+            EncodeError::Serialize(_) => drop(leader),
+        }
+        value
+    }
+
+    fn decode_miss(&self, err: &codec::DecodeError) {
+        self.core.stats.decode_misses.incr();
+        warn!(key = self.key, error = %err, "a cached item does not decode as the requested type; recomputing");
+    }
+
+    fn timed_out<E: From<Error>>(&self) -> E {
+        self.core.stats.timeouts.incr();
+        Error::timeout(self.key, self.exec_limit).into()
+    }
+
+    /// memcached TTLs have one-second resolution: the lease lasts `exec_limit` rounded up to whole
+    /// seconds, plus one, so that a live holder (bounded by `exec_limit`) never outlives it, and a
+    /// crashed holder's lease frees itself.
+    fn lease_ttl(&self) -> Duration {
+        lease_ttl(self.exec_limit)
+    }
+}
+
+pub(crate) fn lease_ttl(exec_limit: Duration) -> Duration {
+    let whole = exec_limit.as_secs() + u64::from(exec_limit.subsec_nanos() > 0);
+    Duration::from_secs(whole.saturating_add(1))
+}
+
+/// A lease we hold: handed back explicitly, or from a spawned task if the call is cancelled.
+struct HeldLease<'a, S: Store> {
+    store: &'a S,
+    wire: &'a WireKey,
+    lease: Option<Lease>,
+}
+
+impl<S: Store> HeldLease<'_, S> {
+    async fn release(&mut self) {
+        if let Some(lease) = self.lease.take()
+            && let Err(err) = self.store.release(self.wire, lease).await
+        {
+            debug!(error = %err, "handing the lease back failed; it expires by itself");
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.lease = None;
+    }
+}
+
+impl<S: Store> Drop for HeldLease<'_, S> {
+    fn drop(&mut self) {
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        // The call was cancelled while it held the lease: hand it back in the background,
+        // so that other callers need not wait for it to expire.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let store = self.store.clone();
+            let wire = self.wire.clone();
+            runtime.spawn(async move {
+                let _ = store.release(&wire, lease).await;
+            });
+        }
+    }
+}
+
+/// Runs `getter` to completion, catching a panic in creating or polling its future.
+async fn catch_unwind<F, Fut>(getter: F) -> Result<Fut::Output, Box<dyn Any + Send>>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future,
+{
+    let mut future = pin!(std::panic::catch_unwind(AssertUnwindSafe(getter))?);
+    std::future::poll_fn(|cx| {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    })
+    .await
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-string payload".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lease_outlives_the_exec_limit_by_at_least_a_second() {
+        assert_eq!(
+            lease_ttl(Duration::from_millis(200)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(lease_ttl(Duration::from_secs(1)), Duration::from_secs(2));
+        assert_eq!(
+            lease_ttl(Duration::from_millis(1001)),
+            Duration::from_secs(3)
+        );
+        assert_eq!(lease_ttl(Duration::from_secs(60)), Duration::from_secs(61));
+    }
+}

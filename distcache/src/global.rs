@@ -1,0 +1,66 @@
+//! The process-wide default cache, which `#[distcached]` functions use unless told otherwise.
+
+use std::sync::OnceLock;
+
+use tracing::info;
+
+use crate::{BuildError, Cache, Error};
+
+static DEFAULT: OnceLock<Result<Cache, BuildError>> = OnceLock::new();
+
+/// Makes `cache` the process-wide default, used by `#[distcached]` functions without a
+/// `cache = ...` argument. Call it at start-up, before the first such call.
+///
+/// Fails, giving `cache` back, if a default is already in place: set before, or built from the
+/// environment by an earlier call.
+///
+/// ```
+/// let cache = distcache::Cache::builder().namespace("myapp").build()?;
+/// distcache::set_default(cache).expect("set once, at start-up");
+/// # Ok::<(), distcache::BuildError>(())
+/// ```
+pub fn set_default(cache: Cache) -> Result<(), Cache> {
+    let mut offered = Some(cache);
+    DEFAULT.get_or_init(|| Ok(offered.take().expect("taken once")));
+    match offered {
+        None => Ok(()),
+        Some(refused) => Err(refused),
+    }
+}
+
+/// The process-wide default cache: the one given to [`set_default`], else one built on first
+/// use from the environment:
+///
+/// - `DISTCACHE_SERVERS`: the memcached servers; unset or empty, values are kept in this
+///   process (the in-process store), and a log line says so;
+/// - `DISTCACHE_NAMESPACE`: the [namespace](crate::CacheBuilder::namespace), default none.
+///
+/// A configuration that does not build fails every call through the default cache with
+/// [`Error::DefaultCache`], so that it is fixed rather than silently ignored.
+pub fn default_cache() -> Result<&'static Cache, Error> {
+    match DEFAULT.get_or_init(from_env) {
+        Ok(cache) => Ok(cache),
+        Err(err) => Err(Error::DefaultCache(err.clone())),
+    }
+}
+
+fn from_env() -> Result<Cache, BuildError> {
+    let var = |name| {
+        std::env::var(name)
+            .ok()
+            .filter(|v: &String| !v.trim().is_empty())
+    };
+    let mut builder = Cache::builder();
+    if let Some(namespace) = var("DISTCACHE_NAMESPACE") {
+        builder = builder.namespace(namespace);
+    }
+    if let Some(servers) = var("DISTCACHE_SERVERS") {
+        return Err(BuildError::InvalidSetting {
+            setting: "DISTCACHE_SERVERS",
+            reason: format!("{servers:?}: this build has no memcached store yet"),
+        });
+    }
+    let cache = builder.build()?;
+    info!("distcache: DISTCACHE_SERVERS is unset: the default cache keeps values in this process");
+    Ok(cache)
+}

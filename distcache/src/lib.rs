@@ -1,0 +1,124 @@
+//! Distributed memoization on memcached: an expensive async function runs **once per key per
+//! `expire` window across a whole fleet**, and every other caller, in any process, waits for and
+//! reads its value.
+//!
+//! ```
+//! use distcache::distcached;
+//!
+//! #[derive(Debug, thiserror::Error)]
+//! enum AppError {
+//!     #[error(transparent)]
+//!     Cache(#[from] distcache::Error),
+//! }
+//!
+//! /// Runs at most once per user per 10 s across every process sharing the cache.
+//! #[distcached(expire = "10s", exec_limit = "1m")]
+//! async fn profile(user_id: u64) -> Result<String, AppError> {
+//!     Ok(format!("user {user_id}")) // an expensive query
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), AppError> {
+//! assert_eq!(profile(42).await?, "user 42");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The same through [`Cache::get`], the "locked get" the attribute expands to:
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), distcache::Error> {
+//! let cache = distcache::Cache::builder().build().expect("valid configuration");
+//! let profile: String = cache
+//!     .get("profile:42", Duration::from_secs(60), Duration::from_secs(10), || async {
+//!         Ok::<_, distcache::Error>("user 42".to_owned())
+//!     })
+//!     .await?;
+//! # assert_eq!(profile, "user 42");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # The promise
+//!
+//! - **Once per window.** In normal conditions (the store reachable, the getter succeeding within
+//!   `exec_limit`) the getter runs once per key per `expire` window across every caller sharing the
+//!   store. Within a process, concurrent callers of a key share one request to the store; across
+//!   processes, the store's lease decides who computes.
+//! - **Bounded.** A call returns within `exec_limit` (plus one store operation to hand a lease
+//!   back), waiting included. A getter still running at the limit is dropped, the call fails with
+//!   [`Error::Timeout`], and the next caller may compute at once.
+//! - **Available.** When the store cannot be reached, the call runs the getter itself (counted,
+//!   logged), unless [configured](CacheBuilder::on_unavailable) to fail.
+//! - **Typed.** Values are serde types stored as JSON, marked in the item's flags. Bytes that do
+//!   not decode as the requested type are a miss and are recomputed; never a panic.
+//!
+//! Limits: a getter that blocks its thread cannot be cut off at `exec_limit` (run CPU-bound work
+//! in [`tokio::task::spawn_blocking`]); values that cannot be stored (over
+//! [`max_value_bytes`](CacheBuilder::max_value_bytes), not serializable) are returned to their
+//! caller but recomputed by the next one.
+//!
+//! # Where values live
+//!
+//! With no servers configured, a [`Cache`] keeps values in this process, with the same semantics:
+//! for development, tests and single-process services. The process-wide
+//! [default cache](default_cache) used by `#[distcached]` is configured from the environment.
+#![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod builder;
+mod cache;
+mod coalesce;
+mod codec;
+mod error;
+mod flight;
+mod global;
+mod key;
+mod schedule;
+mod stats;
+mod store;
+
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
+
+pub use builder::CacheBuilder;
+pub use cache::{Cache, OnUnavailable};
+pub use error::{BoxError, BuildError, Error};
+pub use global::{default_cache, set_default};
+pub use stats::Stats;
+
+/// Caches an `async fn` returning `Result<T, E>` in the [default cache](default_cache), or in
+/// `cache = EXPR`: the body runs once per distinct arguments per `expire` window across every
+/// process sharing the store.
+///
+/// ```
+/// # #[derive(Debug, thiserror::Error)]
+/// # enum DbError { #[error(transparent)] Cache(#[from] distcache::Error) }
+/// #[distcache::distcached(expire = "30s", exec_limit = "5s")]
+/// async fn stock(sku: &str, warehouse: u32) -> Result<u64, DbError> {
+///     Ok(7) // SELECT ... WHERE sku = $1 AND warehouse = $2
+/// }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() { assert_eq!(stock("A-1", 3).await.unwrap(), 7); }
+/// ```
+///
+/// Arguments:
+///
+/// - `expire = "10s"` (required): how long a value is kept; humantime syntax (`"500ms"`,
+///   `"1h 30m"`), checked at compile time.
+/// - `exec_limit = "1m"` (required): the bound on the whole call, waiting and computing.
+/// - `name = "..."`: the function part of the key. Default: `module_path!()::fn_name`, which
+///   changes when the function moves; pin it to keep the cached values across such a move.
+/// - `cache = EXPR`: the [`Cache`] to use, any expression that derefs to one (a
+///   `static LazyLock<Cache>`, a `&Cache`). Default: [`default_cache()`].
+///
+/// The key is the function part followed by the arguments serialized as a JSON array, so every
+/// argument must implement `Serialize`; the function may not take `self`, type or const
+/// generics, or `impl Trait` arguments. `T: Serialize + DeserializeOwned` and
+/// `E: From<distcache::Error>`. The function keeps its signature and attributes, and its future
+/// is `Send` when the body's is.
+pub use distcache_macros::distcached;

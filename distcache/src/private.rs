@@ -1,0 +1,121 @@
+//! What `#[distcached]` expansions call. Not a public API: it changes without notice.
+//!
+//! Each check lands on the user's own tokens: the expansion spans `Key::arg` at each argument's
+//! type and `call` at the return type, so that a missing `Serialize` or a return type that is not
+//! a cacheable `Result` is reported once, there.
+
+use std::future::Future;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::warn;
+
+use crate::schedule::site_of;
+use crate::{Cache, Error};
+
+pub use crate::global::default_cache;
+
+/// A call's key: the function's path, then its arguments as a JSON array.
+#[derive(Debug)]
+pub struct Key {
+    buf: Vec<u8>,
+    error: Option<serde_json::Error>,
+}
+
+impl Key {
+    /// Starts the key of a call of `function`.
+    pub fn new(function: &str) -> Self {
+        let mut buf = Vec::with_capacity(function.len() + 32);
+        buf.extend_from_slice(function.as_bytes());
+        buf.push(b'[');
+        Key { buf, error: None }
+    }
+
+    /// Appends an argument.
+    pub fn arg<A: Serialize + ?Sized>(&mut self, arg: &A) {
+        if self.error.is_some() {
+            return;
+        }
+        if !self.buf.ends_with(b"[") {
+            self.buf.push(b',');
+        }
+        if let Err(err) = serde_json::to_writer(&mut self.buf, arg) {
+            self.error = Some(err);
+        }
+    }
+
+    fn finish(mut self) -> Result<String, serde_json::Error> {
+        if let Some(err) = self.error {
+            return Err(err);
+        }
+        self.buf.push(b']');
+        Ok(String::from_utf8(self.buf).expect("a &str followed by JSON is UTF-8"))
+    }
+}
+
+/// A cache given as `cache = EXPR`: anything that derefs to a [`Cache`].
+pub fn user_cache(cache: &Cache) -> Result<&Cache, Error> {
+    Ok(cache)
+}
+
+/// A return type `#[distcached]` can cache.
+#[diagnostic::on_unimplemented(
+    message = "`#[distcached]` functions must return `Result<T, E>` with `T: Serialize + DeserializeOwned` and `E: From<distcache::Error>`, not `{Self}`",
+    label = "not a cacheable `Result`"
+)]
+pub trait CachedResult: Sized {
+    /// `T`.
+    type Value: Serialize + DeserializeOwned;
+    /// `E`.
+    type Error: From<Error>;
+    /// Self as a `Result`.
+    fn into_result(self) -> Result<Self::Value, Self::Error>;
+    /// A `Result` as self.
+    fn from_result(result: Result<Self::Value, Self::Error>) -> Self;
+}
+
+impl<T: Serialize + DeserializeOwned, E: From<Error>> CachedResult for Result<T, E> {
+    type Value = T;
+    type Error = E;
+
+    fn into_result(self) -> Self {
+        self
+    }
+
+    fn from_result(result: Self) -> Self {
+        result
+    }
+}
+
+/// The body of a `#[distcached]` function.
+pub async fn call<R, F, Fut>(
+    cache: Result<&Cache, Error>,
+    function: &'static str,
+    key: Key,
+    exec_limit: Duration,
+    expire: Duration,
+    getter: F,
+) -> R
+where
+    R: CachedResult,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = R>,
+{
+    let cache = match cache {
+        Ok(cache) => cache,
+        Err(err) => return R::from_result(Err(err.into())),
+    };
+    let site = site_of::<F>();
+    let getter = || {
+        let future = getter();
+        async move { future.await.into_result() }
+    };
+    R::from_result(match key.finish() {
+        Ok(key) => cache.get_at(site, &key, exec_limit, expire, getter).await,
+        Err(err) => {
+            warn!(function, error = %err, "the arguments cannot be serialized into a key; running the function uncached");
+            cache.run_uncached(site, function, exec_limit, getter).await
+        }
+    })
+}

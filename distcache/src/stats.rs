@@ -1,0 +1,91 @@
+//! What the cache counts: one relaxed atomic increment per event.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A snapshot of a [`Cache`](crate::Cache)'s counters since it was built, shared by its clones.
+///
+/// Every call of [`Cache::get`](crate::Cache::get) with valid arguments counts as exactly one of
+/// `hits`, `misses`, `coalesced_waits` or `degraded_calls`; the other counters count events
+/// within calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Calls that found a usable value in the store at once.
+    pub hits: u64,
+    /// Calls that found no usable value in the store at once: they then won the lease and ran
+    /// the getter, or waited for the lease's holder.
+    pub misses: u64,
+    /// Calls that waited for another task of this process working on the same key, and took
+    /// its result instead of asking the store themselves.
+    pub coalesced_waits: u64,
+    /// Calls that found the lease held elsewhere (another process, usually) and polled the store
+    /// for its value.
+    pub lease_waits: u64,
+    /// Getter invocations.
+    pub getter_runs: u64,
+    /// Getters that returned an error (passed to their caller unchanged).
+    pub getter_errors: u64,
+    /// Getters that panicked (caught; their caller got [`Error::GetterPanicked`](crate::Error::GetterPanicked)).
+    pub getter_panics: u64,
+    /// Calls that failed with [`Error::Timeout`](crate::Error::Timeout).
+    pub timeouts: u64,
+    /// Stored items that did not decode as the requested type, or were written by something
+    /// else: treated as a miss and recomputed.
+    pub decode_misses: u64,
+    /// Values returned to their caller but not stored: over the size limit, not serializable
+    /// as JSON, or refused by the server.
+    pub unstorable_values: u64,
+    /// Values computed by a lease holder whose lease had been taken over before it could store
+    /// them (its lease expired, or the key was invalidated meanwhile): returned, not stored.
+    pub lost_fills: u64,
+    /// Calls that ran the getter without the store, because the store could not be reached.
+    pub degraded_calls: u64,
+    /// Store operations that failed (connection refused, timeout, protocol error).
+    pub store_errors: u64,
+}
+
+macro_rules! counters {
+    ($($field:ident),* $(,)?) => {
+        /// The live counters behind [`Stats`].
+        #[derive(Debug, Default)]
+        pub(crate) struct Counters {
+            $(pub(crate) $field: Counter,)*
+        }
+
+        impl Counters {
+            pub(crate) fn snapshot(&self) -> Stats {
+                Stats { $($field: self.$field.get(),)* }
+            }
+        }
+    };
+}
+
+counters!(
+    hits,
+    misses,
+    coalesced_waits,
+    lease_waits,
+    getter_runs,
+    getter_errors,
+    getter_panics,
+    timeouts,
+    decode_misses,
+    unstorable_values,
+    lost_fills,
+    degraded_calls,
+    store_errors,
+);
+
+/// A monotonic event counter.
+#[derive(Debug, Default)]
+pub(crate) struct Counter(AtomicU64);
+
+impl Counter {
+    pub(crate) fn incr(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,121 @@
+//! The four verbs a store implements. The algorithm over them is in `flight.rs`, written once.
+//!
+//! The verbs are memcached's meta commands (`../DESIGN.md` §2): the store itself hands out the
+//! right to compute, atomically, with the read.
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::error::BoxError;
+use crate::key::WireKey;
+
+pub(crate) mod memory;
+
+/// A stored value and its client flags.
+#[derive(Debug, Clone)]
+pub(crate) struct Item {
+    pub(crate) data: Bytes,
+    pub(crate) flags: u32,
+}
+
+/// The right to compute a key's value: the CAS of the empty stub the store created for us.
+/// Only a fill or release that carries it takes effect, so a late holder cannot overwrite a
+/// newer value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Lease {
+    pub(crate) cas: u64,
+}
+
+/// What a lookup found.
+#[derive(Debug)]
+pub(crate) enum Lookup {
+    /// A value: decode it and return it.
+    Hit(Item),
+    /// No value, and the lease is ours: compute, then fill or release.
+    Won(Lease),
+    /// No value, and someone else holds the lease: wait, then look again.
+    Busy,
+}
+
+/// What a fill did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fill {
+    /// Stored: later lookups find it until it expires.
+    Stored,
+    /// Not stored: our lease had expired or been taken over (the key was invalidated, or
+    /// another holder filled it), and the value in the store, if any, is newer than ours.
+    LeaseLost,
+    /// Not stored: the server refused the item's size.
+    #[allow(dead_code, reason = "the memcached store returns it")]
+    TooLarge,
+}
+
+/// A store operation that failed: the store could not be asked or did not answer in time.
+#[derive(Debug, thiserror::Error)]
+#[error("{operation} on {node}: {kind}")]
+pub(crate) struct StoreError {
+    pub(crate) operation: &'static str,
+    pub(crate) node: String,
+    pub(crate) kind: StoreErrorKind,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[allow(
+    dead_code,
+    reason = "the memcached store returns them; the in-process store never fails"
+)]
+pub(crate) enum StoreErrorKind {
+    #[error("the node is marked down")]
+    NodeDown,
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("connection failed: {0}")]
+    Io(#[source] std::io::Error),
+    #[error("unexpected reply: {0}")]
+    Protocol(String),
+    #[error("server error: {0}")]
+    Server(String),
+}
+
+impl StoreError {
+    pub(crate) fn into_box(self) -> BoxError {
+        Box::new(self)
+    }
+}
+
+/// A place to keep values, with memcached's lease semantics.
+///
+/// Implementations are cheap handles (`Clone` shares the store), so that a lease dropped
+/// with a cancelled call can still be handed back from a spawned task.
+pub(crate) trait Store: Clone + Send + Sync + 'static {
+    /// Reads `key`; on a miss, takes the lease for `lease_ttl` if nobody holds it.
+    fn lookup(
+        &self,
+        key: &WireKey,
+        lease_ttl: Duration,
+    ) -> impl Future<Output = Result<Lookup, StoreError>> + Send;
+
+    /// Stores `data` for `expire`, if `lease` is still the key's current lease.
+    fn fill(
+        &self,
+        key: &WireKey,
+        lease: Lease,
+        data: &Bytes,
+        flags: u32,
+        expire: Duration,
+    ) -> impl Future<Output = Result<Fill, StoreError>> + Send;
+
+    /// Hands the lease back early, if it is still the key's current lease, so that the next
+    /// lookup wins it at once.
+    fn release(
+        &self,
+        key: &WireKey,
+        lease: Lease,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes the key's value, or takes away its lease: the next lookup misses and wins the
+    /// lease, and a fill with an older lease is refused.
+    fn invalidate(&self, key: &WireKey) -> impl Future<Output = Result<(), StoreError>> + Send;
+}

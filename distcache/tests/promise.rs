@@ -1,0 +1,403 @@
+//! The promise of `Cache::get` (DESIGN §1), on the in-process store.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use distcache::{BuildError, Cache, Error};
+use tokio::time::Instant;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn cache() -> Cache {
+    Cache::builder()
+        .build()
+        .expect("the default configuration builds")
+}
+
+/// A getter's own error type, to check that it passes through unchanged.
+#[derive(Debug, PartialEq)]
+enum AppError {
+    Cache(String),
+    Database(&'static str),
+}
+
+impl From<Error> for AppError {
+    fn from(err: Error) -> Self {
+        AppError::Cache(err.to_string())
+    }
+}
+
+/// Waits until `condition` holds: for states the cache offers no event for.
+async fn until(condition: impl Fn() -> bool) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the condition holds within 10 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_callers_run_the_getter_once() {
+    let cache = cache();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let callers: Vec<_> = (0..1000)
+        .map(|_| {
+            let (cache, runs) = (cache.clone(), runs.clone());
+            tokio::spawn(async move {
+                cache
+                    .get("answer", MINUTE, MINUTE, || async {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Ok::<_, Error>(42u64)
+                    })
+                    .await
+            })
+        })
+        .collect();
+    for caller in callers {
+        assert_eq!(caller.await.unwrap().unwrap(), 42);
+    }
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "the getter ran once for 1000 callers"
+    );
+    let stats = cache.stats();
+    assert_eq!(stats.getter_runs, 1);
+    assert_eq!(
+        stats.hits + stats.misses + stats.coalesced_waits,
+        1000,
+        "{stats:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_getter_is_cut_off_at_exec_limit_and_the_next_call_may_compute() {
+    let cache = cache();
+    let limit = Duration::from_millis(200);
+    let started = std::time::Instant::now();
+    let result: Result<u64, Error> = cache
+        .get("slow", limit, MINUTE, || async {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            Ok(1)
+        })
+        .await;
+    let took = started.elapsed();
+    match result {
+        Err(Error::Timeout { key, limit: l }) => assert_eq!((key.as_str(), l), ("slow", limit)),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert!(took >= limit, "not before the limit: {took:?}");
+    assert!(
+        took < limit + Duration::from_millis(100),
+        "at the limit, not later: {took:?}"
+    );
+
+    let value: u64 = cache
+        .get("slow", limit, MINUTE, || async { Ok::<_, Error>(2) })
+        .await
+        .expect("the lease was handed back: the next call computes at once");
+    assert_eq!(value, 2);
+    let stats = cache.stats();
+    assert_eq!((stats.timeouts, stats.getter_runs), (1, 2), "{stats:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn callers_waiting_on_a_slow_getter_time_out_at_their_own_limit() {
+    let cache = cache();
+    let leader = tokio::spawn({
+        let cache = cache.clone();
+        async move {
+            cache
+                .get::<u64, Error, _, _>("k", MINUTE, MINUTE, || async {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    Ok(1)
+                })
+                .await
+        }
+    });
+    until(|| cache.stats().getter_runs == 1).await;
+    let started = Instant::now();
+    let waiter: Result<u64, Error> = cache
+        .get("k", Duration::from_secs(5), MINUTE, || async { Ok(2) })
+        .await;
+    assert!(waiter.unwrap_err().is_timeout());
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(5),
+        "waiting is bounded by exec_limit too"
+    );
+    assert_eq!(
+        leader.await.unwrap().unwrap(),
+        1,
+        "the leader is unaffected"
+    );
+}
+
+#[tokio::test]
+async fn a_panicking_getter_is_a_typed_error_and_the_next_call_succeeds() {
+    let cache = cache();
+    let result: Result<u64, Error> = cache
+        .get("p", MINUTE, MINUTE, || async { panic!("boom") })
+        .await;
+    match result {
+        Err(Error::GetterPanicked { key, message }) => {
+            assert_eq!((key.as_str(), message.as_str()), ("p", "boom"))
+        }
+        other => panic!("expected GetterPanicked, got {other:?}"),
+    }
+    let other_key: u64 = cache
+        .get("q", MINUTE, MINUTE, || async { Ok::<_, Error>(5) })
+        .await
+        .unwrap();
+    assert_eq!(other_key, 5, "other keys are unaffected");
+    let value: u64 = cache
+        .get("p", MINUTE, MINUTE, || async { Ok::<_, Error>(6) })
+        .await
+        .unwrap();
+    assert_eq!(value, 6, "the next call runs the getter again");
+    assert_eq!(cache.stats().getter_panics, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_getters_error_reaches_its_caller_and_its_waiters_retry() {
+    let cache = cache();
+    const WAITERS: u64 = 10;
+    let leader = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            cache
+                .get::<u64, AppError, _, _>("f", MINUTE, MINUTE, || async {
+                    until(|| cache.stats().coalesced_waits == WAITERS).await;
+                    Err(AppError::Database("connection reset"))
+                })
+                .await
+        })
+    };
+    until(|| cache.stats().getter_runs == 1).await;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let waiters: Vec<_> = (0..WAITERS)
+        .map(|_| {
+            let (cache, runs) = (cache.clone(), runs.clone());
+            tokio::spawn(async move {
+                cache
+                    .get::<u64, AppError, _, _>("f", MINUTE, MINUTE, || async {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        Ok(7)
+                    })
+                    .await
+            })
+        })
+        .collect();
+    assert_eq!(
+        leader.await.unwrap(),
+        Err(AppError::Database("connection reset")),
+        "the getter's error reaches its own caller unchanged"
+    );
+    for waiter in waiters {
+        assert_eq!(waiter.await.unwrap(), Ok(7));
+    }
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "one waiter computed, the others shared its value"
+    );
+    assert_eq!(cache.stats().getter_errors, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_value_lives_expire_and_is_then_recomputed_once() {
+    let cache = cache();
+    let expire = Duration::from_secs(10);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let call = || {
+        let (cache, runs) = (cache.clone(), runs.clone());
+        tokio::spawn(async move {
+            cache
+                .get::<usize, Error, _, _>("e", MINUTE, expire, || async {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Ok(runs.fetch_add(1, Ordering::SeqCst) + 1)
+                })
+                .await
+        })
+    };
+    assert_eq!(call().await.unwrap().unwrap(), 1);
+    tokio::time::advance(expire - Duration::from_millis(1)).await;
+    assert_eq!(
+        call().await.unwrap().unwrap(),
+        1,
+        "still cached just before expire"
+    );
+    tokio::time::advance(Duration::from_millis(1)).await;
+    let callers: Vec<_> = (0..100).map(|_| call()).collect();
+    for caller in callers {
+        assert_eq!(
+            caller.await.unwrap().unwrap(),
+            2,
+            "everyone gets the one recomputed value"
+        );
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn bad_configuration_fails_at_build_with_a_typed_error() {
+    let namespace = Cache::builder().namespace("two words").build().unwrap_err();
+    assert!(
+        matches!(namespace, BuildError::InvalidNamespace { .. }),
+        "{namespace}"
+    );
+    let size = Cache::builder().max_value_bytes(0).build().unwrap_err();
+    assert!(
+        matches!(
+            size,
+            BuildError::InvalidSetting {
+                setting: "max_value_bytes",
+                ..
+            }
+        ),
+        "{size}"
+    );
+    let poll = Cache::builder()
+        .max_poll_interval(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(
+            poll,
+            BuildError::InvalidSetting {
+                setting: "max_poll_interval",
+                ..
+            }
+        ),
+        "{poll}"
+    );
+}
+
+#[tokio::test]
+async fn zero_durations_are_refused() {
+    let cache = cache();
+    for (exec_limit, expire) in [(Duration::ZERO, MINUTE), (MINUTE, Duration::ZERO)] {
+        let result: Result<u64, Error> =
+            cache.get("z", exec_limit, expire, || async { Ok(1) }).await;
+        assert!(
+            matches!(result, Err(Error::InvalidArgument { .. })),
+            "{result:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_value_over_the_size_limit_is_returned_not_stored_and_counted() {
+    let cache = Cache::builder().max_value_bytes(100).build().unwrap();
+    let runs = AtomicUsize::new(0);
+    for _ in 0..2 {
+        let value: String = cache
+            .get("big", MINUTE, MINUTE, || async {
+                runs.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, Error>("x".repeat(200))
+            })
+            .await
+            .unwrap();
+        assert_eq!(value.len(), 200);
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "not stored: computed again");
+    assert_eq!(cache.stats().unstorable_values, 2);
+}
+
+#[tokio::test]
+async fn an_unserializable_value_is_returned_not_stored_and_counted() {
+    let cache = cache();
+    // JSON object keys must be strings: this map cannot be serialized.
+    let value: HashMap<Vec<u8>, u32> = cache
+        .get("map", MINUTE, MINUTE, || async {
+            Ok::<_, Error>(HashMap::from([(vec![1u8], 1)]))
+        })
+        .await
+        .unwrap();
+    assert_eq!(value[&vec![1u8]], 1);
+    assert_eq!(cache.stats().unstorable_values, 1);
+}
+
+#[tokio::test]
+async fn bytes_of_another_type_under_a_key_are_a_miss() {
+    let cache = cache();
+    let number: u64 = cache
+        .get("shared", MINUTE, MINUTE, || async { Ok::<_, Error>(7) })
+        .await
+        .unwrap();
+    assert_eq!(number, 7);
+    let text: String = cache
+        .get("shared", MINUTE, MINUTE, || async {
+            Ok::<_, Error>("seven".to_owned())
+        })
+        .await
+        .unwrap();
+    assert_eq!(text, "seven", "recomputed, not a panic or garbage");
+    let text: String = cache
+        .get("shared", MINUTE, MINUTE, || async {
+            Ok::<_, Error>("other".to_owned())
+        })
+        .await
+        .unwrap();
+    assert_eq!(text, "seven", "and stored in place of the old value");
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.decode_misses, stats.getter_runs),
+        (1, 2),
+        "{stats:?}"
+    );
+}
+
+#[tokio::test]
+async fn invalidate_makes_the_next_call_recompute() {
+    let cache = cache();
+    let get =
+        |v: u32| cache.get::<u32, Error, _, _>("i", MINUTE, MINUTE, move || async move { Ok(v) });
+    assert_eq!(get(1).await.unwrap(), 1);
+    assert_eq!(get(2).await.unwrap(), 1);
+    cache.invalidate("i").await.unwrap();
+    assert_eq!(get(3).await.unwrap(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_call_hands_its_lease_back() {
+    let cache = cache();
+    let exec_limit = Duration::from_secs(30);
+    let holder = tokio::spawn({
+        let cache = cache.clone();
+        async move {
+            cache
+                .get::<u64, Error, _, _>("c", exec_limit, MINUTE, std::future::pending)
+                .await
+        }
+    });
+    until(|| cache.stats().getter_runs == 1).await;
+    holder.abort();
+    assert!(holder.await.unwrap_err().is_cancelled());
+    let started = Instant::now();
+    let value: u64 = cache
+        .get("c", exec_limit, MINUTE, || async { Ok::<_, Error>(9) })
+        .await
+        .unwrap();
+    assert_eq!(value, 9);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "computed without waiting for the 31 s lease to expire: {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn calls_are_send_when_their_getters_are() {
+    fn assert_send<T: Send>(_: &T) {}
+    let cache = cache();
+    let call = cache.get::<u64, Error, _, _>("s", MINUTE, MINUTE, || async { Ok(1) });
+    assert_send(&call);
+    fn assert_clone_send_sync<T: Clone + Send + Sync>() {}
+    assert_clone_send_sync::<Cache>();
+}
