@@ -1,0 +1,166 @@
+//! Parsing and checking `#[distcached(...)]`'s arguments. Every problem is reported, each at its
+//! own tokens.
+
+use std::time::Duration;
+
+use proc_macro2::{Span, TokenStream};
+use syn::parse::Parser;
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
+use syn::{Expr, ExprLit, Lit, LitStr, Meta, Token};
+
+const VALID: &str = "`expire`, `exec_limit`, `name` and `cache`";
+
+/// The checked arguments.
+pub(crate) struct Args {
+    pub(crate) expire: Duration,
+    pub(crate) exec_limit: Duration,
+    pub(crate) name: Option<LitStr>,
+    pub(crate) cache: Option<Expr>,
+}
+
+pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
+    let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(tokens)?;
+    let mut errors = Errors::default();
+    let (mut expire, mut exec_limit, mut name, mut cache) = (None, None, None, None);
+    let mut given = Vec::new();
+    for meta in metas {
+        let Meta::NameValue(nv) = meta else {
+            // Reported here; not again as missing.
+            if let Some(ident) = meta.path().get_ident() {
+                given.push(ident.to_string());
+            }
+            errors.push(syn::Error::new_spanned(
+                &meta,
+                format!(
+                    "expected `name = value`, as in `expire = \"10s\"`; the arguments are {VALID}"
+                ),
+            ));
+            continue;
+        };
+        let Some(ident) = nv.path.get_ident().map(ToString::to_string) else {
+            errors.push(syn::Error::new_spanned(
+                &nv.path,
+                format!("unknown argument; the arguments are {VALID}"),
+            ));
+            continue;
+        };
+        if given.contains(&ident) {
+            errors.push(syn::Error::new_spanned(
+                &nv.path,
+                format!("duplicate argument `{ident}`"),
+            ));
+            continue;
+        }
+        given.push(ident.clone());
+        match ident.as_str() {
+            "expire" => set(&mut expire, duration(&nv.value), &mut errors),
+            "exec_limit" => set(&mut exec_limit, duration(&nv.value), &mut errors),
+            "name" => set(&mut name, function_name(&nv.value), &mut errors),
+            "cache" => set(&mut cache, Ok(nv.value.clone()), &mut errors),
+            other => {
+                let meant = match other {
+                    "ttl" | "expiry" | "expires" | "expiration" | "max_age" => Some("expire"),
+                    "timeout" | "limit" | "exec_timeout" | "deadline" => Some("exec_limit"),
+                    "key" | "prefix" => Some("name"),
+                    _ => None,
+                };
+                let hint = match meant {
+                    Some(meant) => {
+                        // Reported here with the hint; not again as missing.
+                        given.push(meant.to_owned());
+                        format!(" (did you mean `{meant}`?)")
+                    }
+                    None => String::new(),
+                };
+                errors.push(syn::Error::new_spanned(
+                    &nv.path,
+                    format!("unknown argument `{other}`{hint}; the arguments are {VALID}"),
+                ));
+            }
+        }
+    }
+    let required = |value: Option<Duration>, what: &str, errors: &mut Errors| {
+        if !given.iter().any(|g| g == what) {
+            errors.push(syn::Error::new(
+                Span::call_site(),
+                format!("missing `{what} = \"...\"`: `#[distcached(expire = \"10s\", exec_limit = \"1m\")]`"),
+            ));
+        }
+        value
+    };
+    let expire = required(expire, "expire", &mut errors);
+    let exec_limit = required(exec_limit, "exec_limit", &mut errors);
+    errors.finish()?;
+    Ok(Args {
+        expire: expire.expect("checked"),
+        exec_limit: exec_limit.expect("checked"),
+        name,
+        cache,
+    })
+}
+
+fn set<T>(slot: &mut Option<T>, value: syn::Result<T>, errors: &mut Errors) {
+    match value {
+        Ok(value) => *slot = Some(value),
+        Err(err) => errors.push(err),
+    }
+}
+
+fn string(value: &Expr, what: &str) -> syn::Result<LitStr> {
+    match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(s), ..
+        }) => Ok(s.clone()),
+        other => Err(syn::Error::new(
+            other.span(),
+            format!("expected a string literal: {what}"),
+        )),
+    }
+}
+
+fn duration(value: &Expr) -> syn::Result<Duration> {
+    let lit = string(value, "a duration such as \"10s\", \"500ms\" or \"1h 30m\"")?;
+    match humantime::parse_duration(&lit.value()) {
+        Ok(d) if d.is_zero() => Err(syn::Error::new(
+            lit.span(),
+            "the duration must be more than zero",
+        )),
+        Ok(d) => Ok(d),
+        Err(err) => Err(syn::Error::new(
+            lit.span(),
+            format!(
+                "invalid duration {:?}: {err}; write it as \"10s\", \"500ms\" or \"1h 30m\"",
+                lit.value()
+            ),
+        )),
+    }
+}
+
+fn function_name(value: &Expr) -> syn::Result<LitStr> {
+    let lit = string(
+        value,
+        "the function's name in keys, such as \"billing::invoice_total\"",
+    )?;
+    if lit.value().is_empty() {
+        return Err(syn::Error::new(lit.span(), "the name must not be empty"));
+    }
+    Ok(lit)
+}
+
+/// Collects errors to report them all at once.
+#[derive(Default)]
+pub(crate) struct Errors(Option<syn::Error>);
+
+impl Errors {
+    pub(crate) fn push(&mut self, err: syn::Error) {
+        match &mut self.0 {
+            Some(all) => all.combine(err),
+            None => self.0 = Some(err),
+        }
+    }
+
+    pub(crate) fn finish(self) -> syn::Result<()> {
+        self.0.map_or(Ok(()), Err)
+    }
+}

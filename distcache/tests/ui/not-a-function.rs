@@ -1,0 +1,4 @@
+#[distcache::distcached(expire = "10s", exec_limit = "1m")]
+struct NotAFunction;
+
+fn main() {}

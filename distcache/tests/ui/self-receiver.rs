@@ -1,0 +1,18 @@
+#[derive(Debug)]
+struct E;
+impl From<distcache::Error> for E {
+    fn from(_: distcache::Error) -> Self {
+        E
+    }
+}
+
+struct Service;
+
+impl Service {
+    #[distcache::distcached(expire = "10s", exec_limit = "1m")]
+    async fn load(&self, id: u32) -> Result<u32, E> {
+        Ok(id)
+    }
+}
+
+fn main() {}

@@ -1,0 +1,14 @@
+#[derive(Debug)]
+struct E;
+impl From<distcache::Error> for E {
+    fn from(_: distcache::Error) -> Self {
+        E
+    }
+}
+
+#[distcache::distcached(ttl = "10s", exec_limit = "1m", colour = "blue")]
+async fn f() -> Result<u32, E> {
+    Ok(1)
+}
+
+fn main() {}
