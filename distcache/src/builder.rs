@@ -5,6 +5,8 @@ use std::time::Duration;
 use crate::cache::{AnyStore, Config, Core, OnUnavailable};
 use crate::codec::DEFAULT_MAX_VALUE_BYTES;
 use crate::key::KeyEncoder;
+use crate::store::memcached::ring::Ring;
+use crate::store::memcached::{Cluster, NodeConfig, Server};
 use crate::store::memory::MemoryStore;
 use crate::{BuildError, Cache};
 
@@ -15,6 +17,12 @@ const MAX_VALUE_BYTES_CEILING: usize = 1024 * 1024 * 1024;
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until .build() is called"]
 pub struct CacheBuilder {
+    servers: Vec<String>,
+    connect_timeout: Duration,
+    io_timeout: Duration,
+    retry_interval: Duration,
+    failure_threshold: u32,
+    connections_per_server: usize,
     namespace: String,
     max_value_bytes: usize,
     on_unavailable: OnUnavailable,
@@ -24,6 +32,12 @@ pub struct CacheBuilder {
 impl Default for CacheBuilder {
     fn default() -> Self {
         CacheBuilder {
+            servers: Vec::new(),
+            connect_timeout: Duration::from_secs(1),
+            io_timeout: Duration::from_millis(500),
+            retry_interval: Duration::from_secs(2),
+            failure_threshold: 2,
+            connections_per_server: 2,
             namespace: String::new(),
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             on_unavailable: OnUnavailable::default(),
@@ -33,6 +47,56 @@ impl Default for CacheBuilder {
 }
 
 impl CacheBuilder {
+    /// Adds a memcached server: `host:port`, `host:port:weight`, `host` (port 11211) or
+    /// `[v6-address]:port[:weight]`; checked at `build()`. With no servers, the cache keeps its
+    /// values in this process. A key's server is chosen by libmemcached-compatible weighted
+    /// ketama over the servers in the order given.
+    pub fn server(mut self, server: impl AsRef<str>) -> Self {
+        self.servers.push(server.as_ref().to_owned());
+        self
+    }
+
+    /// Adds several servers, as [`server`](Self::server) does.
+    pub fn servers<S: AsRef<str>>(mut self, servers: impl IntoIterator<Item = S>) -> Self {
+        self.servers
+            .extend(servers.into_iter().map(|s| s.as_ref().to_owned()));
+        self
+    }
+
+    /// How long connecting to a server (DNS included) may take. Default: 1 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long a server may take to answer one request. A timeout marks the server down.
+    /// Default: 500 ms.
+    pub fn io_timeout(mut self, timeout: Duration) -> Self {
+        self.io_timeout = timeout;
+        self
+    }
+
+    /// How long a server marked down is left alone before one request probes it; meanwhile its
+    /// keys go to the next server on the ring. Default: 2 s.
+    pub fn retry_interval(mut self, interval: Duration) -> Self {
+        self.retry_interval = interval;
+        self
+    }
+
+    /// How many consecutive failed requests mark a server down (a timeout does at once).
+    /// Default: 2.
+    pub fn failure_threshold(mut self, failures: u32) -> Self {
+        self.failure_threshold = failures;
+        self
+    }
+
+    /// The most connections to one server. Each carries many requests at once (pipelined), so a
+    /// few suffice. Default: 2.
+    pub fn connections_per_server(mut self, connections: usize) -> Self {
+        self.connections_per_server = connections;
+        self
+    }
+
     /// A prefix for every key (`namespace:key`), to share a memcached cluster between
     /// applications or to retire every key at once by changing it. ASCII letters, digits, `_`,
     /// `-` and `.`, at most 64 bytes. Default: none.
@@ -88,6 +152,11 @@ impl CacheBuilder {
                 reason: format!("{:?} is not between 1ms and 60s", self.max_poll_interval),
             });
         }
+        let store = if self.servers.is_empty() {
+            AnyStore::Memory(MemoryStore::default())
+        } else {
+            AnyStore::Memcached(self.cluster()?)
+        };
         let core = Core {
             keys,
             flights: Default::default(),
@@ -99,9 +168,53 @@ impl CacheBuilder {
                 max_poll_interval: self.max_poll_interval,
             },
         };
-        Ok(Cache::from_parts(
-            core,
-            AnyStore::Memory(MemoryStore::default()),
-        ))
+        Ok(Cache::from_parts(core, store))
+    }
+
+    fn cluster(&self) -> Result<Cluster, BuildError> {
+        let servers = self
+            .servers
+            .iter()
+            .map(|s| s.parse::<Server>())
+            .collect::<Result<Vec<_>, _>>()?;
+        let ring = Ring::new(servers)?;
+        let duration = |setting: &'static str, value: Duration, max: Duration| {
+            if value.is_zero() || value > max {
+                return Err(BuildError::InvalidSetting {
+                    setting,
+                    reason: format!("{value:?} is not more than zero and at most {max:?}"),
+                });
+            }
+            Ok(value)
+        };
+        let minute = Duration::from_secs(60);
+        let config = NodeConfig {
+            connect_timeout: duration("connect_timeout", self.connect_timeout, minute)?,
+            io_timeout: duration("io_timeout", self.io_timeout, minute)?,
+            retry_interval: duration(
+                "retry_interval",
+                self.retry_interval,
+                Duration::from_secs(3600),
+            )?,
+            failure_threshold: match self.failure_threshold {
+                0 => {
+                    return Err(BuildError::InvalidSetting {
+                        setting: "failure_threshold",
+                        reason: "at least one failure must mark a server down".into(),
+                    });
+                }
+                n => n,
+            },
+            connections: match self.connections_per_server {
+                n @ 1..=64 => n,
+                n => {
+                    return Err(BuildError::InvalidSetting {
+                        setting: "connections_per_server",
+                        reason: format!("{n} is not between 1 and 64"),
+                    });
+                }
+            },
+        };
+        Ok(Cluster::new(ring, &config))
     }
 }

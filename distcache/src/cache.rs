@@ -16,6 +16,7 @@ use crate::flight;
 use crate::key::{KeyEncoder, WireKey};
 use crate::schedule::{Estimates, Site, site_of};
 use crate::stats::{Counters, Stats};
+use crate::store::memcached::{Cluster, Server};
 use crate::store::memory::MemoryStore;
 use crate::store::{Fill, Lease, Lookup, Store, StoreError};
 
@@ -69,6 +70,7 @@ pub enum OnUnavailable {
 #[derive(Debug, Clone)]
 pub(crate) enum AnyStore {
     Memory(MemoryStore),
+    Memcached(Cluster),
 }
 
 impl Cache {
@@ -239,6 +241,25 @@ impl Cache {
         })
     }
 
+    /// The memcached server `key` goes to now: its own on the ring, or the next one up while its
+    /// own is marked down. `None` for the in-process store. No I/O.
+    ///
+    /// ```
+    /// let cache = distcache::Cache::builder()
+    ///     .servers(["10.0.0.1:11211", "10.0.0.2:11211", "10.0.0.3:11211"])
+    ///     .build()?;
+    /// let server = cache.server_for("user:42").expect("a memcached cache");
+    /// println!("user:42 lives on {server}");
+    /// # Ok::<(), distcache::BuildError>(())
+    /// ```
+    pub fn server_for(&self, key: &str) -> Option<&Server> {
+        let inner = &*self.inner;
+        match &inner.store {
+            AnyStore::Memory(_) => None,
+            AnyStore::Memcached(cluster) => Some(cluster.server_for(&inner.core.keys.encode(key))),
+        }
+    }
+
     /// This cache's counters since it was built (shared by its clones).
     pub fn stats(&self) -> Stats {
         self.inner.core.stats.snapshot()
@@ -254,11 +275,19 @@ impl fmt::Debug for Cache {
     }
 }
 
-/// Names the store, for logs: `in-process store`, or the memcached servers.
+/// Names the store, for logs: `in-process store`, or `memcached host:port,host:port,...`.
 impl fmt::Display for Cache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.inner.store {
             AnyStore::Memory(_) => f.write_str("in-process store"),
+            AnyStore::Memcached(cluster) => {
+                f.write_str("memcached ")?;
+                for (i, server) in cluster.servers().iter().enumerate() {
+                    let sep = if i == 0 { "" } else { "," };
+                    write!(f, "{sep}{server}")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -267,6 +296,7 @@ impl Store for AnyStore {
     async fn lookup(&self, key: &WireKey, lease_ttl: Duration) -> Result<Lookup, StoreError> {
         match self {
             AnyStore::Memory(s) => s.lookup(key, lease_ttl).await,
+            AnyStore::Memcached(s) => s.lookup(key, lease_ttl).await,
         }
     }
 
@@ -280,18 +310,21 @@ impl Store for AnyStore {
     ) -> Result<Fill, StoreError> {
         match self {
             AnyStore::Memory(s) => s.fill(key, lease, data, flags, expire).await,
+            AnyStore::Memcached(s) => s.fill(key, lease, data, flags, expire).await,
         }
     }
 
     async fn release(&self, key: &WireKey, lease: Lease) -> Result<(), StoreError> {
         match self {
             AnyStore::Memory(s) => s.release(key, lease).await,
+            AnyStore::Memcached(s) => s.release(key, lease).await,
         }
     }
 
     async fn invalidate(&self, key: &WireKey) -> Result<(), StoreError> {
         match self {
             AnyStore::Memory(s) => s.invalidate(key).await,
+            AnyStore::Memcached(s) => s.invalidate(key).await,
         }
     }
 }

@@ -72,6 +72,15 @@ pub enum BuildError {
         reason: &'static str,
     },
 
+    /// A server is not `host:port[:weight]`, or is listed twice.
+    #[error("invalid server {server:?}: {reason}")]
+    InvalidServer {
+        /// The server as given.
+        server: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// A size, count or duration is out of its range.
     #[error("invalid {setting}: {reason}")]
     InvalidSetting {

@@ -31,8 +31,10 @@ pub fn set_default(cache: Cache) -> Result<(), Cache> {
 /// The process-wide default cache: the one given to [`set_default`], else one built on first
 /// use from the environment:
 ///
-/// - `DISTCACHE_SERVERS`: the memcached servers; unset or empty, values are kept in this
-///   process (the in-process store), and a log line says so;
+/// - `DISTCACHE_SERVERS`: the memcached servers, comma-separated, each as
+///   [`CacheBuilder::server`](crate::CacheBuilder::server) takes it
+///   (`10.0.0.1:11211,10.0.0.2:11211:2`); unset or empty, values are kept in this process (the
+///   in-process store); a log line says which;
 /// - `DISTCACHE_NAMESPACE`: the [namespace](crate::CacheBuilder::namespace), default none.
 ///
 /// A configuration that does not build fails every call through the default cache with
@@ -54,13 +56,20 @@ fn from_env() -> Result<Cache, BuildError> {
     if let Some(namespace) = var("DISTCACHE_NAMESPACE") {
         builder = builder.namespace(namespace);
     }
-    if let Some(servers) = var("DISTCACHE_SERVERS") {
-        return Err(BuildError::InvalidSetting {
-            setting: "DISTCACHE_SERVERS",
-            reason: format!("{servers:?}: this build has no memcached store yet"),
-        });
+    match var("DISTCACHE_SERVERS") {
+        Some(servers) => {
+            let cache = builder
+                .servers(servers.split(',').filter(|s| !s.trim().is_empty()))
+                .build()?;
+            info!("distcache: the default cache uses {cache} (DISTCACHE_SERVERS)");
+            Ok(cache)
+        }
+        None => {
+            let cache = builder.build()?;
+            info!(
+                "distcache: DISTCACHE_SERVERS is unset: the default cache keeps values in this process"
+            );
+            Ok(cache)
+        }
     }
-    let cache = builder.build()?;
-    info!("distcache: DISTCACHE_SERVERS is unset: the default cache keeps values in this process");
-    Ok(cache)
 }

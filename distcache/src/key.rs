@@ -31,6 +31,10 @@ impl WireKey {
         std::str::from_utf8(&self.buf[..usize::from(self.len)]).expect("wire keys are ASCII")
     }
 
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.buf[..usize::from(self.len)]
+    }
+
     fn push(&mut self, bytes: &[u8]) {
         let start = usize::from(self.len);
         self.buf[start..start + bytes.len()].copy_from_slice(bytes);

@@ -90,6 +90,8 @@ pub use cache::{Cache, OnUnavailable};
 pub use error::{BoxError, BuildError, Error};
 pub use global::{default_cache, set_default};
 pub use stats::Stats;
+pub use store::memcached::Server;
+pub use store::memcached::ring::Ring;
 
 /// Caches an `async fn` returning `Result<T, E>` in the [default cache](default_cache), or in
 /// `cache = EXPR`: the body runs once per distinct arguments per `expire` window across every

@@ -106,7 +106,7 @@ impl Store for MemoryStore {
                     expires: now + lease_ttl,
                 };
                 shard.insert(key.as_str(), stub, now);
-                Ok(Lookup::Won(Lease { cas }))
+                Ok(Lookup::Won(Lease { cas, node: 0 }))
             }
         }
     }
@@ -226,6 +226,7 @@ mod tests {
                 &k,
                 Lease {
                     cas: lease.cas + 100,
+                    node: 0,
                 },
             )
             .await

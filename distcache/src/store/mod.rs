@@ -11,6 +11,7 @@ use bytes::Bytes;
 use crate::error::BoxError;
 use crate::key::WireKey;
 
+pub(crate) mod memcached;
 pub(crate) mod memory;
 
 /// A stored value and its client flags.
@@ -26,6 +27,8 @@ pub(crate) struct Item {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Lease {
     pub(crate) cas: u64,
+    /// The node that granted it, which alone can honour it (0 for the in-process store).
+    pub(crate) node: usize,
 }
 
 /// What a lookup found.
@@ -48,7 +51,6 @@ pub(crate) enum Fill {
     /// another holder filled it), and the value in the store, if any, is newer than ours.
     LeaseLost,
     /// Not stored: the server refused the item's size.
-    #[allow(dead_code, reason = "the memcached store returns it")]
     TooLarge,
 }
 
@@ -61,18 +63,19 @@ pub(crate) struct StoreError {
     pub(crate) kind: StoreErrorKind,
 }
 
+/// The in-process store never fails; these come from the memcached store.
 #[derive(Debug, thiserror::Error)]
-#[allow(
-    dead_code,
-    reason = "the memcached store returns them; the in-process store never fails"
-)]
 pub(crate) enum StoreErrorKind {
+    #[error("every node is marked down")]
+    NoNode,
     #[error("the node is marked down")]
     NodeDown,
     #[error("no answer within {0:?}")]
     Timeout(Duration),
-    #[error("connection failed: {0}")]
+    #[error("cannot connect: {0}")]
     Io(#[source] std::io::Error),
+    #[error("{0}")]
+    Connection(String),
     #[error("unexpected reply: {0}")]
     Protocol(String),
     #[error("server error: {0}")]

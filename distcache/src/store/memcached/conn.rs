@@ -1,0 +1,447 @@
+//! One pipelined connection to a memcached server.
+//!
+//! Any number of requests may be in flight: a caller appends its request to the output buffer and
+//! a waiter to the queue, under one lock, and awaits its reply; a writer task sends whatever has
+//! accumulated in one write; a reader task parses replies and hands each to the oldest waiter.
+//! memcached answers in order, and each reply must echo its request's opaque token, so a reply
+//! can never reach the wrong caller: a mismatch, an unparseable reply, `ERROR`/`CLIENT_ERROR`, an
+//! I/O error or a timeout closes the connection and fails every request still on it.
+//!
+//! A caller that gives up (its future dropped) leaves its waiter behind: the reader still consumes
+//! its reply and drops it, so the connection stays in step and is safe to keep using.
+//!
+//! Why not async-memcached: its `Client` takes `&mut self` for every command (one request in flight
+//! per connection), a dropped request future closes the client, it cannot connect to IPv6 servers,
+//! and its flags are strings. The meta commands we need are few; the framing is above.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{Notify, oneshot};
+use tokio::task::AbortHandle;
+
+use super::protocol::{self, ErrorKind, Reply, Request};
+
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Why a request on a connection failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum ConnError {
+    #[error("the connection is closed: {0}")]
+    Closed(Arc<str>),
+}
+
+/// A handle to a connection; clones share it, and the last one to go closes it.
+#[derive(Debug, Clone)]
+pub(crate) struct Connection {
+    handle: Arc<Handle>,
+}
+
+/// Held by handles only (the tasks hold `Shared`): its drop means nobody can send any more.
+#[derive(Debug)]
+struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shared.close("the connection was dropped");
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    writer: Notify,
+    closed: AtomicBool,
+    tasks: Mutex<Vec<AbortHandle>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    out: BytesMut,
+    waiters: VecDeque<Waiter>,
+    next_opaque: u32,
+    closed: Option<Arc<str>>,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    opaque: u32,
+    reply: oneshot::Sender<Result<Reply, ConnError>>,
+}
+
+/// A reply on its way.
+pub(crate) type PendingReply = oneshot::Receiver<Result<Reply, ConnError>>;
+
+impl Connection {
+    /// Connects to the first of `addrs` that accepts within `timeout`.
+    pub(crate) async fn connect(addrs: &[SocketAddr], timeout: Duration) -> io::Result<Self> {
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "no address to connect to");
+        for addr in addrs {
+            match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => return Ok(Self::start(stream)),
+                Ok(Err(err)) => last = err,
+                Err(_) => {
+                    last = io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("connecting to {addr} took over {timeout:?}"),
+                    )
+                }
+            }
+        }
+        Err(last)
+    }
+
+    fn start(stream: TcpStream) -> Self {
+        // Small requests must not wait for Nagle's algorithm.
+        let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            writer: Notify::new(),
+            closed: AtomicBool::new(false),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let reader = tokio::spawn(read_replies(shared.clone(), read));
+        let writer = tokio::spawn(write_requests(shared.clone(), write));
+        shared
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend([reader.abort_handle(), writer.abort_handle()]);
+        if shared.closed.load(Ordering::Acquire) {
+            // Closed before the tasks were registered: stop them here.
+            shared.abort_tasks();
+        }
+        Connection {
+            handle: Arc::new(Handle { shared }),
+        }
+    }
+
+    /// Queues `request`; the reply arrives on the returned receiver.
+    pub(crate) fn send(&self, request: &Request<'_>) -> Result<PendingReply, ConnError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut state = self.handle.shared.lock();
+            if let Some(reason) = &state.closed {
+                return Err(ConnError::Closed(reason.clone()));
+            }
+            let opaque = state.next_opaque;
+            state.next_opaque = opaque.wrapping_add(1);
+            request.encode(opaque, &mut state.out);
+            state.waiters.push_back(Waiter { opaque, reply: tx });
+        }
+        self.handle.shared.writer.notify_one();
+        Ok(rx)
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.handle.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// Closes the connection, failing every request still on it.
+    pub(crate) fn close(&self, reason: &str) {
+        self.handle.shared.close(reason);
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every critical section leaves the state consistent before anything can panic.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn close(&self, reason: &str) {
+        let waiters = {
+            let mut state = self.lock();
+            if state.closed.is_some() {
+                return;
+            }
+            let reason: Arc<str> = reason.into();
+            state.closed = Some(reason.clone());
+            state.out.clear();
+            self.closed.store(true, Ordering::Release);
+            std::mem::take(&mut state.waiters)
+                .into_iter()
+                .map(move |w| (w, reason.clone()))
+                .collect::<Vec<_>>()
+        };
+        for (waiter, reason) in waiters {
+            let _ = waiter.reply.send(Err(ConnError::Closed(reason)));
+        }
+        self.abort_tasks();
+    }
+
+    fn abort_tasks(&self) {
+        for task in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
+    }
+
+    /// Hands `reply` to the oldest waiter; false if the connection is out of step.
+    fn deliver(&self, reply: Reply) -> Result<(), String> {
+        let waiter = self.lock().waiters.pop_front();
+        let Some(waiter) = waiter else {
+            return Err(format!("a reply nobody asked for: {reply:?}"));
+        };
+        let fatal = match &reply {
+            Reply::Meta(meta) => match meta.opaque {
+                Some(opaque) if opaque != waiter.opaque => Some(format!(
+                    "reply for request {opaque} where {} was expected",
+                    waiter.opaque
+                )),
+                _ => None,
+            },
+            // After a command error memcached may be reading our next bytes as data: start over.
+            Reply::Error {
+                kind: ErrorKind::Command | ErrorKind::Client,
+                message,
+            } => Some(format!("the server refused a request: {message}")),
+            Reply::Error {
+                kind: ErrorKind::Server,
+                ..
+            } => None,
+        };
+        match fatal {
+            Some(reason) => {
+                let _ = waiter
+                    .reply
+                    .send(Err(ConnError::Closed(reason.as_str().into())));
+                Err(reason)
+            }
+            None => {
+                // A caller that gave up dropped its receiver: the reply is consumed all the same.
+                let _ = waiter.reply.send(Ok(reply));
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn write_requests(shared: Arc<Shared>, mut write: OwnedWriteHalf) {
+    loop {
+        let mut batch = {
+            let mut state = shared.lock();
+            if state.closed.is_some() {
+                return;
+            }
+            state.out.split()
+        };
+        if batch.is_empty() {
+            // `send` stores a permit if it notifies while we are not waiting: no lost wake-up.
+            shared.writer.notified().await;
+            continue;
+        }
+        if let Err(err) = write.write_all(&batch).await {
+            shared.close(&format!("write failed: {err}"));
+            return;
+        }
+        // Give the buffer back, so that steady traffic does not allocate.
+        batch.clear();
+        let mut state = shared.lock();
+        if state.out.is_empty() && state.out.capacity() < batch.capacity() {
+            state.out = batch;
+        }
+    }
+}
+
+async fn read_replies(shared: Arc<Shared>, mut read: OwnedReadHalf) {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    loop {
+        loop {
+            match protocol::parse(&mut buf) {
+                Ok(Some(reply)) => {
+                    if let Err(reason) = shared.deliver(reply) {
+                        shared.close(&reason);
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(err) => {
+                    shared.close(&format!("protocol error: {err}"));
+                    return;
+                }
+            }
+        }
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        match read.read_buf(&mut buf).await {
+            Ok(0) => {
+                shared.close("the server closed the connection");
+                return;
+            }
+            Ok(_) => {}
+            Err(err) => {
+                shared.close(&format!("read failed: {err}"));
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Against scripted peers: these check our framing, not memcached.
+
+    use super::*;
+    use crate::key::{KeyEncoder, WireKey};
+    use crate::store::memcached::protocol::{Code, Meta};
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    use tokio::net::TcpListener;
+
+    fn key(k: &str) -> WireKey {
+        KeyEncoder::new("").unwrap().encode(k)
+    }
+
+    /// A peer on a free loopback port, and a connection to it.
+    async fn peer() -> (Connection, BufReader<TcpStream>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let addrs = [addr];
+        let (conn, accepted) = tokio::join!(
+            Connection::connect(&addrs, Duration::from_secs(1)),
+            listener.accept()
+        );
+        (conn.unwrap(), BufReader::new(accepted.unwrap().0))
+    }
+
+    async fn read_line(peer: &mut BufReader<TcpStream>) -> String {
+        let mut line = String::new();
+        peer.read_line(&mut line).await.unwrap();
+        line
+    }
+
+    fn get<'a>(k: &'a WireKey) -> Request<'a> {
+        Request::GetOrLease { key: k, lease: 1 }
+    }
+
+    fn meta(reply: Result<Result<Reply, ConnError>, oneshot::error::RecvError>) -> Meta {
+        match reply {
+            Ok(Ok(Reply::Meta(meta))) => meta,
+            other => panic!("expected a meta reply, got {other:?}"),
+        }
+    }
+
+    async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(5), f)
+            .await
+            .expect("within 5 s")
+    }
+
+    #[tokio::test]
+    async fn many_requests_are_in_flight_at_once_on_one_connection() {
+        let (conn, mut peer) = peer().await;
+        let keys: Vec<WireKey> = (0..3).map(|i| key(&format!("k{i}"))).collect();
+        let replies: Vec<_> = keys.iter().map(|k| conn.send(&get(k)).unwrap()).collect();
+        // The peer reads all three requests before answering any: a client that waited for each
+        // reply before sending the next request would hang here.
+        let lines = within(async {
+            let mut lines = Vec::new();
+            for _ in 0..3 {
+                lines.push(read_line(&mut peer).await);
+            }
+            lines
+        })
+        .await;
+        assert_eq!(
+            lines,
+            [
+                "mg k0 v c f N1 O0\r\n",
+                "mg k1 v c f N1 O1\r\n",
+                "mg k2 v c f N1 O2\r\n"
+            ]
+        );
+        peer.get_mut()
+            .write_all(b"VA 1 c1 f0 O0\r\na\r\nVA 1 c2 f0 O1\r\nb\r\nVA 1 c3 f0 O2\r\nc\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        for reply in replies {
+            got.push(meta(within(reply).await).data);
+        }
+        assert_eq!(got, ["a", "b", "c"]);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_request_never_hands_its_reply_to_the_next() {
+        let (conn, mut peer) = peer().await;
+        let (first, second) = (key("first"), key("second"));
+        drop(conn.send(&get(&first)).unwrap());
+        let reply = conn.send(&get(&second)).unwrap();
+        within(read_line(&mut peer)).await;
+        within(read_line(&mut peer)).await;
+        peer.get_mut()
+            .write_all(b"VA 5 c1 f0 O0\r\nfirst\r\nVA 6 c2 f0 O1\r\nsecond\r\n")
+            .await
+            .unwrap();
+        assert_eq!(&meta(within(reply).await).data[..], b"second");
+        assert!(
+            !conn.is_closed(),
+            "the abandoned reply was consumed; the connection is still in step"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reply_for_another_request_closes_the_connection() {
+        let (conn, mut peer) = peer().await;
+        let k = key("k");
+        let reply = conn.send(&get(&k)).unwrap();
+        within(read_line(&mut peer)).await;
+        peer.get_mut().write_all(b"HD O41\r\n").await.unwrap();
+        assert!(matches!(within(reply).await, Ok(Err(ConnError::Closed(_)))));
+        assert!(conn.is_closed());
+        assert!(
+            conn.send(&get(&k)).is_err(),
+            "a closed connection takes no request"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_value_split_across_packets_is_assembled_without_loss() {
+        let (conn, mut peer) = peer().await;
+        let k = key("k");
+        let reply = conn.send(&get(&k)).unwrap();
+        within(read_line(&mut peer)).await;
+        let value = vec![b'x'; 100_000];
+        let mut wire = b"VA 100000 c9 f7 O0\r\n".to_vec();
+        wire.extend_from_slice(&value);
+        wire.extend_from_slice(b"\r\n");
+        for chunk in wire.chunks(7_001) {
+            peer.get_mut().write_all(chunk).await.unwrap();
+            peer.get_mut().flush().await.unwrap();
+        }
+        let got = meta(within(reply).await);
+        assert_eq!(
+            (got.code, got.cas, got.client_flags),
+            (Code::Value, Some(9), Some(7))
+        );
+        assert_eq!(got.data, value);
+    }
+
+    #[tokio::test]
+    async fn a_server_that_goes_away_fails_every_pending_request() {
+        let (conn, peer) = peer().await;
+        let k = key("k");
+        let replies: Vec<_> = (0..3).map(|_| conn.send(&get(&k)).unwrap()).collect();
+        drop(peer);
+        for reply in replies {
+            assert!(matches!(within(reply).await, Ok(Err(ConnError::Closed(_)))));
+        }
+        assert!(conn.is_closed());
+    }
+}

@@ -1,0 +1,418 @@
+//! The memcached cluster: the ketama ring picks a key's node, the node's pipelined connections
+//! carry the meta commands of the four verbs (DESIGN §2).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use self::node::Node;
+pub(crate) use self::node::NodeConfig;
+use self::protocol::{Code, ErrorKind, MAX_RELATIVE_TTL, Meta, Reply, Request};
+use self::ring::Ring;
+pub use self::ring::Server;
+use super::{Fill, Item, Lease, Lookup, Store, StoreError, StoreErrorKind};
+use crate::key::WireKey;
+
+mod conn;
+mod node;
+mod protocol;
+pub(crate) mod ring;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Cluster {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    ring: Ring,
+    nodes: Vec<Node>,
+}
+
+impl Cluster {
+    /// The cluster of `ring`'s servers; connects on first use.
+    pub(crate) fn new(ring: Ring, config: &NodeConfig) -> Self {
+        let epoch = Instant::now();
+        let nodes = ring
+            .servers()
+            .iter()
+            .map(|server| Node::new(server.clone(), config, epoch))
+            .collect();
+        Cluster {
+            inner: Arc::new(Inner { ring, nodes }),
+        }
+    }
+
+    pub(crate) fn servers(&self) -> &[Server] {
+        self.inner.ring.servers()
+    }
+
+    /// The server `key` goes to now: its own, or the next one up if its own is marked down.
+    pub(crate) fn server_for(&self, key: &WireKey) -> &Server {
+        let nodes = &self.inner.nodes;
+        let index = self
+            .inner
+            .ring
+            .route(key.as_bytes(), |i| !nodes[i].is_down())
+            .unwrap_or_else(|| {
+                self.inner
+                    .ring
+                    .route(key.as_bytes(), |_| true)
+                    .expect("a ring has servers")
+            });
+        &nodes[index].server
+    }
+
+    /// Runs `request` on the key's node. If that node fails and is marked down by the failure,
+    /// the request is tried once more on the key's next node, so that a node's death costs its
+    /// keys one failed request at most per process, not a degraded call each.
+    async fn on_key_node(
+        &self,
+        operation: &'static str,
+        key: &WireKey,
+        request: Request<'_>,
+    ) -> Result<(usize, Reply), StoreError> {
+        let nodes = &self.inner.nodes;
+        let mut retried = false;
+        loop {
+            let Some(index) = self
+                .inner
+                .ring
+                .route(key.as_bytes(), |i| nodes[i].available())
+            else {
+                return Err(StoreError {
+                    operation,
+                    node: "every node".into(),
+                    kind: StoreErrorKind::NoNode,
+                });
+            };
+            match nodes[index].execute(operation, &request).await {
+                Ok(reply) => return Ok((index, reply)),
+                Err(err) if retried || !nodes[index].is_down() => return Err(err),
+                Err(_) => retried = true,
+            }
+        }
+    }
+
+    /// Runs `request` on the node that granted `lease`: only it can honour the lease's CAS.
+    async fn on_lease_node(
+        &self,
+        operation: &'static str,
+        lease: Lease,
+        request: Request<'_>,
+    ) -> Result<Reply, StoreError> {
+        let node = &self.inner.nodes[lease.node];
+        if node.is_down() {
+            return Err(StoreError {
+                operation,
+                node: node.server.to_string(),
+                kind: StoreErrorKind::NodeDown,
+            });
+        }
+        node.execute(operation, &request).await
+    }
+}
+
+fn meta(operation: &'static str, node: &Server, reply: Reply) -> Result<Meta, StoreError> {
+    let kind = match reply {
+        Reply::Meta(meta) => return Ok(meta),
+        Reply::Error {
+            kind: ErrorKind::Server,
+            message,
+        } => StoreErrorKind::Server(message),
+        Reply::Error { message, .. } => StoreErrorKind::Protocol(message),
+    };
+    Err(StoreError {
+        operation,
+        node: node.to_string(),
+        kind,
+    })
+}
+
+/// A TTL in memcached's terms: whole seconds, at least one (0 would mean "never expires"), and
+/// past 30 days an absolute Unix time, as memcached reads any larger number.
+pub(crate) fn ttl_seconds(ttl: Duration) -> u32 {
+    let secs = (ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0)).max(1);
+    if secs <= MAX_RELATIVE_TTL {
+        return secs as u32;
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    u32::try_from(now.saturating_add(secs)).unwrap_or(u32::MAX)
+}
+
+impl Store for Cluster {
+    async fn lookup(&self, key: &WireKey, lease_ttl: Duration) -> Result<Lookup, StoreError> {
+        let request = Request::GetOrLease {
+            key,
+            lease: ttl_seconds(lease_ttl),
+        };
+        let (node, reply) = self.on_key_node("lookup", key, request).await?;
+        let meta = meta("lookup", &self.inner.nodes[node].server, reply)?;
+        Ok(match meta.code {
+            // A stale item (X) carries a value nobody should read; W and Z say who recomputes.
+            Code::Value if meta.win => Lookup::Won(Lease {
+                cas: meta.cas.unwrap_or_default(),
+                node,
+            }),
+            Code::Value if meta.won_elsewhere || meta.stale => Lookup::Busy,
+            Code::Value => Lookup::Hit(Item {
+                data: meta.data,
+                flags: meta.client_flags.unwrap_or_default(),
+            }),
+            // With N, a miss creates the stub; a plain miss means it vanished meanwhile: ask again.
+            _ => Lookup::Busy,
+        })
+    }
+
+    async fn fill(
+        &self,
+        key: &WireKey,
+        lease: Lease,
+        data: &Bytes,
+        flags: u32,
+        expire: Duration,
+    ) -> Result<Fill, StoreError> {
+        let request = Request::SetIfCas {
+            key,
+            data,
+            flags,
+            ttl: ttl_seconds(expire),
+            cas: lease.cas,
+        };
+        match self.on_lease_node("fill", lease, request).await? {
+            Reply::Meta(Meta {
+                code: Code::Stored, ..
+            }) => Ok(Fill::Stored),
+            // EX: the CAS changed (taken over); NF: the stub expired; NS: not stored.
+            Reply::Meta(_) => Ok(Fill::LeaseLost),
+            Reply::Error {
+                kind: ErrorKind::Server,
+                message,
+            } if message.contains("too large") => Ok(Fill::TooLarge),
+            other => {
+                meta("fill", &self.inner.nodes[lease.node].server, other).map(|_| Fill::LeaseLost)
+            }
+        }
+    }
+
+    async fn release(&self, key: &WireKey, lease: Lease) -> Result<(), StoreError> {
+        let request = Request::Delete {
+            key,
+            cas: Some(lease.cas),
+        };
+        let reply = self.on_lease_node("release", lease, request).await?;
+        meta("release", &self.inner.nodes[lease.node].server, reply).map(drop)
+    }
+
+    async fn invalidate(&self, key: &WireKey) -> Result<(), StoreError> {
+        let request = Request::Delete { key, cas: None };
+        let (node, reply) = self.on_key_node("invalidate", key, request).await?;
+        meta("invalidate", &self.inner.nodes[node].server, reply).map(drop)
+    }
+}
+
+#[cfg(test)]
+#[path = "../../../tests/support/memcached.rs"]
+mod harness;
+
+#[cfg(test)]
+mod tests {
+    use super::harness::{Memcached, Outside};
+    use super::*;
+    use crate::key::KeyEncoder;
+
+    const LEASE: Duration = Duration::from_secs(1);
+    const EXPIRE: Duration = Duration::from_secs(60);
+
+    fn cluster(servers: &[&Memcached]) -> Cluster {
+        let ring = Ring::new(servers.iter().map(|s| s.addr().parse().unwrap())).unwrap();
+        let config = NodeConfig {
+            connect_timeout: Duration::from_secs(1),
+            io_timeout: Duration::from_secs(1),
+            retry_interval: Duration::from_secs(1),
+            failure_threshold: 2,
+            connections: 2,
+        };
+        Cluster::new(ring, &config)
+    }
+
+    fn key(k: &str) -> WireKey {
+        KeyEncoder::new("t").unwrap().encode(k)
+    }
+
+    async fn won(cluster: &Cluster, k: &WireKey) -> Lease {
+        match cluster.lookup(k, LEASE).await.unwrap() {
+            Lookup::Won(lease) => lease,
+            other => panic!("expected to win the lease, got {other:?}"),
+        }
+    }
+
+    async fn hit(cluster: &Cluster, k: &WireKey) -> Item {
+        match cluster.lookup(k, LEASE).await.unwrap() {
+            Lookup::Hit(item) => item,
+            other => panic!("expected a hit, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_lease_is_won_once_and_the_fill_is_seen_by_everyone() {
+        let server = Memcached::start().await;
+        let (a, b) = (cluster(&[&server]), cluster(&[&server]));
+        let k = key("k");
+        let lease = won(&a, &k).await;
+        assert!(
+            matches!(b.lookup(&k, LEASE).await.unwrap(), Lookup::Busy),
+            "another client waits"
+        );
+        let data = Bytes::from_static(b"\"v\"");
+        assert_eq!(
+            a.fill(&k, lease, &data, 42, EXPIRE).await.unwrap(),
+            Fill::Stored
+        );
+        let item = hit(&b, &k).await;
+        assert_eq!((&item.data[..], item.flags), (&b"\"v\""[..], 42));
+        let outside = Outside::connect(&server.addr()).await;
+        assert_eq!(
+            outside.get("t:k").await,
+            Some((b"\"v\"".to_vec(), 42)),
+            "a plain memcached item"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fill_after_the_lease_expired_and_another_filled_is_rejected() {
+        let server = Memcached::start().await;
+        let cluster = cluster(&[&server]);
+        let k = key("late");
+        let late = won(&cluster, &k).await;
+        // memcached has no event for an expiring stub: look until the lease can be won again.
+        let fresh = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match cluster.lookup(&k, LEASE).await.unwrap() {
+                    Lookup::Won(lease) => break lease,
+                    Lookup::Busy => tokio::time::sleep(Duration::from_millis(20)).await,
+                    Lookup::Hit(item) => panic!("nobody filled it: {item:?}"),
+                }
+            }
+        })
+        .await
+        .expect("a one-second lease expires within 5 s");
+        let newer = Bytes::from_static(b"2");
+        assert_eq!(
+            cluster.fill(&k, fresh, &newer, 0, EXPIRE).await.unwrap(),
+            Fill::Stored
+        );
+        let older = Bytes::from_static(b"1");
+        assert_eq!(
+            cluster.fill(&k, late, &older, 0, EXPIRE).await.unwrap(),
+            Fill::LeaseLost
+        );
+        assert_eq!(
+            &hit(&cluster, &k).await.data[..],
+            b"2",
+            "the newer value stays"
+        );
+    }
+
+    #[tokio::test]
+    async fn release_frees_the_lease_and_invalidate_voids_it() {
+        let server = Memcached::start().await;
+        let cluster = cluster(&[&server]);
+        let k = key("r");
+        let lease = won(&cluster, &k).await;
+        cluster
+            .release(
+                &k,
+                Lease {
+                    cas: lease.cas + 1,
+                    ..lease
+                },
+            )
+            .await
+            .unwrap();
+        assert!(
+            matches!(cluster.lookup(&k, LEASE).await.unwrap(), Lookup::Busy),
+            "a wrong CAS releases nothing"
+        );
+        cluster.release(&k, lease).await.unwrap();
+        let lease = won(&cluster, &k).await;
+        cluster.invalidate(&k).await.unwrap();
+        let data = Bytes::from_static(b"1");
+        assert_eq!(
+            cluster.fill(&k, lease, &data, 0, EXPIRE).await.unwrap(),
+            Fill::LeaseLost
+        );
+        won(&cluster, &k).await;
+    }
+
+    #[tokio::test]
+    async fn a_value_over_the_servers_item_size_is_refused_as_too_large() {
+        let server = Memcached::start().await;
+        let cluster = cluster(&[&server]);
+        let k = key("big");
+        let lease = won(&cluster, &k).await;
+        let data = Bytes::from(vec![b'x'; 2 * 1024 * 1024]);
+        assert_eq!(
+            cluster.fill(&k, lease, &data, 0, EXPIRE).await.unwrap(),
+            Fill::TooLarge
+        );
+        let small = Bytes::from_static(b"1");
+        let lease = won(&cluster, &k).await;
+        assert_eq!(
+            cluster.fill(&k, lease, &small, 0, EXPIRE).await.unwrap(),
+            Fill::Stored,
+            "the connection is still in step"
+        );
+    }
+
+    #[tokio::test]
+    async fn stale_items_from_other_clients_are_recomputed_by_one() {
+        let server = Memcached::start().await;
+        let cluster = cluster(&[&server]);
+        let outside = Outside::connect(&server.addr()).await;
+        outside.set("t:s", b"old", 0).await;
+        // Another client marks it stale (md ... I), as dogpile-style clients do.
+        let mut raw = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut raw, b"md t:s I T30\r\n")
+            .await
+            .unwrap();
+        let mut reply = [0u8; 4];
+        tokio::io::AsyncReadExt::read_exact(&mut raw, &mut reply)
+            .await
+            .unwrap();
+        assert_eq!(&reply, b"HD\r\n");
+        won(&cluster, &key("s")).await;
+        assert!(
+            matches!(
+                cluster.lookup(&key("s"), LEASE).await.unwrap(),
+                Lookup::Busy
+            ),
+            "the stale value is not served"
+        );
+    }
+
+    #[test]
+    fn ttls_are_whole_seconds_and_absolute_past_thirty_days() {
+        assert_eq!(ttl_seconds(Duration::from_millis(1)), 1);
+        assert_eq!(ttl_seconds(Duration::from_millis(1500)), 2);
+        assert_eq!(ttl_seconds(Duration::from_secs(60)), 60);
+        assert_eq!(
+            ttl_seconds(Duration::from_secs(MAX_RELATIVE_TTL)),
+            MAX_RELATIVE_TTL as u32
+        );
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let absolute = u64::from(ttl_seconds(Duration::from_secs(MAX_RELATIVE_TTL + 1)));
+        assert!(
+            (now + MAX_RELATIVE_TTL..=now + MAX_RELATIVE_TTL + 2).contains(&absolute),
+            "{absolute} vs now {now}"
+        );
+    }
+}

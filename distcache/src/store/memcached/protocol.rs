@@ -1,0 +1,399 @@
+//! The meta commands we send and the replies we parse (memcached >= 1.6, `doc/protocol.txt`).
+//!
+//! Requests are built from typed values only: keys are [`WireKey`]s (printable ASCII, at most
+//! 250 bytes, checked when built) and every flag is a number we format, so no caller input can
+//! reach the wire as a flag or a command. Each request carries an opaque token (`O`) that the
+//! reply echoes, so that a connection can prove every reply is the one its request expects.
+
+use std::fmt::Write as _;
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use crate::key::WireKey;
+
+/// The longest reply line we accept before the data: far beyond any real one.
+const MAX_LINE: usize = 8 * 1024;
+/// The largest value we accept in a reply: memcached's own ceiling for `-I`.
+const MAX_VALUE: usize = 1024 * 1024 * 1024;
+/// TTLs up to this many seconds are relative; longer ones must be absolute Unix times.
+pub(crate) const MAX_RELATIVE_TTL: u64 = 60 * 60 * 24 * 30;
+
+/// A request, built from typed values.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Request<'a> {
+    /// `mg <key> v c f N<lease> O<op>`: the value with its CAS and client flags, or, on a miss,
+    /// an empty stub that lives `lease` seconds and makes us the winner (`W`); a stub someone
+    /// else won answers `Z`.
+    GetOrLease { key: &'a WireKey, lease: u32 },
+    /// `ms <key> <len> T<ttl> C<cas> F<flags> O<op>`: store, only if the item's CAS is still
+    /// `cas` (our lease's stub).
+    SetIfCas {
+        key: &'a WireKey,
+        data: &'a [u8],
+        flags: u32,
+        ttl: u32,
+        cas: u64,
+    },
+    /// `md <key> [C<cas>] O<op>`: delete, only if the CAS is still `cas` when given.
+    Delete { key: &'a WireKey, cas: Option<u64> },
+}
+
+impl Request<'_> {
+    /// Appends the request, tagged with `opaque`, to `out`.
+    pub(crate) fn encode(&self, opaque: u32, out: &mut BytesMut) {
+        // Writing into a BytesMut cannot fail.
+        let _ = match *self {
+            Request::GetOrLease { key, lease } => {
+                write!(out, "mg {} v c f N{lease} O{opaque}\r\n", key.as_str())
+            }
+            Request::SetIfCas {
+                key,
+                data,
+                flags,
+                ttl,
+                cas,
+            } => {
+                let head = write!(
+                    out,
+                    "ms {} {} T{ttl} C{cas} F{flags} O{opaque}\r\n",
+                    key.as_str(),
+                    data.len()
+                );
+                out.extend_from_slice(data);
+                out.extend_from_slice(b"\r\n");
+                head
+            }
+            Request::Delete {
+                key,
+                cas: Some(cas),
+            } => {
+                write!(out, "md {} C{cas} O{opaque}\r\n", key.as_str())
+            }
+            Request::Delete { key, cas: None } => write!(out, "md {} O{opaque}\r\n", key.as_str()),
+        };
+    }
+}
+
+/// A reply's status code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Code {
+    /// `VA`: a value follows.
+    Value,
+    /// `HD`: success, no value.
+    Stored,
+    /// `EN`: miss.
+    Miss,
+    /// `NS`: not stored.
+    NotStored,
+    /// `EX`: the CAS did not match.
+    Exists,
+    /// `NF`: no such item.
+    NotFound,
+}
+
+/// A parsed reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Reply {
+    Meta(Meta),
+    /// `ERROR`, `CLIENT_ERROR ...` or `SERVER_ERROR ...`.
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ErrorKind {
+    /// `ERROR`: the server did not know the command.
+    Command,
+    /// `CLIENT_ERROR`: the server refused our request.
+    Client,
+    /// `SERVER_ERROR`: the server could not do it (out of memory, object too large).
+    Server,
+}
+
+/// A meta reply: its code, the flags we ask for, and the value of a `VA`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Meta {
+    pub(crate) code: Code,
+    pub(crate) data: Bytes,
+    pub(crate) cas: Option<u64>,
+    pub(crate) client_flags: Option<u32>,
+    pub(crate) opaque: Option<u32>,
+    /// `W`: we won the right to compute the value.
+    pub(crate) win: bool,
+    /// `Z`: someone else holds that right.
+    pub(crate) won_elsewhere: bool,
+    /// `X`: the item is stale.
+    pub(crate) stale: bool,
+}
+
+/// The bytes are not memcached's meta protocol as we speak it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct ProtocolError(pub(crate) String);
+
+/// Parses one reply from the front of `buf`, consuming it; `Ok(None)` if more bytes are needed.
+/// A value's bytes are split off `buf` without copying.
+pub(crate) fn parse(buf: &mut BytesMut) -> Result<Option<Reply>, ProtocolError> {
+    let Some(line_end) = memchr_crlf(buf) else {
+        if buf.len() > MAX_LINE {
+            return Err(ProtocolError(format!(
+                "no end of line in {} bytes",
+                buf.len()
+            )));
+        }
+        return Ok(None);
+    };
+    let line = std::str::from_utf8(&buf[..line_end])
+        .map_err(|_| ProtocolError("a reply line is not ASCII".into()))?;
+    let mut tokens = line.split(' ');
+    let head = tokens.next().unwrap_or_default();
+    let (code, size) = match head {
+        "VA" => {
+            let size = tokens
+                .next()
+                .and_then(|s| s.parse::<usize>().ok())
+                .filter(|&s| s <= MAX_VALUE)
+                .ok_or_else(|| ProtocolError(format!("bad value size in {line:?}")))?;
+            (Code::Value, size)
+        }
+        "HD" => (Code::Stored, 0),
+        "EN" => (Code::Miss, 0),
+        "NS" => (Code::NotStored, 0),
+        "EX" => (Code::Exists, 0),
+        "NF" => (Code::NotFound, 0),
+        "ERROR" | "CLIENT_ERROR" | "SERVER_ERROR" => {
+            let kind = match head {
+                "ERROR" => ErrorKind::Command,
+                "CLIENT_ERROR" => ErrorKind::Client,
+                _ => ErrorKind::Server,
+            };
+            let message = line[head.len()..].trim_start().to_owned();
+            buf.advance(line_end + 2);
+            return Ok(Some(Reply::Error { kind, message }));
+        }
+        _ => return Err(ProtocolError(format!("unexpected reply {line:?}"))),
+    };
+    let mut meta = Meta {
+        code,
+        data: Bytes::new(),
+        cas: None,
+        client_flags: None,
+        opaque: None,
+        win: false,
+        won_elsewhere: false,
+        stale: false,
+    };
+    for token in tokens.filter(|t| !t.is_empty()) {
+        let (flag, value) = token.split_at(1);
+        let bad = || ProtocolError(format!("bad flag {token:?} in {line:?}"));
+        match flag {
+            "c" => meta.cas = Some(value.parse().map_err(|_| bad())?),
+            "f" => meta.client_flags = Some(value.parse().map_err(|_| bad())?),
+            "O" => meta.opaque = Some(value.parse().map_err(|_| bad())?),
+            "W" => meta.win = true,
+            "Z" => meta.won_elsewhere = true,
+            "X" => meta.stale = true,
+            // Flags we do not ask for (t, s, k, ...) are ignored.
+            _ => {}
+        }
+    }
+    if code == Code::Value {
+        let total = line_end + 2 + size + 2;
+        if buf.len() < total {
+            buf.reserve(total - buf.len());
+            return Ok(None);
+        }
+        if &buf[total - 2..total] != b"\r\n" {
+            return Err(ProtocolError(format!(
+                "a {size}-byte value is not followed by CRLF"
+            )));
+        }
+        buf.advance(line_end + 2);
+        meta.data = buf.split_to(size).freeze();
+        buf.advance(2);
+    } else {
+        buf.advance(line_end + 2);
+    }
+    Ok(Some(Reply::Meta(meta)))
+}
+
+fn memchr_crlf(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\r\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::KeyEncoder;
+    use proptest::prelude::*;
+
+    fn key(k: &str) -> WireKey {
+        KeyEncoder::new("").unwrap().encode(k)
+    }
+
+    fn encoded(req: Request<'_>) -> String {
+        let mut out = BytesMut::new();
+        req.encode(7, &mut out);
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn requests_are_built_from_typed_values() {
+        let k = key("user:1");
+        assert_eq!(
+            encoded(Request::GetOrLease { key: &k, lease: 3 }),
+            "mg user:1 v c f N3 O7\r\n"
+        );
+        assert_eq!(
+            encoded(Request::SetIfCas {
+                key: &k,
+                data: b"{}",
+                flags: 5,
+                ttl: 60,
+                cas: 99
+            }),
+            "ms user:1 2 T60 C99 F5 O7\r\n{}\r\n"
+        );
+        assert_eq!(
+            encoded(Request::Delete {
+                key: &k,
+                cas: Some(4)
+            }),
+            "md user:1 C4 O7\r\n"
+        );
+        assert_eq!(
+            encoded(Request::Delete { key: &k, cas: None }),
+            "md user:1 O7\r\n"
+        );
+    }
+
+    #[test]
+    fn a_hostile_key_cannot_inject_a_command() {
+        let k = key("x v\r\nflush_all\r\nmg y");
+        let line = encoded(Request::GetOrLease { key: &k, lease: 1 });
+        assert_eq!(line.matches("\r\n").count(), 1, "{line:?}");
+        assert_eq!(line.split(' ').count(), 7, "one key token: {line:?}");
+    }
+
+    fn parse_all(bytes: &[u8]) -> Vec<Reply> {
+        let mut buf = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        while let Some(reply) = parse(&mut buf).unwrap() {
+            out.push(reply);
+        }
+        assert!(buf.is_empty(), "left over: {buf:?}");
+        out
+    }
+
+    fn meta(reply: &Reply) -> &Meta {
+        match reply {
+            Reply::Meta(meta) => meta,
+            other => panic!("expected a meta reply, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn replies_of_memcached_1_6_parse() {
+        // As memcached 1.6.18 answers (captured from a real server).
+        let replies = parse_all(
+            b"VA 0 c1 f0 O123 W\r\n\r\n\
+              VA 0 c1 f0 O124 Z\r\n\r\n\
+              VA 3 c4 f5 O9 X W\r\nold\r\n\
+              HD O126\r\nEX O127\r\nNF O128\r\nNS O129\r\nEN\r\n\
+              SERVER_ERROR object too large for cache\r\nCLIENT_ERROR bad command line format\r\nERROR\r\n",
+        );
+        let won = meta(&replies[0]);
+        assert!(won.win && !won.won_elsewhere && won.data.is_empty());
+        assert_eq!(
+            (won.code, won.cas, won.client_flags, won.opaque),
+            (Code::Value, Some(1), Some(0), Some(123))
+        );
+        assert!(meta(&replies[1]).won_elsewhere);
+        let stale = meta(&replies[2]);
+        assert!(stale.stale && stale.win);
+        assert_eq!(&stale.data[..], b"old");
+        let codes: Vec<Code> = replies[3..8].iter().map(|r| meta(r).code).collect();
+        assert_eq!(
+            codes,
+            [
+                Code::Stored,
+                Code::Exists,
+                Code::NotFound,
+                Code::NotStored,
+                Code::Miss
+            ]
+        );
+        assert_eq!(
+            replies[8],
+            Reply::Error {
+                kind: ErrorKind::Server,
+                message: "object too large for cache".into()
+            }
+        );
+        assert!(matches!(
+            replies[9],
+            Reply::Error {
+                kind: ErrorKind::Client,
+                ..
+            }
+        ));
+        assert!(matches!(
+            replies[10],
+            Reply::Error {
+                kind: ErrorKind::Command,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn partial_replies_wait_for_more_bytes() {
+        let whole = b"VA 5 c2 f1 O1\r\nhello\r\n";
+        for cut in 0..whole.len() {
+            let mut buf = BytesMut::from(&whole[..cut]);
+            assert_eq!(parse(&mut buf).unwrap(), None, "cut at {cut}");
+            buf.extend_from_slice(&whole[cut..]);
+            let reply = parse(&mut buf).unwrap().unwrap();
+            assert_eq!(&meta(&reply).data[..], b"hello");
+        }
+    }
+
+    #[test]
+    fn garbage_is_a_protocol_error() {
+        for bad in [
+            &b"HELLO\r\n"[..],
+            b"VA x\r\n",
+            b"VA 2 cZ\r\nab\r\n",
+            b"VA 2\r\nabcd",
+            b"HD O-1\r\n",
+        ] {
+            assert!(
+                parse(&mut BytesMut::from(bad)).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(parse(&mut BytesMut::from(&[b'a'; MAX_LINE + 1][..])).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn the_parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let mut buf = BytesMut::from(&bytes[..]);
+            while let Ok(Some(_)) = parse(&mut buf) {}
+        }
+
+        #[test]
+        fn every_value_round_trips(data in proptest::collection::vec(any::<u8>(), 0..2000), cas in any::<u64>(), flags in any::<u32>()) {
+            let mut buf = BytesMut::new();
+            write!(buf, "VA {} c{cas} f{flags} O3\r\n", data.len()).unwrap();
+            buf.extend_from_slice(&data);
+            buf.extend_from_slice(b"\r\n");
+            let reply = parse(&mut buf).unwrap().unwrap();
+            let m = meta(&reply);
+            prop_assert_eq!((&m.data[..], m.cas, m.client_flags, m.opaque), (&data[..], Some(cas), Some(flags), Some(3)));
+        }
+    }
+}

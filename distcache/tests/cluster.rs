@@ -1,0 +1,448 @@
+//! The promise on real memcached servers: started on free loopback ports, killed, paused,
+//! restarted. Two `Cache`s on one cluster stand for two processes here (each has its own
+//! in-process coalescing); `tests/processes.rs` uses real processes.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use distcache::{BuildError, Cache, Error, OnUnavailable};
+use support::memcached::{Memcached, Outside};
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn cache_on(servers: &[&Memcached]) -> distcache::CacheBuilder {
+    Cache::builder()
+        .servers(servers.iter().map(|s| s.addr()))
+        .io_timeout(Duration::from_millis(300))
+        .retry_interval(Duration::from_secs(1))
+}
+
+async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(30), f)
+        .await
+        .expect("within 30 s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_caches_on_one_cluster_run_each_getter_once() {
+    let servers = [
+        Memcached::start().await,
+        Memcached::start().await,
+        Memcached::start().await,
+    ];
+    let refs: Vec<&Memcached> = servers.iter().collect();
+    let caches = [
+        cache_on(&refs).build().unwrap(),
+        cache_on(&refs).build().unwrap(),
+    ];
+    let runs: Arc<HashMap<usize, AtomicUsize>> =
+        Arc::new((0..10).map(|k| (k, AtomicUsize::new(0))).collect());
+    let mut callers = Vec::new();
+    for cache in &caches {
+        for caller in 0..25 {
+            let (cache, runs) = (cache.clone(), runs.clone());
+            callers.push(tokio::spawn(async move {
+                for i in 0..10 {
+                    let k = (i + caller) % 10;
+                    let value: String = cache
+                        .get(
+                            &format!("two:{k}"),
+                            Duration::from_secs(10),
+                            MINUTE,
+                            || async {
+                                runs[&k].fetch_add(1, Ordering::SeqCst);
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                                Ok::<_, Error>(format!("value {k}"))
+                            },
+                        )
+                        .await
+                        .unwrap();
+                    assert_eq!(value, format!("value {k}"));
+                }
+            }));
+        }
+    }
+    for caller in callers {
+        within(caller).await.unwrap();
+    }
+    for (k, n) in runs.iter() {
+        assert_eq!(n.load(Ordering::SeqCst), 1, "key {k}");
+    }
+}
+
+#[tokio::test]
+async fn a_slow_getter_is_cut_off_and_its_lease_handed_back_across_caches() {
+    let server = Memcached::start().await;
+    let (a, b) = (
+        cache_on(&[&server]).build().unwrap(),
+        cache_on(&[&server]).build().unwrap(),
+    );
+    let limit = Duration::from_millis(200);
+    let started = Instant::now();
+    let slow: Result<u32, Error> = a
+        .get("slow", limit, MINUTE, || async {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            Ok(1)
+        })
+        .await;
+    let took = started.elapsed();
+    assert!(slow.unwrap_err().is_timeout());
+    // The limit, plus the one store operation that hands the lease back.
+    assert!(took < limit + Duration::from_millis(300), "{took:?}");
+    let started = Instant::now();
+    let value: u32 = b
+        .get("slow", limit, MINUTE, || async { Ok::<_, Error>(2) })
+        .await
+        .unwrap();
+    assert_eq!(value, 2, "the other cache computes at once");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "without waiting for the 2 s lease"
+    );
+    assert_eq!(b.stats().lease_waits, 0);
+}
+
+/// Fills `keys` through `cache` with values tagged `tag`.
+async fn fill(cache: &Cache, keys: &[String], tag: &str) -> Vec<String> {
+    let mut values = Vec::new();
+    for key in keys {
+        let value: String = cache
+            .get(key, Duration::from_secs(5), MINUTE, || async {
+                Ok::<_, Error>(format!("{tag} {key}"))
+            })
+            .await
+            .unwrap();
+        values.push(value);
+    }
+    values
+}
+
+#[tokio::test]
+async fn a_killed_node_moves_only_its_keys_and_calls_keep_succeeding() {
+    let mut servers = [
+        Memcached::start().await,
+        Memcached::start().await,
+        Memcached::start().await,
+    ];
+    let refs: Vec<&Memcached> = servers.iter().collect();
+    let cache = cache_on(&refs).retry_interval(MINUTE).build().unwrap();
+    let keys: Vec<String> = (0..150).map(|i| format!("kill:{i}")).collect();
+    fill(&cache, &keys, "first").await;
+    let home: Vec<String> = keys
+        .iter()
+        .map(|k| cache.server_for(k).unwrap().to_string())
+        .collect();
+    let victim = servers[1].addr();
+    assert!(
+        home.iter().filter(|h| **h == victim).count() > 10,
+        "the victim holds keys"
+    );
+    servers[1].kill();
+
+    let values = fill(&cache, &keys, "second").await;
+    for ((key, value), home) in keys.iter().zip(&values).zip(&home) {
+        let now = cache.server_for(key).unwrap().to_string();
+        if *home == victim {
+            assert_eq!(
+                *value,
+                format!("second {key}"),
+                "recomputed: its node is gone"
+            );
+            assert_ne!(now, victim, "{key} moved off the dead node");
+        } else {
+            assert_eq!(
+                *value,
+                format!("first {key}"),
+                "{key} still read from {home}"
+            );
+            assert_eq!(now, *home, "{key} did not move");
+        }
+    }
+    let stats = cache.stats();
+    assert!(
+        stats.degraded_calls <= 1,
+        "one failed request before the node is marked down: {stats:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_paused_node_times_out_its_keys_move_and_come_back() {
+    let servers = [Memcached::start().await, Memcached::start().await];
+    let refs: Vec<&Memcached> = servers.iter().collect();
+    let cache = cache_on(&refs).build().unwrap();
+    let keys: Vec<String> = (0..40).map(|i| format!("pause:{i}")).collect();
+    fill(&cache, &keys, "first").await;
+    let paused = servers[0].addr();
+    let key = keys
+        .iter()
+        .find(|k| cache.server_for(k).unwrap().to_string() == paused)
+        .unwrap();
+    servers[0].pause();
+
+    let started = Instant::now();
+    let value: String = cache
+        .get(key, Duration::from_secs(5), MINUTE, || async {
+            Ok::<_, Error>("second".to_owned())
+        })
+        .await
+        .unwrap();
+    assert_eq!(value, "second", "computed while its node hangs");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "one I/O timeout, not the exec_limit: {:?}",
+        started.elapsed()
+    );
+    assert_ne!(cache.server_for(key).unwrap().to_string(), paused);
+
+    servers[0].resume();
+    // After the retry interval one request probes the node; its success brings the node back,
+    // still holding the value it had.
+    let back = within(async {
+        loop {
+            let value: String = cache
+                .get(key, Duration::from_secs(5), MINUTE, || async {
+                    Ok::<_, Error>("third".to_owned())
+                })
+                .await
+                .unwrap();
+            if value == format!("first {key}") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    back.await;
+    assert_eq!(cache.server_for(key).unwrap().to_string(), paused);
+}
+
+#[tokio::test]
+async fn a_restarted_node_is_probed_and_used_again() {
+    let mut servers = [Memcached::start().await, Memcached::start().await];
+    let refs: Vec<&Memcached> = servers.iter().collect();
+    let cache = cache_on(&refs).build().unwrap();
+    let keys: Vec<String> = (0..40).map(|i| format!("restart:{i}")).collect();
+    let victim = servers[0].addr();
+    let key = keys
+        .iter()
+        .find(|k| cache.server_for(k).unwrap().to_string() == victim)
+        .unwrap()
+        .clone();
+    servers[0].kill();
+    fill(&cache, std::slice::from_ref(&key), "while down").await;
+    fill(&cache, std::slice::from_ref(&key), "while down").await;
+    assert_ne!(
+        cache.server_for(&key).unwrap().to_string(),
+        victim,
+        "marked down"
+    );
+    servers[0].restart().await;
+    within(async {
+        loop {
+            // Each call may be the probe; once it succeeds the key is home again.
+            fill(&cache, std::slice::from_ref(&key), "after").await;
+            if cache.server_for(&key).unwrap().to_string() == victim {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let outside = Outside::connect(&victim).await;
+    let value = fill(&cache, std::slice::from_ref(&key), "after").await;
+    assert_eq!(
+        value,
+        [format!("after {key}")],
+        "computed again on the empty restarted node"
+    );
+    assert!(outside.get(&key).await.is_some(), "and stored there");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_cluster_degrades_and_every_call_still_succeeds() {
+    let mut server = Memcached::start().await;
+    let cache = cache_on(&[&server]).build().unwrap();
+    server.kill();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let callers: Vec<_> = (0..100)
+        .map(|_| {
+            let (cache, runs) = (cache.clone(), runs.clone());
+            tokio::spawn(async move {
+                cache
+                    .get("dead", Duration::from_secs(5), MINUTE, || async {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Ok::<_, Error>(7u32)
+                    })
+                    .await
+            })
+        })
+        .collect();
+    for caller in callers {
+        assert_eq!(within(caller).await.unwrap().unwrap(), 7);
+    }
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "this process's callers still share one run"
+    );
+    assert!(cache.stats().degraded_calls >= 1);
+
+    let strict = cache_on(&[&server])
+        .on_unavailable(OnUnavailable::Fail)
+        .build()
+        .unwrap();
+    let result: Result<u32, Error> = strict
+        .get("dead", Duration::from_secs(5), MINUTE, || async { Ok(7) })
+        .await;
+    assert!(
+        matches!(result, Err(Error::Unavailable { .. })),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn values_are_plain_memcached_items_of_flagged_json() {
+    let server = Memcached::start().await;
+    let cache = cache_on(&[&server]).namespace("app").build().unwrap();
+    let value: Vec<u32> = cache
+        .get("list", MINUTE, MINUTE, || async {
+            Ok::<_, Error>(vec![1, 2])
+        })
+        .await
+        .unwrap();
+    assert_eq!(value, [1, 2]);
+    let outside = Outside::connect(&server.addr()).await;
+    assert_eq!(
+        outside.get("app:list").await,
+        Some((b"[1,2]".to_vec(), u32::from_be_bytes(*b"DCJ1")))
+    );
+}
+
+#[tokio::test]
+async fn a_foreign_item_is_a_miss_and_is_replaced() {
+    let server = Memcached::start().await;
+    let cache = cache_on(&[&server]).build().unwrap();
+    let outside = Outside::connect(&server.addr()).await;
+    outside.set("shared", b"\x80\x04K*.", 1).await; // a Python pickle of 42
+    let value: u32 = cache
+        .get("shared", MINUTE, MINUTE, || async { Ok::<_, Error>(42) })
+        .await
+        .unwrap();
+    assert_eq!(value, 42);
+    assert_eq!(cache.stats().decode_misses, 1);
+    assert_eq!(
+        outside.get("shared").await,
+        Some((b"42".to_vec(), u32::from_be_bytes(*b"DCJ1")))
+    );
+}
+
+#[tokio::test]
+async fn long_and_unsafe_keys_work_end_to_end() {
+    let server = Memcached::start().await;
+    let cache = cache_on(&[&server]).build().unwrap();
+    let keys = [
+        "with space",
+        "line\r\nmg injected v",
+        &"long".repeat(100),
+        "ünïcödé",
+        "",
+    ];
+    for (i, key) in keys.iter().enumerate() {
+        for _ in 0..2 {
+            let value: usize = cache
+                .get(key, MINUTE, MINUTE, || async { Ok::<_, Error>(i) })
+                .await
+                .unwrap();
+            assert_eq!(value, i, "{key:?}");
+        }
+    }
+    let stats = cache.stats();
+    assert_eq!((stats.getter_runs, stats.hits), (5, 5), "{stats:?}");
+}
+
+#[tokio::test]
+async fn a_value_the_server_refuses_is_still_returned() {
+    let server = Memcached::start().await;
+    // Allowed by the cache, refused by a server with the default 1 MiB item size.
+    let cache = cache_on(&[&server])
+        .max_value_bytes(4 * 1024 * 1024)
+        .build()
+        .unwrap();
+    let big = "x".repeat(2 * 1024 * 1024);
+    let value: String = cache
+        .get("big", MINUTE, MINUTE, || async {
+            Ok::<_, Error>(big.clone())
+        })
+        .await
+        .unwrap();
+    assert_eq!(value.len(), big.len());
+    assert_eq!(cache.stats().unstorable_values, 1);
+}
+
+#[test]
+fn bad_server_lists_fail_at_build() {
+    for servers in [
+        &["localhost:0"][..],
+        &["a:1:2:3"],
+        &["a:1", "a:1"],
+        &["a:1:0"],
+        &["bad host:1"],
+    ] {
+        let err = Cache::builder().servers(servers).build().unwrap_err();
+        assert!(
+            matches!(err, BuildError::InvalidServer { .. }),
+            "{servers:?}: {err}"
+        );
+    }
+    let err = Cache::builder()
+        .server("a:1")
+        .io_timeout(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BuildError::InvalidSetting {
+                setting: "io_timeout",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = Cache::builder()
+        .server("a:1")
+        .connections_per_server(0)
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BuildError::InvalidSetting {
+                setting: "connections_per_server",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn server_for_needs_no_connection() {
+    let cache = Cache::builder()
+        .servers(["10.0.0.1:11211", "10.0.0.2:11211"])
+        .build()
+        .unwrap();
+    let server = cache.server_for("user:1").unwrap().to_string();
+    assert!(server == "10.0.0.1:11211" || server == "10.0.0.2:11211");
+    assert!(
+        Cache::builder()
+            .build()
+            .unwrap()
+            .server_for("user:1")
+            .is_none()
+    );
+}

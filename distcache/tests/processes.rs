@@ -1,0 +1,279 @@
+//! Cross-process promises, across real OS processes: this binary re-spawns itself in a role
+//! (`DISTCACHE_TEST_ROLE`) and counts getter runs on a separate memcached, outside the library.
+//!
+//! It has no libtest harness (`harness = false` in Cargo.toml): the children are roles, not tests.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use distcache::{Cache, Error, distcached};
+use support::memcached::{Memcached, Outside};
+
+const ROLE: &str = "DISTCACHE_TEST_ROLE";
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn main() -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    if let Ok(role) = std::env::var(ROLE) {
+        return runtime.block_on(child(&role));
+    }
+    let tests: [(
+        &str,
+        fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
+    ); 3] = [
+        ("four_processes_of_32_callers_run_each_getter_once", || {
+            Box::pin(four_processes_of_32_callers_run_each_getter_once())
+        }),
+        ("a_killed_winner_is_replaced_within_its_lease", || {
+            Box::pin(a_killed_winner_is_replaced_within_its_lease())
+        }),
+        (
+            "the_default_cache_is_configured_from_the_environment",
+            || Box::pin(the_default_cache_is_configured_from_the_environment()),
+        ),
+    ];
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    for (name, test) in tests {
+        if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
+            continue;
+        }
+        print!("test {name} ... ");
+        let _ = std::io::stdout().flush();
+        let started = Instant::now();
+        // A failed assertion panics: the process exits non-zero and cargo reports the failure.
+        runtime
+            .block_on(async { tokio::time::timeout(Duration::from_secs(120), test()).await })
+            .expect("the test finishes within 120 s");
+        println!("ok ({:.1}s)", started.elapsed().as_secs_f64());
+    }
+    ExitCode::SUCCESS
+}
+
+/// Re-spawns this binary in `role`, with `envs`.
+fn spawn(role: &str, envs: &[(&str, String)]) -> Child {
+    Command::new(std::env::current_exe().expect("the test binary"))
+        .env(ROLE, role)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn a child")
+}
+
+/// The next line a child prints, read on a blocking thread.
+async fn line_from(child: &mut Child) -> String {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (line, stdout) = tokio::task::spawn_blocking(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("read a child's line");
+        (line, reader.into_inner())
+    })
+    .await
+    .expect("the reader thread");
+    child.stdout = Some(stdout);
+    line.trim_end().to_owned()
+}
+
+fn say(stdin: &mut ChildStdin, line: &str) {
+    writeln!(stdin, "{line}").expect("write to a child");
+}
+
+const KEYS: usize = 50;
+const CALLERS: usize = 32;
+const PROCESSES: usize = 4;
+
+async fn four_processes_of_32_callers_run_each_getter_once() {
+    let nodes = [
+        Memcached::start().await,
+        Memcached::start().await,
+        Memcached::start().await,
+    ];
+    let counter = Memcached::start().await;
+    let servers = nodes
+        .iter()
+        .map(Memcached::addr)
+        .collect::<Vec<_>>()
+        .join(",");
+    let envs = [("DC_SERVERS", servers), ("DC_COUNTER", counter.addr())];
+    let mut children: Vec<Child> = (0..PROCESSES).map(|_| spawn("herd", &envs)).collect();
+    for child in &mut children {
+        assert_eq!(line_from(child).await, "ready");
+    }
+    // Every process waits for this line, so that all 128 callers start together.
+    for child in &mut children {
+        say(child.stdin.as_mut().unwrap(), "go");
+    }
+    for child in &mut children {
+        assert_eq!(
+            line_from(child).await,
+            format!("done {} 0", CALLERS * KEYS),
+            "every caller got its key's value"
+        );
+        assert!(child.wait().unwrap().success());
+    }
+    let outside = Outside::connect(&counter.addr()).await;
+    let mut runs = Vec::new();
+    for k in 0..KEYS {
+        runs.push(outside.count(&format!("runs:{k}")).await);
+    }
+    assert_eq!(
+        runs,
+        vec![1; KEYS],
+        "each key's getter ran exactly once across 4 processes"
+    );
+}
+
+async fn herd_child() -> ExitCode {
+    let cache = Cache::builder()
+        .servers(std::env::var("DC_SERVERS").unwrap().split(','))
+        .build()
+        .unwrap();
+    let counter = Arc::new(Outside::connect(&std::env::var("DC_COUNTER").unwrap()).await);
+    println!("ready");
+    let mut go = String::new();
+    std::io::stdin().read_line(&mut go).unwrap();
+    assert_eq!(go.trim(), "go");
+    let callers: Vec<_> = (0..CALLERS)
+        .map(|caller| {
+            let (cache, counter) = (cache.clone(), counter.clone());
+            tokio::spawn(async move {
+                let mut keys: Vec<usize> = (0..KEYS).collect();
+                fastrand::Rng::with_seed(caller as u64 ^ u64::from(std::process::id()))
+                    .shuffle(&mut keys);
+                let mut ok = 0;
+                for k in keys {
+                    let value = cache
+                        .get(
+                            &format!("herd:{k}"),
+                            Duration::from_secs(10),
+                            MINUTE,
+                            || async {
+                                counter.incr(&format!("runs:{k}")).await;
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                                Ok::<_, Error>(format!("value {k}"))
+                            },
+                        )
+                        .await;
+                    if value.is_ok_and(|v: String| v == format!("value {k}")) {
+                        ok += 1;
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for caller in callers {
+        ok += caller.await.unwrap();
+    }
+    println!("done {ok} {}", CALLERS * KEYS - ok);
+    ExitCode::SUCCESS
+}
+
+/// The winner's exec_limit: its lease lasts 3 s (rounded up, plus one).
+const WINNER_LIMIT: Duration = Duration::from_millis(1500);
+const WINNER_LEASE: Duration = Duration::from_secs(3);
+
+async fn a_killed_winner_is_replaced_within_its_lease() {
+    let node = Memcached::start().await;
+    let mut winner = spawn("winner", &[("DC_SERVERS", node.addr())]);
+    assert_eq!(line_from(&mut winner).await, "won");
+    winner.kill().unwrap();
+    winner.wait().unwrap();
+    let killed = Instant::now();
+
+    let cache = Cache::builder().server(node.addr()).build().unwrap();
+    let value: String = cache
+        .get("crash", Duration::from_secs(10), MINUTE, || async {
+            Ok::<_, Error>("from the waiter".to_owned())
+        })
+        .await
+        .unwrap();
+    let waited = killed.elapsed();
+    assert_eq!(value, "from the waiter");
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.lease_waits, stats.getter_runs),
+        (1, 1),
+        "it waited on the dead winner's lease, then won it: {stats:?}"
+    );
+    // The lease, plus one poll (at most the 200 ms cap, +15% jitter), plus a round trip.
+    assert!(
+        waited <= WINNER_LEASE + Duration::from_millis(300),
+        "won after {waited:?}"
+    );
+}
+
+async fn winner_child() -> ExitCode {
+    let cache = Cache::builder()
+        .server(std::env::var("DC_SERVERS").unwrap())
+        .build()
+        .unwrap();
+    let _: Result<String, Error> = cache
+        .get("crash", WINNER_LIMIT, MINUTE, || async {
+            println!("won");
+            std::future::pending().await
+        })
+        .await;
+    unreachable!("killed while computing")
+}
+
+#[distcached(expire = "1m", exec_limit = "10s", name = "processes::double")]
+async fn double(x: u32) -> Result<u32, Error> {
+    Ok(x * 2)
+}
+
+async fn the_default_cache_is_configured_from_the_environment() {
+    let node = Memcached::start().await;
+    let mut child = spawn(
+        "env",
+        &[
+            ("DISTCACHE_SERVERS", format!(" {} ,", node.addr())),
+            ("DISTCACHE_NAMESPACE", "envtest".into()),
+        ],
+    );
+    assert_eq!(
+        line_from(&mut child).await,
+        format!("memcached {}", node.addr())
+    );
+    assert_eq!(line_from(&mut child).await, "42");
+    assert!(child.wait().unwrap().success());
+    let outside = Outside::connect(&node.addr()).await;
+    let stored = outside
+        .get("envtest:processes::double[21]")
+        .await
+        .map(|(v, _)| v);
+    assert_eq!(
+        stored.as_deref(),
+        Some(&b"42"[..]),
+        "stored on the configured server, under the namespace"
+    );
+}
+
+async fn env_child() -> ExitCode {
+    println!("{}", distcache::default_cache().unwrap());
+    println!("{}", double(21).await.unwrap());
+    ExitCode::SUCCESS
+}
+
+async fn child(role: &str) -> ExitCode {
+    match role {
+        "herd" => herd_child().await,
+        "winner" => winner_child().await,
+        "env" => env_child().await,
+        other => panic!("unknown role {other:?}"),
+    }
+}
