@@ -63,9 +63,22 @@
 //!
 //! # Where values live
 //!
+//! On a memcached cluster (memcached 1.6 or later): servers placed on a ketama ring exactly as
+//! libmemcached places them, each reached through a few pipelined connections, marked down after
+//! failures and probed back. The right to compute is memcached's own lease (`mg ... N`), so the
+//! promise holds across every process sharing the servers:
+//!
+//! ```no_run
+//! let cache = distcache::Cache::builder()
+//!     .servers(["10.0.0.1:11211", "10.0.0.2:11211", "10.0.0.3:11211"])
+//!     .build()?;
+//! # Ok::<(), distcache::BuildError>(())
+//! ```
+//!
 //! With no servers configured, a [`Cache`] keeps values in this process, with the same semantics:
 //! for development, tests and single-process services. The process-wide
-//! [default cache](default_cache) used by `#[distcached]` is configured from the environment.
+//! [default cache](default_cache) used by `#[distcached]` is configured from the environment
+//! (`DISTCACHE_SERVERS`).
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -25,10 +25,7 @@ fn main() -> ExitCode {
     if let Ok(role) = std::env::var(ROLE) {
         return runtime.block_on(child(&role));
     }
-    let tests: [(
-        &str,
-        fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
-    ); 3] = [
+    let tests: [Scenario; 3] = [
         ("four_processes_of_32_callers_run_each_getter_once", || {
             Box::pin(four_processes_of_32_callers_run_each_getter_once())
         }),
@@ -59,6 +56,10 @@ fn main() -> ExitCode {
     }
     ExitCode::SUCCESS
 }
+
+/// A test scenario: its name and what runs it.
+type Scenario = (&'static str, fn() -> Test);
+type Test = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
 
 /// Re-spawns this binary in `role`, with `envs`.
 fn spawn(role: &str, envs: &[(&str, String)]) -> Child {
