@@ -9,6 +9,9 @@ use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::{Expr, ExprLit, Lit, LitStr, Meta, Token};
 
+/// distcache's longest `expire` or `exec_limit`.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 const VALID: &str = "`expire`, `exec_limit`, `name` and `cache`";
 
 /// The checked arguments.
@@ -125,6 +128,10 @@ fn duration(value: &Expr) -> syn::Result<Duration> {
         Ok(d) if d.is_zero() => Err(syn::Error::new(
             lit.span(),
             "the duration must be more than zero",
+        )),
+        Ok(d) if d > MAX_DURATION => Err(syn::Error::new(
+            lit.span(),
+            "the duration must be at most 365 days",
         )),
         Ok(d) => Ok(d),
         Err(err) => Err(syn::Error::new(

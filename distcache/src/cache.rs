@@ -95,8 +95,8 @@ impl Cache {
     /// shares the store; every other caller waits for its value and returns it.
     ///
     /// - **Bounded.** The call returns within `exec_limit`, waiting and computing included, plus
-    ///   at most one store operation to hand the lease back. A getter still running at the
-    ///   limit is dropped and the call fails with [`Error::Timeout`]; the next call may run the
+    ///   at most one store operation (storing a value computed just in time, or handing the lease
+    ///   back). A getter still running at the limit is dropped and the call fails with [`Error::Timeout`]; the next call may run the
     ///   getter at once. A getter that blocks its thread instead of awaiting cannot be cut off:
     ///   run CPU-bound work in [`tokio::task::spawn_blocking`].
     /// - **Failures.** The getter's own error reaches its own caller unchanged; callers waiting
@@ -106,7 +106,8 @@ impl Cache {
     ///   serializable) is still returned to its caller, and counted. Stored bytes that do not
     ///   decode as `T` are a miss: the value is recomputed.
     ///
-    /// A zero `exec_limit` or `expire` is refused with [`Error::InvalidArgument`].
+    /// A zero `exec_limit` or `expire`, or one over 365 days, is refused with
+    /// [`Error::InvalidArgument`].
     ///
     /// ```
     /// use std::time::Duration;
@@ -293,10 +294,15 @@ impl fmt::Display for Cache {
 }
 
 impl Store for AnyStore {
-    async fn lookup(&self, key: &WireKey, lease_ttl: Duration) -> Result<Lookup, StoreError> {
+    async fn lookup(
+        &self,
+        key: &WireKey,
+        lease_ttl: Duration,
+        deadline: tokio::time::Instant,
+    ) -> Result<Lookup, StoreError> {
         match self {
-            AnyStore::Memory(s) => s.lookup(key, lease_ttl).await,
-            AnyStore::Memcached(s) => s.lookup(key, lease_ttl).await,
+            AnyStore::Memory(s) => s.lookup(key, lease_ttl, deadline).await,
+            AnyStore::Memcached(s) => s.lookup(key, lease_ttl, deadline).await,
         }
     }
 

@@ -11,8 +11,10 @@
 //! 4. If the store cannot be reached, the leader runs the getter itself (degraded), unless the
 //!    cache is configured to fail.
 //!
-//! Everything is bounded by one deadline, `exec_limit` from the start of the call; only handing
-//! a lease back after it (one store operation) may add one I/O timeout.
+//! Everything is bounded by one deadline, `exec_limit` from the start of the call: the store's
+//! lookups stop at it. Past it, at most one store operation may run (storing the value of a getter
+//! that finished just in time, or handing the lease back after a failure), bounded by the store's
+//! own timeouts.
 
 use std::any::Any;
 use std::future::Future;
@@ -33,6 +35,10 @@ use crate::error::Error;
 use crate::key::WireKey;
 use crate::schedule::{PollSchedule, Site};
 use crate::store::{Fill, Lease, Lookup, Store, StoreError};
+
+/// The longest `expire` or `exec_limit`: far beyond any memoization, and well within what
+/// memcached's signed 32-bit absolute times and `Instant` arithmetic can carry.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// After this many undecodable items in one call, the call stops fighting over the key: it runs
 /// the getter and returns the value without storing it.
@@ -61,11 +67,11 @@ where
         }
         .into())
     };
-    if exec_limit.is_zero() {
-        return invalid("exec_limit must be more than zero");
+    if exec_limit.is_zero() || exec_limit > MAX_DURATION {
+        return invalid("exec_limit must be more than zero and at most 365 days");
     }
-    if expire.is_zero() {
-        return invalid("expire must be more than zero");
+    if expire.is_zero() || expire > MAX_DURATION {
+        return invalid("expire must be more than zero and at most 365 days");
     }
     let call = Call {
         core,
@@ -112,10 +118,10 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
-    if exec_limit.is_zero() {
+    if exec_limit.is_zero() || exec_limit > MAX_DURATION {
         return Err(Error::InvalidArgument {
             key: label.to_owned(),
-            reason: "exec_limit must be more than zero",
+            reason: "exec_limit must be more than zero and at most 365 days",
         }
         .into());
     }
@@ -136,7 +142,7 @@ where
 /// What the leader does after a lookup.
 enum Step<T> {
     Value(T, bytes::Bytes),
-    Undecodable(codec::DecodeError),
+    Undecodable(codec::DecodeError, Lease),
     Won(Lease),
     Busy,
 }
@@ -166,20 +172,22 @@ impl<S: Store> Call<'_, S> {
         let mut decode_misses = 0;
         let mut first = true;
         loop {
-            let lookup = match timeout_at(
-                self.deadline,
-                self.store.lookup(&self.wire, self.lease_ttl()),
-            )
-            .await
+            if waiting.is_some() {
+                stats.wait_lookups.incr();
+            }
+            let lookup = match self
+                .store
+                .lookup(&self.wire, self.lease_ttl(), self.deadline)
+                .await
             {
-                Err(_elapsed) => return Err(self.timed_out()),
-                Ok(Err(err)) => return self.without_store(leader, getter, err).await,
-                Ok(Ok(lookup)) => lookup,
+                Err(err) if err.is_deadline() => return Err(self.timed_out()),
+                Err(err) => return self.without_store(leader, getter, err).await,
+                Ok(lookup) => lookup,
             };
             let step = match lookup {
                 Lookup::Hit(item) => match codec::decode(item.flags, &item.data) {
                     Ok(value) => Step::Value(value, item.data),
-                    Err(err) => Step::Undecodable(err),
+                    Err(err) => Step::Undecodable(err, item.version),
                 },
                 Lookup::Won(lease) => Step::Won(lease),
                 Lookup::Busy => Step::Busy,
@@ -198,22 +206,25 @@ impl<S: Store> Call<'_, S> {
                     leader.publish(json);
                     return Ok(value);
                 }
-                Step::Undecodable(err) => {
+                Step::Undecodable(err, version) => {
                     self.decode_miss(&err);
                     decode_misses += 1;
                     if decode_misses > MAX_DECODE_MISSES {
+                        stats.unstorable_values.incr();
                         return self.run_unstored(leader, getter).await;
                     }
-                    // Remove the item; the next lookup wins the lease (or finds another
-                    // caller's) and the value is recomputed as on any miss.
-                    match timeout_at(self.deadline, self.store.invalidate(&self.wire)).await {
-                        Err(_elapsed) => return Err(self.timed_out()),
-                        Ok(Err(err)) => return self.without_store(leader, getter, err).await,
-                        Ok(Ok(())) => {}
+                    // Remove that item (and nothing that replaced it meanwhile); the next lookup
+                    // wins the lease, or finds another caller's, as on any miss.
+                    if let Err(err) = self.store.release(&self.wire, version).await {
+                        return self.without_store(leader, getter, err).await;
                     }
                 }
                 Step::Won(lease) => return self.compute(leader, lease, getter).await,
                 Step::Busy => {
+                    if waiting.is_none() {
+                        // The lookup that found the lease held counts as the first of the wait.
+                        stats.wait_lookups.incr();
+                    }
                     let (_, schedule) = waiting.get_or_insert_with(|| {
                         stats.lease_waits.incr();
                         let expected = self.core.estimates.expected_wait(self.site);
@@ -283,7 +294,8 @@ impl<S: Store> Call<'_, S> {
                 );
             }
             Ok(Fill::TooLarge) => {
-                held.release().await;
+                // `held` hands the lease back from a spawned task when it drops: the call has had
+                // its one store operation past the getter.
                 stats.unstorable_values.incr();
                 warn!(
                     key = self.key,

@@ -48,8 +48,8 @@
 //!   `exec_limit`) the getter runs once per key per `expire` window across every caller sharing the
 //!   store. Within a process, concurrent callers of a key share one request to the store; across
 //!   processes, the store's lease decides who computes.
-//! - **Bounded.** A call returns within `exec_limit` (plus one store operation to hand a lease
-//!   back), waiting included. A getter still running at the limit is dropped, the call fails with
+//! - **Bounded.** A call returns within `exec_limit`, waiting included, plus at most one store
+//!   operation (storing a value computed just in time, or handing a lease back). A getter still running at the limit is dropped, the call fails with
 //!   [`Error::Timeout`], and the next caller may compute at once.
 //! - **Available.** When the store cannot be reached, the call runs the getter itself (counted,
 //!   logged), unless [configured](CacheBuilder::on_unavailable) to fail.
@@ -97,6 +97,38 @@ mod store;
 #[doc(hidden)]
 #[path = "private.rs"]
 pub mod __private;
+
+/// Crate-private costs, exposed for the benches only. Not a public API.
+#[doc(hidden)]
+pub mod __bench {
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+
+    /// A key encoder, to time `encode` alone.
+    pub struct Keys(crate::key::KeyEncoder);
+
+    impl Keys {
+        /// An encoder for `namespace`.
+        pub fn new(namespace: &str) -> Self {
+            Keys(crate::key::KeyEncoder::new(namespace).expect("a valid namespace"))
+        }
+
+        /// The wire key's length.
+        pub fn encode(&self, key: &str) -> usize {
+            self.0.encode(key).as_str().len()
+        }
+    }
+
+    /// The stored bytes of `value`.
+    pub fn encode<T: Serialize>(value: &T) -> bytes::Bytes {
+        crate::codec::encode(value, usize::MAX).expect("serializable")
+    }
+
+    /// `value` back from its stored bytes.
+    pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> T {
+        crate::codec::decode(crate::codec::JSON_FLAGS, bytes).expect("decodable")
+    }
+}
 
 pub use builder::CacheBuilder;
 pub use cache::{Cache, OnUnavailable};

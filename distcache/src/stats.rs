@@ -4,9 +4,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A snapshot of a [`Cache`](crate::Cache)'s counters since it was built, shared by its clones.
 ///
-/// Every call of [`Cache::get`](crate::Cache::get) with valid arguments counts as exactly one of
-/// `hits`, `misses`, `coalesced_waits` or `degraded_calls`; the other counters count events
-/// within calls.
+/// The counters count events, not calls: a call that waits on another task of this process and
+/// then, that task having failed, asks the store itself counts in `coalesced_waits` and in `hits`
+/// or `misses`. In the common case each call counts once in `hits`, `misses` or
+/// `coalesced_waits`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
@@ -21,6 +22,9 @@ pub struct Stats {
     /// Calls that found the lease held elsewhere (another process, usually) and polled the store
     /// for its value.
     pub lease_waits: u64,
+    /// Store lookups made by the calls counted in `lease_waits`, the first included: divided by
+    /// `lease_waits`, how often a waiter asks the store (the poll schedule at work).
+    pub wait_lookups: u64,
     /// Getter invocations.
     pub getter_runs: u64,
     /// Getters that returned an error (passed to their caller unchanged).
@@ -65,6 +69,7 @@ counters!(
     misses,
     coalesced_waits,
     lease_waits,
+    wait_lookups,
     getter_runs,
     getter_errors,
     getter_panics,

@@ -6,7 +6,7 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -61,30 +61,40 @@ fn main() -> ExitCode {
 type Scenario = (&'static str, fn() -> Test);
 type Test = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
 
+/// A child process and its output, read line by line through one buffer.
+struct Kid {
+    child: Child,
+    out: Option<BufReader<ChildStdout>>,
+}
+
 /// Re-spawns this binary in `role`, with `envs`.
-fn spawn(role: &str, envs: &[(&str, String)]) -> Child {
-    Command::new(std::env::current_exe().expect("the test binary"))
+fn spawn(role: &str, envs: &[(&str, String)]) -> Kid {
+    let mut child = Command::new(std::env::current_exe().expect("the test binary"))
         .env(ROLE, role)
         .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("spawn a child")
+        .expect("spawn a child");
+    let out = BufReader::new(child.stdout.take().expect("piped stdout"));
+    Kid {
+        child,
+        out: Some(out),
+    }
 }
 
 /// The next line a child prints, read on a blocking thread.
-async fn line_from(child: &mut Child) -> String {
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (line, stdout) = tokio::task::spawn_blocking(move || {
-        let mut reader = BufReader::new(stdout);
+async fn line_from(kid: &mut Kid) -> String {
+    let mut out = kid.out.take().expect("one reader at a time");
+    let (line, out) = tokio::task::spawn_blocking(move || {
         let mut line = String::new();
-        reader.read_line(&mut line).expect("read a child's line");
-        (line, reader.into_inner())
+        out.read_line(&mut line).expect("read a child's line");
+        (line, out)
     })
     .await
     .expect("the reader thread");
-    child.stdout = Some(stdout);
+    kid.out = Some(out);
     line.trim_end().to_owned()
 }
 
@@ -109,13 +119,13 @@ async fn four_processes_of_32_callers_run_each_getter_once() {
         .collect::<Vec<_>>()
         .join(",");
     let envs = [("DC_SERVERS", servers), ("DC_COUNTER", counter.addr())];
-    let mut children: Vec<Child> = (0..PROCESSES).map(|_| spawn("herd", &envs)).collect();
+    let mut children: Vec<Kid> = (0..PROCESSES).map(|_| spawn("herd", &envs)).collect();
     for child in &mut children {
         assert_eq!(line_from(child).await, "ready");
     }
     // Every process waits for this line, so that all 128 callers start together.
     for child in &mut children {
-        say(child.stdin.as_mut().unwrap(), "go");
+        say(child.child.stdin.as_mut().unwrap(), "go");
     }
     for child in &mut children {
         assert_eq!(
@@ -123,7 +133,7 @@ async fn four_processes_of_32_callers_run_each_getter_once() {
             format!("done {} 0", CALLERS * KEYS),
             "every caller got its key's value"
         );
-        assert!(child.wait().unwrap().success());
+        assert!(child.child.wait().unwrap().success());
     }
     let outside = Outside::connect(&counter.addr()).await;
     let mut runs = Vec::new();
@@ -192,8 +202,8 @@ async fn a_killed_winner_is_replaced_within_its_lease() {
     let node = Memcached::start().await;
     let mut winner = spawn("winner", &[("DC_SERVERS", node.addr())]);
     assert_eq!(line_from(&mut winner).await, "won");
-    winner.kill().unwrap();
-    winner.wait().unwrap();
+    winner.child.kill().unwrap();
+    winner.child.wait().unwrap();
     let killed = Instant::now();
 
     let cache = Cache::builder().server(node.addr()).build().unwrap();
@@ -251,7 +261,7 @@ async fn the_default_cache_is_configured_from_the_environment() {
         format!("memcached {}", node.addr())
     );
     assert_eq!(line_from(&mut child).await, "42");
-    assert!(child.wait().unwrap().success());
+    assert!(child.child.wait().unwrap().success());
     let outside = Outside::connect(&node.addr()).await;
     let stored = outside
         .get("envtest:processes::double[21]")

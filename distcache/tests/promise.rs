@@ -279,9 +279,16 @@ fn bad_configuration_fails_at_build_with_a_typed_error() {
 }
 
 #[tokio::test]
-async fn zero_durations_are_refused() {
+async fn zero_or_endless_durations_are_refused() {
     let cache = cache();
-    for (exec_limit, expire) in [(Duration::ZERO, MINUTE), (MINUTE, Duration::ZERO)] {
+    let years = Duration::from_secs(20 * 365 * 86400);
+    for (exec_limit, expire) in [
+        (Duration::ZERO, MINUTE),
+        (MINUTE, Duration::ZERO),
+        (Duration::MAX, MINUTE),
+        (MINUTE, Duration::MAX),
+        (MINUTE, years),
+    ] {
         let result: Result<u64, Error> =
             cache.get("z", exec_limit, expire, || async { Ok(1) }).await;
         assert!(

@@ -63,13 +63,25 @@ fn compose_runs_three_memcached_and_two_demo_replicas_sharing_them() {
         listed.iter().all(|s| s.port() == 11211),
         "on memcached's port"
     );
-    let depends: Vec<&str> = demo["depends_on"]
-        .as_vec()
-        .expect("depends_on")
-        .iter()
-        .filter_map(Yaml::as_str)
-        .collect();
-    assert_eq!(depends.len(), 3, "started after the servers: {depends:?}");
+    let depends = demo["depends_on"]
+        .as_hash()
+        .expect("depends_on, with conditions");
+    for name in &memcached {
+        let condition = depends[&Yaml::String((*name).to_owned())]["condition"].as_str();
+        assert_eq!(
+            condition,
+            Some("service_healthy"),
+            "the demo waits until {name} answers"
+        );
+        let test = compose["services"][*name]["healthcheck"]["test"]
+            .as_vec()
+            .expect("a healthcheck");
+        let script = test.last().and_then(Yaml::as_str).unwrap_or_default();
+        assert!(
+            script.contains("/dev/tcp/127.0.0.1/11211") && script.contains("MN"),
+            "{name}'s healthcheck asks memcached: {script}"
+        );
+    }
 
     let build = &demo["build"];
     assert_eq!(build["context"].as_str(), Some("."));

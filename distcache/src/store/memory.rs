@@ -90,7 +90,12 @@ impl Shard {
 }
 
 impl Store for MemoryStore {
-    async fn lookup(&self, key: &WireKey, lease_ttl: Duration) -> Result<Lookup, StoreError> {
+    async fn lookup(
+        &self,
+        key: &WireKey,
+        lease_ttl: Duration,
+        _deadline: Instant,
+    ) -> Result<Lookup, StoreError> {
         let now = Instant::now();
         let mut shard = self.inner.shard(key.as_str());
         match shard.live(key.as_str(), now) {
@@ -123,12 +128,14 @@ impl Store for MemoryStore {
         let mut shard = self.inner.shard(key.as_str());
         match shard.live(key.as_str(), now) {
             Some(entry) if entry.cas == lease.cas => {
+                let cas = self.inner.cas();
                 *entry = Entry {
                     value: Some(Item {
                         data: data.clone(),
                         flags,
+                        version: Lease { cas, node: 0 },
                     }),
-                    cas: self.inner.cas(),
+                    cas,
                     expires: now + expire,
                 };
                 Ok(Fill::Stored)
@@ -165,10 +172,14 @@ mod tests {
     }
 
     const LEASE: Duration = Duration::from_secs(2);
+
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(3600)
+    }
     const EXPIRE: Duration = Duration::from_secs(10);
 
     async fn won(store: &MemoryStore, k: &WireKey) -> Lease {
-        match store.lookup(k, LEASE).await.unwrap() {
+        match store.lookup(k, LEASE, far()).await.unwrap() {
             Lookup::Won(lease) => lease,
             other => panic!("expected to win the lease, got {other:?}"),
         }
@@ -179,13 +190,16 @@ mod tests {
         let store = MemoryStore::default();
         let k = key("a");
         let lease = won(&store, &k).await;
-        assert!(matches!(store.lookup(&k, LEASE).await, Ok(Lookup::Busy)));
+        assert!(matches!(
+            store.lookup(&k, LEASE, far()).await,
+            Ok(Lookup::Busy)
+        ));
         let data = Bytes::from_static(b"1");
         assert_eq!(
             store.fill(&k, lease, &data, 7, EXPIRE).await.unwrap(),
             Fill::Stored
         );
-        let Lookup::Hit(item) = store.lookup(&k, LEASE).await.unwrap() else {
+        let Lookup::Hit(item) = store.lookup(&k, LEASE, far()).await.unwrap() else {
             panic!("expected a hit")
         };
         assert_eq!((&item.data[..], item.flags), (&b"1"[..], 7));
@@ -210,7 +224,7 @@ mod tests {
             store.fill(&k, late, &older, 0, EXPIRE).await.unwrap(),
             Fill::LeaseLost
         );
-        let Lookup::Hit(item) = store.lookup(&k, LEASE).await.unwrap() else {
+        let Lookup::Hit(item) = store.lookup(&k, LEASE, far()).await.unwrap() else {
             panic!("expected a hit")
         };
         assert_eq!(&item.data[..], b"new");
@@ -232,7 +246,7 @@ mod tests {
             .await
             .unwrap();
         assert!(
-            matches!(store.lookup(&k, LEASE).await, Ok(Lookup::Busy)),
+            matches!(store.lookup(&k, LEASE, far()).await, Ok(Lookup::Busy)),
             "a stranger's release is ignored"
         );
         store.release(&k, lease).await.unwrap();

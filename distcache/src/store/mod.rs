@@ -7,6 +7,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::time::Instant;
 
 use crate::error::BoxError;
 use crate::key::WireKey;
@@ -14,16 +15,18 @@ use crate::key::WireKey;
 pub(crate) mod memcached;
 pub(crate) mod memory;
 
-/// A stored value and its client flags.
+/// A stored value, its client flags, and its version.
 #[derive(Debug, Clone)]
 pub(crate) struct Item {
     pub(crate) data: Bytes,
     pub(crate) flags: u32,
+    /// `release` with it removes this item, and nothing that replaced it meanwhile.
+    pub(crate) version: Lease,
 }
 
-/// The right to compute a key's value: the CAS of the empty stub the store created for us.
-/// Only a fill or release that carries it takes effect, so a late holder cannot overwrite a
-/// newer value.
+/// The CAS of an item on the node that holds it. As the right to compute a key's value, it is
+/// the CAS of the empty stub the store created for us: only a fill or release that carries it
+/// takes effect, so a late holder cannot overwrite a newer value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Lease {
     pub(crate) cas: u64,
@@ -66,6 +69,8 @@ pub(crate) struct StoreError {
 /// The in-process store never fails; these come from the memcached store.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StoreErrorKind {
+    #[error("the call's deadline passed")]
+    Deadline,
     #[error("every node is marked down")]
     NoNode,
     #[error("the node is marked down")]
@@ -93,11 +98,13 @@ impl StoreError {
 /// Implementations are cheap handles (`Clone` shares the store), so that a lease dropped
 /// with a cancelled call can still be handed back from a spawned task.
 pub(crate) trait Store: Clone + Send + Sync + 'static {
-    /// Reads `key`; on a miss, takes the lease for `lease_ttl` if nobody holds it.
+    /// Reads `key`; on a miss, takes the lease for `lease_ttl` if nobody holds it. Fails with
+    /// [`StoreErrorKind::Deadline`] at `deadline`, which says nothing of the store's health.
     fn lookup(
         &self,
         key: &WireKey,
         lease_ttl: Duration,
+        deadline: Instant,
     ) -> impl Future<Output = Result<Lookup, StoreError>> + Send;
 
     /// Stores `data` for `expire`, if `lease` is still the key's current lease.
@@ -111,7 +118,7 @@ pub(crate) trait Store: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Fill, StoreError>> + Send;
 
     /// Hands the lease back early, if it is still the key's current lease, so that the next
-    /// lookup wins it at once.
+    /// lookup wins it at once; or removes an item, if it is still that version.
     fn release(
         &self,
         key: &WireKey,
@@ -121,4 +128,11 @@ pub(crate) trait Store: Clone + Send + Sync + 'static {
     /// Removes the key's value, or takes away its lease: the next lookup misses and wins the
     /// lease, and a fill with an older lease is refused.
     fn invalidate(&self, key: &WireKey) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+impl StoreError {
+    /// Whether the call's deadline passed, rather than the store failing.
+    pub(crate) fn is_deadline(&self) -> bool {
+        matches!(self.kind, StoreErrorKind::Deadline)
+    }
 }

@@ -16,4 +16,9 @@ async fn g() -> Result<u32, E> {
     Ok(1)
 }
 
+#[distcache::distcached(expire = "400 days", exec_limit = "1m")]
+async fn h() -> Result<u32, E> {
+    Ok(1)
+}
+
 fn main() {}

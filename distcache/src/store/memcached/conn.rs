@@ -8,7 +8,9 @@
 //! I/O error or a timeout closes the connection and fails every request still on it.
 //!
 //! A caller that gives up (its future dropped) leaves its waiter behind: the reader still consumes
-//! its reply and drops it, so the connection stays in step and is safe to keep using.
+//! its reply and drops it, so the connection stays in step and is safe to keep using. If that
+//! reply won a lease (`W`), nobody would ever fill it, and every caller of the key would wait for
+//! it to expire: the connection hands it back itself (`md <key> C<cas>`).
 //!
 //! Why not async-memcached: its `Client` takes `&mut self` for every command (one request in flight
 //! per connection), a dropped request future closes the client, it cannot connect to IPv6 servers,
@@ -29,8 +31,13 @@ use tokio::sync::{Notify, oneshot};
 use tokio::task::AbortHandle;
 
 use super::protocol::{self, ErrorKind, Reply, Request};
+use crate::key::WireKey;
 
-const READ_CHUNK: usize = 16 * 1024;
+const READ_CHUNK: usize = 64 * 1024;
+/// How many turns of the scheduler the writer waits for more requests before a write.
+const MAX_GATHER_YIELDS: usize = 16;
+/// Enough to write at once.
+const GATHER_BYTES: usize = 64 * 1024;
 
 /// Why a request on a connection failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -77,6 +84,8 @@ struct State {
 struct Waiter {
     opaque: u32,
     reply: oneshot::Sender<Result<Reply, ConnError>>,
+    /// The key of a lookup that may win a lease, to hand it back if the caller is gone.
+    lease_key: Option<WireKey>,
 }
 
 /// A reply on its way.
@@ -135,10 +144,11 @@ impl Connection {
             if let Some(reason) = &state.closed {
                 return Err(ConnError::Closed(reason.clone()));
             }
-            let opaque = state.next_opaque;
-            state.next_opaque = opaque.wrapping_add(1);
-            request.encode(opaque, &mut state.out);
-            state.waiters.push_back(Waiter { opaque, reply: tx });
+            let lease_key = match request {
+                Request::GetOrLease { key, .. } => Some((*key).clone()),
+                _ => None,
+            };
+            state.push(request, tx, lease_key);
         }
         self.handle.shared.writer.notify_one();
         Ok(rx)
@@ -151,6 +161,24 @@ impl Connection {
     /// Closes the connection, failing every request still on it.
     pub(crate) fn close(&self, reason: &str) {
         self.handle.shared.close(reason);
+    }
+}
+
+impl State {
+    fn push(
+        &mut self,
+        request: &Request<'_>,
+        reply: oneshot::Sender<Result<Reply, ConnError>>,
+        lease_key: Option<WireKey>,
+    ) {
+        let opaque = self.next_opaque;
+        self.next_opaque = opaque.wrapping_add(1);
+        request.encode(opaque, &mut self.out);
+        self.waiters.push_back(Waiter {
+            opaque,
+            reply,
+            lease_key,
+        });
     }
 }
 
@@ -179,6 +207,26 @@ impl Shared {
             let _ = waiter.reply.send(Err(ConnError::Closed(reason)));
         }
         self.abort_tasks();
+    }
+
+    /// Hands back a lease won by a lookup whose caller is gone; its reply is of no interest.
+    fn release_abandoned(&self, key: &WireKey, cas: u64) {
+        let (nobody, _) = oneshot::channel();
+        {
+            let mut state = self.lock();
+            if state.closed.is_some() {
+                return;
+            }
+            state.push(
+                &Request::Delete {
+                    key,
+                    cas: Some(cas),
+                },
+                nobody,
+                None,
+            );
+        }
+        self.writer.notify_one();
     }
 
     fn abort_tasks(&self) {
@@ -225,7 +273,12 @@ impl Shared {
             }
             None => {
                 // A caller that gave up dropped its receiver: the reply is consumed all the same.
-                let _ = waiter.reply.send(Ok(reply));
+                if let Err(Ok(Reply::Meta(meta))) = waiter.reply.send(Ok(reply))
+                    && meta.win
+                    && let (Some(key), Some(cas)) = (waiter.lease_key, meta.cas)
+                {
+                    self.release_abandoned(&key, cas);
+                }
                 Ok(())
             }
         }
@@ -234,6 +287,24 @@ impl Shared {
 
 async fn write_requests(shared: Arc<Shared>, mut write: OwnedWriteHalf) {
     loop {
+        let pending = shared.lock().out.len();
+        if pending == 0 {
+            // `send` stores a permit if it notifies while we are not waiting: no lost wake-up.
+            shared.writer.notified().await;
+            continue;
+        }
+        // Let the tasks that are ready to send run first, while their requests still fit in this
+        // write: one syscall for many requests, here and in memcached, which answers a read's
+        // worth of requests with one write. It costs a turn of the scheduler, not a timer.
+        let mut seen = pending;
+        for _ in 0..MAX_GATHER_YIELDS {
+            tokio::task::yield_now().await;
+            let now = shared.lock().out.len();
+            if now == seen || now >= GATHER_BYTES {
+                break;
+            }
+            seen = now;
+        }
         let mut batch = {
             let mut state = shared.lock();
             if state.closed.is_some() {
@@ -241,11 +312,6 @@ async fn write_requests(shared: Arc<Shared>, mut write: OwnedWriteHalf) {
             }
             state.out.split()
         };
-        if batch.is_empty() {
-            // `send` stores a permit if it notifies while we are not waiting: no lost wake-up.
-            shared.writer.notified().await;
-            continue;
-        }
         if let Err(err) = write.write_all(&batch).await {
             shared.close(&format!("write failed: {err}"));
             return;
@@ -299,7 +365,7 @@ mod tests {
     //! Against scripted peers: these check our framing, not memcached.
 
     use super::*;
-    use crate::key::{KeyEncoder, WireKey};
+    use crate::key::KeyEncoder;
     use crate::store::memcached::protocol::{Code, Meta};
     use tokio::io::{AsyncBufReadExt, BufReader};
     use tokio::net::TcpListener;
@@ -393,6 +459,34 @@ mod tests {
         assert!(
             !conn.is_closed(),
             "the abandoned reply was consumed; the connection is still in step"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lease_won_by_an_abandoned_lookup_is_handed_back() {
+        let (conn, mut peer) = peer().await;
+        let k = key("k");
+        drop(conn.send(&get(&k)).unwrap());
+        assert_eq!(within(read_line(&mut peer)).await, "mg k v c f N1 O0\r\n");
+        peer.get_mut()
+            .write_all(b"VA 0 c5 f0 O0 W\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(
+            within(read_line(&mut peer)).await,
+            "md k C5 O1\r\n",
+            "nobody else would fill or release it"
+        );
+        peer.get_mut().write_all(b"HD O1\r\n").await.unwrap();
+        let reply = conn.send(&get(&k)).unwrap();
+        assert_eq!(within(read_line(&mut peer)).await, "mg k v c f N1 O2\r\n");
+        peer.get_mut()
+            .write_all(b"VA 0 c6 f0 O2 W\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(
+            meta(within(reply).await).win,
+            "the connection is still in step"
         );
     }
 

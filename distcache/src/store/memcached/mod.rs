@@ -52,16 +52,12 @@ impl Cluster {
     /// The server `key` goes to now: its own, or the next one up if its own is marked down.
     pub(crate) fn server_for(&self, key: &WireKey) -> &Server {
         let nodes = &self.inner.nodes;
-        let index = self
-            .inner
-            .ring
-            .route(key.as_bytes(), |i| !nodes[i].is_down())
-            .unwrap_or_else(|| {
-                self.inner
-                    .ring
-                    .route(key.as_bytes(), |_| true)
-                    .expect("a ring has servers")
-            });
+        let ring = &self.inner.ring;
+        let index = ring
+            .route(key.as_bytes(), |i| (!nodes[i].is_down()).then_some(()))
+            .or_else(|| ring.route(key.as_bytes(), |_| Some(())))
+            .expect("a ring has servers")
+            .0;
         &nodes[index].server
     }
 
@@ -73,14 +69,12 @@ impl Cluster {
         operation: &'static str,
         key: &WireKey,
         request: Request<'_>,
+        deadline: Option<Instant>,
     ) -> Result<(usize, Reply), StoreError> {
         let nodes = &self.inner.nodes;
         let mut retried = false;
         loop {
-            let Some(index) = self
-                .inner
-                .ring
-                .route(key.as_bytes(), |i| nodes[i].available())
+            let Some((index, ticket)) = self.inner.ring.route(key.as_bytes(), |i| nodes[i].admit())
             else {
                 return Err(StoreError {
                     operation,
@@ -88,9 +82,14 @@ impl Cluster {
                     kind: StoreErrorKind::NoNode,
                 });
             };
-            match nodes[index].execute(operation, &request).await {
+            match nodes[index]
+                .execute(ticket, operation, &request, deadline)
+                .await
+            {
                 Ok(reply) => return Ok((index, reply)),
-                Err(err) if retried || !nodes[index].is_down() => return Err(err),
+                Err(err) if retried || err.is_deadline() || !nodes[index].is_down() => {
+                    return Err(err);
+                }
                 Err(_) => retried = true,
             }
         }
@@ -104,14 +103,14 @@ impl Cluster {
         request: Request<'_>,
     ) -> Result<Reply, StoreError> {
         let node = &self.inner.nodes[lease.node];
-        if node.is_down() {
+        let Some(ticket) = node.admit() else {
             return Err(StoreError {
                 operation,
                 node: node.server.to_string(),
                 kind: StoreErrorKind::NodeDown,
             });
-        }
-        node.execute(operation, &request).await
+        };
+        node.execute(ticket, operation, &request, None).await
     }
 }
 
@@ -146,27 +145,44 @@ pub(crate) fn ttl_seconds(ttl: Duration) -> u32 {
 }
 
 impl Store for Cluster {
-    async fn lookup(&self, key: &WireKey, lease_ttl: Duration) -> Result<Lookup, StoreError> {
+    async fn lookup(
+        &self,
+        key: &WireKey,
+        lease_ttl: Duration,
+        deadline: Instant,
+    ) -> Result<Lookup, StoreError> {
         let request = Request::GetOrLease {
             key,
             lease: ttl_seconds(lease_ttl),
         };
-        let (node, reply) = self.on_key_node("lookup", key, request).await?;
-        let meta = meta("lookup", &self.inner.nodes[node].server, reply)?;
-        Ok(match meta.code {
+        let (node, reply) = self
+            .on_key_node("lookup", key, request, Some(deadline))
+            .await?;
+        let server = &self.inner.nodes[node].server;
+        let meta = meta("lookup", server, reply)?;
+        let version = Lease {
+            cas: meta.cas.unwrap_or_default(),
+            node,
+        };
+        match meta.code {
             // A stale item (X) carries a value nobody should read; W and Z say who recomputes.
-            Code::Value if meta.win => Lookup::Won(Lease {
-                cas: meta.cas.unwrap_or_default(),
-                node,
-            }),
-            Code::Value if meta.won_elsewhere || meta.stale => Lookup::Busy,
-            Code::Value => Lookup::Hit(Item {
+            Code::Value if meta.win => Ok(Lookup::Won(version)),
+            Code::Value if meta.won_elsewhere || meta.stale => Ok(Lookup::Busy),
+            Code::Value => Ok(Lookup::Hit(Item {
                 data: meta.data,
                 flags: meta.client_flags.unwrap_or_default(),
+                version,
+            })),
+            // With N, a miss creates the stub; a plain miss means memcached could not (out of
+            // memory): the store cannot hand out the lease.
+            other => Err(StoreError {
+                operation: "lookup",
+                node: server.to_string(),
+                kind: StoreErrorKind::Server(format!(
+                    "{other:?} to a lookup that should have created a lease"
+                )),
             }),
-            // With N, a miss creates the stub; a plain miss means it vanished meanwhile: ask again.
-            _ => Lookup::Busy,
-        })
+        }
     }
 
     async fn fill(
@@ -211,7 +227,7 @@ impl Store for Cluster {
 
     async fn invalidate(&self, key: &WireKey) -> Result<(), StoreError> {
         let request = Request::Delete { key, cas: None };
-        let (node, reply) = self.on_key_node("invalidate", key, request).await?;
+        let (node, reply) = self.on_key_node("invalidate", key, request, None).await?;
         meta("invalidate", &self.inner.nodes[node].server, reply).map(drop)
     }
 }
@@ -245,15 +261,19 @@ mod tests {
         KeyEncoder::new("t").unwrap().encode(k)
     }
 
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(3600)
+    }
+
     async fn won(cluster: &Cluster, k: &WireKey) -> Lease {
-        match cluster.lookup(k, LEASE).await.unwrap() {
+        match cluster.lookup(k, LEASE, far()).await.unwrap() {
             Lookup::Won(lease) => lease,
             other => panic!("expected to win the lease, got {other:?}"),
         }
     }
 
     async fn hit(cluster: &Cluster, k: &WireKey) -> Item {
-        match cluster.lookup(k, LEASE).await.unwrap() {
+        match cluster.lookup(k, LEASE, far()).await.unwrap() {
             Lookup::Hit(item) => item,
             other => panic!("expected a hit, got {other:?}"),
         }
@@ -266,7 +286,7 @@ mod tests {
         let k = key("k");
         let lease = won(&a, &k).await;
         assert!(
-            matches!(b.lookup(&k, LEASE).await.unwrap(), Lookup::Busy),
+            matches!(b.lookup(&k, LEASE, far()).await.unwrap(), Lookup::Busy),
             "another client waits"
         );
         let data = Bytes::from_static(b"\"v\"");
@@ -293,7 +313,7 @@ mod tests {
         // memcached has no event for an expiring stub: look until the lease can be won again.
         let fresh = tokio::time::timeout(Duration::from_secs(5), async {
             loop {
-                match cluster.lookup(&k, LEASE).await.unwrap() {
+                match cluster.lookup(&k, LEASE, far()).await.unwrap() {
                     Lookup::Won(lease) => break lease,
                     Lookup::Busy => tokio::time::sleep(Duration::from_millis(20)).await,
                     Lookup::Hit(item) => panic!("nobody filled it: {item:?}"),
@@ -336,7 +356,10 @@ mod tests {
             .await
             .unwrap();
         assert!(
-            matches!(cluster.lookup(&k, LEASE).await.unwrap(), Lookup::Busy),
+            matches!(
+                cluster.lookup(&k, LEASE, far()).await.unwrap(),
+                Lookup::Busy
+            ),
             "a wrong CAS releases nothing"
         );
         cluster.release(&k, lease).await.unwrap();
@@ -389,7 +412,7 @@ mod tests {
         won(&cluster, &key("s")).await;
         assert!(
             matches!(
-                cluster.lookup(&key("s"), LEASE).await.unwrap(),
+                cluster.lookup(&key("s"), LEASE, far()).await.unwrap(),
                 Lookup::Busy
             ),
             "the stale value is not served"

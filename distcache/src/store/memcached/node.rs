@@ -65,10 +65,10 @@ impl Node {
         }
     }
 
-    /// Whether a request may go to this node now. After the retry interval of a down node, the
-    /// first caller to ask gets `true`: its request is the probe.
-    pub(crate) fn available(&self) -> bool {
-        self.health.available()
+    /// Admits a request to this node now, or not (marked down). After the retry interval of a
+    /// down node, the first request to ask is admitted as the probe.
+    pub(crate) fn admit(&self) -> Option<Ticket> {
+        self.health.admit()
     }
 
     /// Whether the node is marked down and not yet due for a probe (no side effect).
@@ -76,20 +76,27 @@ impl Node {
         self.health.is_down()
     }
 
-    /// Sends `request` and awaits its reply, within the I/O timeout; records the outcome.
+    /// Sends `request` and awaits its reply within the I/O timeout, or until `deadline` if that
+    /// comes first; records the outcome in the node's health. A deadline is the caller's
+    /// business, not a sign of trouble: it neither counts as a failure nor closes the connection.
     pub(crate) async fn execute(
         &self,
+        ticket: Ticket,
         operation: &'static str,
         request: &Request<'_>,
+        deadline: Option<Instant>,
     ) -> Result<Reply, StoreError> {
-        let result = self.round_trip(request).await;
+        let mut outcome = Outcome {
+            health: &self.health,
+            server: &self.server,
+            ticket,
+            recorded: false,
+        };
+        let result = self.round_trip(request, deadline).await;
         match &result {
-            Ok(_) => self.health.success(&self.server),
-            Err(kind) => self.health.failure(
-                &self.server,
-                matches!(kind, StoreErrorKind::Timeout(_)),
-                kind,
-            ),
+            Ok(_) => outcome.success(),
+            Err(StoreErrorKind::Deadline) => outcome.abandoned(),
+            Err(kind) => outcome.failure(kind),
         }
         result.map_err(|kind| StoreError {
             operation,
@@ -98,21 +105,40 @@ impl Node {
         })
     }
 
-    async fn round_trip(&self, request: &Request<'_>) -> Result<Reply, StoreErrorKind> {
-        let (conn, reply) = {
-            let conn = self.pool.get().await.map_err(|err| match err {
-                PoolError::Backend(err) => StoreErrorKind::Io(err),
-                PoolError::Timeout(_) => StoreErrorKind::Timeout(self.io_timeout),
-                other => StoreErrorKind::Io(io::Error::other(other.to_string())),
-            })?;
-            let reply = conn
-                .send(request)
-                .map_err(|err| StoreErrorKind::Connection(err.to_string()))?;
-            // The pooled connection goes back to the pool here, for others to pipeline on,
-            // while we await our reply.
-            (Connection::clone(&conn), reply)
+    async fn round_trip(
+        &self,
+        request: &Request<'_>,
+        deadline: Option<Instant>,
+    ) -> Result<Reply, StoreErrorKind> {
+        let get = self.pool.get();
+        // Connecting is bounded by the pool's create timeout (connect_timeout), and by the deadline.
+        let conn = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, get)
+                .await
+                .map_err(|_| StoreErrorKind::Deadline)?,
+            None => get.await,
+        }
+        .map_err(|err| match err {
+            PoolError::Backend(err) => StoreErrorKind::Io(err),
+            PoolError::Timeout(_) => {
+                StoreErrorKind::Io(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))
+            }
+            other => StoreErrorKind::Io(io::Error::other(other.to_string())),
+        })?;
+        let reply = conn
+            .send(request)
+            .map_err(|err| StoreErrorKind::Connection(err.to_string()))?;
+        // The pooled connection goes back to the pool here, for others to pipeline on, while we
+        // await our reply.
+        let conn = Connection::clone(&conn);
+        let io_limit = Instant::now() + self.io_timeout;
+        let (limit, by_deadline) = match deadline {
+            Some(deadline) if deadline < io_limit => (deadline, true),
+            _ => (io_limit, false),
         };
-        match tokio::time::timeout(self.io_timeout, reply).await {
+        match tokio::time::timeout_at(limit, reply).await {
+            // Our reply is abandoned; the connection consumes it when it comes.
+            Err(_elapsed) if by_deadline => Err(StoreErrorKind::Deadline),
             Err(_elapsed) => {
                 // A server this slow is in trouble; the connection goes, with what is on it.
                 conn.close("no reply within the I/O timeout");
@@ -121,6 +147,54 @@ impl Node {
             Ok(Err(_dropped)) => Err(StoreErrorKind::Connection("the connection closed".into())),
             Ok(Ok(Err(err))) => Err(StoreErrorKind::Connection(err.to_string())),
             Ok(Ok(Ok(reply))) => Ok(reply),
+        }
+    }
+}
+
+/// How a request was admitted to a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ticket {
+    /// The node is up.
+    Up,
+    /// The node is down and due for a retry: this request is the probe.
+    Probe,
+}
+
+/// Records a request's outcome exactly once, also when the request is dropped half-way: an
+/// abandoned probe must not leave the node waiting for a result that never comes.
+struct Outcome<'a> {
+    health: &'a Health,
+    server: &'a Server,
+    ticket: Ticket,
+    recorded: bool,
+}
+
+impl Outcome<'_> {
+    fn success(&mut self) {
+        self.recorded = true;
+        self.health.success(self.server, self.ticket);
+    }
+
+    fn failure(&mut self, error: &StoreErrorKind) {
+        self.recorded = true;
+        let timed_out = matches!(error, StoreErrorKind::Timeout(_));
+        self.health
+            .failure(self.server, self.ticket, timed_out, error);
+    }
+
+    fn abandoned(&mut self) {
+        self.recorded = true;
+        if self.ticket == Ticket::Probe {
+            // Nothing was learnt: let the next request probe.
+            self.health.probing.store(false, Ordering::Release);
+        }
+    }
+}
+
+impl Drop for Outcome<'_> {
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.abandoned();
         }
     }
 }
@@ -179,34 +253,39 @@ impl Health {
         until != UP && self.now() < until
     }
 
-    fn available(&self) -> bool {
+    fn admit(&self) -> Option<Ticket> {
         let until = self.down_until.load(Ordering::Acquire);
         if until == UP {
-            return true;
+            return Some(Ticket::Up);
         }
         if self.now() < until {
-            return false;
+            return None;
         }
         self.probing
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
+            .then_some(Ticket::Probe)
     }
 
-    fn success(&self, server: &Server) {
+    fn success(&self, server: &Server, ticket: Ticket) {
         self.failures.store(0, Ordering::Release);
-        if self.down_until.swap(UP, Ordering::AcqRel) != UP {
+        // Only the probe brings a down node back: a request that was already under way when
+        // the node was marked down says little about it now.
+        if ticket == Ticket::Probe {
+            self.down_until.store(UP, Ordering::Release);
             self.probing.store(false, Ordering::Release);
             info!(node = %server, "memcached node is back: its keys return to it");
         }
     }
 
-    fn failure(&self, server: &Server, timed_out: bool, error: &StoreErrorKind) {
+    fn failure(&self, server: &Server, ticket: Ticket, timed_out: bool, error: &StoreErrorKind) {
         let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
-        let probe_failed = self.probing.load(Ordering::Acquire);
-        if timed_out || failures >= self.threshold || probe_failed {
+        if timed_out || failures >= self.threshold || ticket == Ticket::Probe {
             let until = self.now() + self.retry_interval.as_millis() as u64;
             let was = self.down_until.swap(until, Ordering::AcqRel);
-            self.probing.store(false, Ordering::Release);
+            if ticket == Ticket::Probe {
+                self.probing.store(false, Ordering::Release);
+            }
             if was == UP {
                 warn!(node = %server, %error, retry_in = ?self.retry_interval,
                     "memcached node marked down: its keys go to the next node on the ring");
@@ -240,40 +319,75 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn consecutive_failures_mark_down_and_one_probe_brings_back() {
-        let h = health(2);
-        h.failure(&server(), false, &refused());
-        assert!(h.available(), "one failure is not enough");
-        h.success(&server());
-        h.failure(&server(), false, &refused());
-        assert!(h.available(), "a success in between resets the count");
-        h.failure(&server(), false, &refused());
-        assert!(h.is_down() && !h.available(), "two in a row mark it down");
-        tokio::time::advance(Duration::from_secs(2)).await;
-        assert!(h.available(), "after the retry interval one request probes");
-        assert!(!h.available(), "only one");
-        h.success(&server());
+        let (h, s) = (health(2), server());
+        h.failure(&s, Ticket::Up, false, &refused());
+        assert_eq!(h.admit(), Some(Ticket::Up), "one failure is not enough");
+        h.success(&s, Ticket::Up);
+        h.failure(&s, Ticket::Up, false, &refused());
+        assert_eq!(
+            h.admit(),
+            Some(Ticket::Up),
+            "a success in between resets the count"
+        );
+        h.failure(&s, Ticket::Up, false, &refused());
         assert!(
-            h.available() && h.available() && !h.is_down(),
+            h.is_down() && h.admit().is_none(),
+            "two in a row mark it down"
+        );
+        h.success(&s, Ticket::Up);
+        assert!(
+            h.is_down(),
+            "a request from before the mark-down does not bring it back"
+        );
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(
+            h.admit(),
+            Some(Ticket::Probe),
+            "after the retry interval one request probes"
+        );
+        assert_eq!(h.admit(), None, "only one");
+        h.success(&s, Ticket::Probe);
+        assert_eq!(
+            h.admit(),
+            Some(Ticket::Up),
             "a successful probe brings it back"
         );
+        assert!(!h.is_down());
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_timeout_or_a_failed_probe_marks_down_at_once() {
-        let h = health(5);
+        let (h, s) = (health(5), server());
         h.failure(
-            &server(),
+            &s,
+            Ticket::Up,
             true,
             &StoreErrorKind::Timeout(Duration::from_millis(1)),
         );
         assert!(h.is_down());
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert!(h.available());
-        h.failure(&server(), false, &refused());
+        assert_eq!(h.admit(), Some(Ticket::Probe));
+        h.failure(&s, Ticket::Probe, false, &refused());
         assert!(h.is_down(), "the probe failed: down for another interval");
         tokio::time::advance(Duration::from_millis(1999)).await;
-        assert!(!h.available());
+        assert_eq!(h.admit(), None);
         tokio::time::advance(Duration::from_millis(1)).await;
-        assert!(h.available());
+        assert_eq!(h.admit(), Some(Ticket::Probe));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_abandoned_probe_lets_the_next_request_probe() {
+        let (h, s) = (health(1), server());
+        h.failure(&s, Ticket::Up, false, &refused());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let probe = h.admit();
+        assert_eq!(probe, Some(Ticket::Probe));
+        drop(Outcome {
+            health: &h,
+            server: &s,
+            ticket: Ticket::Probe,
+            recorded: false,
+        });
+        assert_eq!(h.admit(), Some(Ticket::Probe), "not shut out for good");
     }
 }

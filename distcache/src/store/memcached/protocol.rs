@@ -146,7 +146,9 @@ pub(crate) fn parse(buf: &mut BytesMut) -> Result<Option<Reply>, ProtocolError> 
         return Ok(None);
     };
     let line = std::str::from_utf8(&buf[..line_end])
-        .map_err(|_| ProtocolError("a reply line is not ASCII".into()))?;
+        .ok()
+        .filter(|line| line.is_ascii())
+        .ok_or_else(|| ProtocolError("a reply line is not ASCII".into()))?;
     let mut tokens = line.split(' ');
     let head = tokens.next().unwrap_or_default();
     let (code, size) = match head {
@@ -368,6 +370,8 @@ mod tests {
             b"VA 2 cZ\r\nab\r\n",
             b"VA 2\r\nabcd",
             b"HD O-1\r\n",
+            "HD \u{e9}\r\n".as_bytes(),
+            "HD O1 \u{1f600}x\r\n".as_bytes(),
         ] {
             assert!(
                 parse(&mut BytesMut::from(bad)).is_err(),

@@ -8,7 +8,9 @@
 //! libmemcached's `hosts.cc` does (160 with equal weights, but 156 for some `n`, such as 25). Each MD5 of `"host-j"` (`"host:port-j"` when the port
 //! is not 11211; the host as configured, never resolved) gives four points: its bytes `[4a, 4a+4)`
 //! read little-endian. A key goes to the first point at or after the first four bytes of its MD5,
-//! little-endian, wrapping round. Removing a server removes only its points, so only its keys move.
+//! little-endian, wrapping round. While a server is marked down its points are skipped, so only its
+//! keys move. (Removing it from the list rebuilds the ring, and since the point counts depend on
+//! the number of servers and their total weight, a few other keys may move too, as in libmemcached.)
 
 use std::fmt;
 use std::str::FromStr;
@@ -241,12 +243,13 @@ impl Ring {
             .expect("a ring has at least one server")]
     }
 
-    /// The first server in the key's fallback order that is `available`.
-    pub(crate) fn route(&self, key: &[u8], available: impl FnMut(usize) -> bool) -> Option<usize> {
-        self.successors(key).find_map({
-            let mut available = available;
-            move |i| available(i).then_some(i)
-        })
+    /// The first server in the key's fallback order that `admit` lets in, with what it said.
+    pub(crate) fn route<T>(
+        &self,
+        key: &[u8],
+        mut admit: impl FnMut(usize) -> Option<T>,
+    ) -> Option<(usize, T)> {
+        self.successors(key).find_map(|i| admit(i).map(|t| (i, t)))
     }
 
     /// Server positions in the order a key falls back to them: its own server first, then each
@@ -254,20 +257,42 @@ impl Ring {
     pub(crate) fn successors(&self, key: &[u8]) -> impl Iterator<Item = usize> + '_ {
         let hash = key_hash(key);
         let start = self.points.partition_point(|&(value, _)| value < hash);
-        let mut seen = 0usize;
         let (before, after) = self.points.split_at(start);
+        let mut seen = Seen::new(self.servers.len());
         after
             .iter()
             .chain(before)
             .map(|&(_, server)| server as usize)
-            .filter(move |&server| {
-                // Servers beyond 64 are rare; for them the walk may repeat a server, harmlessly.
-                let bit = 1usize.checked_shl(server as u32).unwrap_or(0);
-                let new = seen & bit == 0;
-                seen |= bit;
-                new
-            })
+            .filter(move |&server| seen.first_time(server))
             .take(self.servers.len())
+    }
+}
+
+/// Which servers a walk has met: a bit set, on the heap only past 64 servers.
+enum Seen {
+    Few(u64),
+    Many(Vec<bool>),
+}
+
+impl Seen {
+    fn new(servers: usize) -> Self {
+        if servers <= 64 {
+            Seen::Few(0)
+        } else {
+            Seen::Many(vec![false; servers])
+        }
+    }
+
+    fn first_time(&mut self, server: usize) -> bool {
+        match self {
+            Seen::Few(bits) => {
+                let bit = 1u64 << server;
+                let first = *bits & bit == 0;
+                *bits |= bit;
+                first
+            }
+            Seen::Many(seen) => !std::mem::replace(&mut seen[server], true),
+        }
     }
 }
 
@@ -389,6 +414,15 @@ mod tests {
     }
 
     #[test]
+    fn walks_past_64_servers_meet_each_once() {
+        let ring =
+            Ring::new((0..100).map(|i| Server::new(format!("h{i}"), 11211).unwrap())).unwrap();
+        let mut order: Vec<usize> = ring.successors(b"k").collect();
+        order.sort_unstable();
+        assert_eq!(order, (0..100).collect::<Vec<_>>());
+    }
+
+    #[test]
     fn a_key_falls_back_through_every_other_server_once() {
         let ring = Ring::new((0..5).map(|i| Server::new(format!("s{i}"), 11211).unwrap())).unwrap();
         let order: Vec<usize> = ring.successors(b"some key").collect();
@@ -415,8 +449,8 @@ mod tests {
             prop_assume!(ring.is_ok());
             let ring = ring.unwrap();
             for key in keys {
-                let home = ring.route(&key, |_| true).unwrap();
-                let now = ring.route(&key, |i| i != down).unwrap();
+                let home = ring.route(&key, |_| Some(())).unwrap().0;
+                let now = ring.route(&key, |i| (i != down).then_some(())).unwrap().0;
                 if home == down {
                     prop_assert_eq!(Some(now), ring.successors(&key).nth(1));
                 } else {
