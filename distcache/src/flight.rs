@@ -33,7 +33,7 @@ use crate::coalesce::{Join, Leader};
 use crate::codec::{self, EncodeError, JSON_FLAGS};
 use crate::error::Error;
 use crate::key::WireKey;
-use crate::schedule::{PollSchedule, Site};
+use crate::schedule::{Knowledge, PollSchedule, Site, SiteWait};
 use crate::store::{Fill, Lease, Lookup, Store, StoreError};
 
 /// The longest `expire` or `exec_limit`: far beyond any memoization, and well within what
@@ -168,7 +168,7 @@ impl<S: Store> Call<'_, S> {
         Fut: Future<Output = Result<T, E>>,
     {
         let stats = &self.core.stats;
-        let mut waiting: Option<(Instant, PollSchedule)> = None;
+        let mut waiting: Option<(Instant, PollSchedule, SiteWait<'_>)> = None;
         let mut decode_misses = 0;
         let mut first = true;
         loop {
@@ -200,7 +200,7 @@ impl<S: Store> Call<'_, S> {
             }
             match step {
                 Step::Value(value, json) => {
-                    if let Some((since, _)) = waiting {
+                    if let Some((since, ..)) = waiting {
                         self.core.estimates.record_wait(self.site, since.elapsed());
                     }
                     leader.publish(json);
@@ -225,20 +225,32 @@ impl<S: Store> Call<'_, S> {
                         // The lookup that found the lease held counts as the first of the wait.
                         stats.wait_lookups.incr();
                     }
-                    let (_, schedule) = waiting.get_or_insert_with(|| {
+                    let (_, schedule, site) = waiting.get_or_insert_with(|| {
                         stats.lease_waits.incr();
-                        let expected = self.core.estimates.expected_wait(self.site);
                         (
                             Instant::now(),
-                            PollSchedule::new(expected, self.core.config.max_poll_interval),
+                            PollSchedule::new(self.core.config.max_poll_interval),
+                            self.core.estimates.wait(self.site),
                         )
                     });
-                    let wake = Instant::now() + schedule.next_delay();
+                    // Listening before asking what is known: a lesson in between is not missed.
+                    let learned = site.learned();
+                    let mut learnt = std::pin::pin!(learned.notified());
+                    learnt.as_mut().enable();
+                    let knowledge = site.knowledge();
+                    let wake = Instant::now() + schedule.next_delay(knowledge);
                     if wake >= self.deadline {
                         sleep_until(self.deadline).await;
                         return Err(self.timed_out());
                     }
-                    sleep_until(wake).await;
+                    if knowledge == Knowledge::Follower {
+                        tokio::select! {
+                            () = sleep_until(wake) => {}
+                            () = learnt => {}
+                        }
+                    } else {
+                        sleep_until(wake).await;
+                    }
                 }
             }
         }

@@ -29,6 +29,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, oneshot};
 use tokio::task::AbortHandle;
+use tokio::time::Instant;
 
 use super::protocol::{self, ErrorKind, Reply, Request};
 use crate::key::WireKey;
@@ -44,6 +45,8 @@ const GATHER_BYTES: usize = 64 * 1024;
 pub(crate) enum ConnError {
     #[error("the connection is closed: {0}")]
     Closed(Arc<str>),
+    #[error("no reply within {0:?}; the connection is closed")]
+    TimedOut(Duration),
 }
 
 /// A handle to a connection; clones share it, and the last one to go closes it.
@@ -68,6 +71,10 @@ impl Drop for Handle {
 struct Shared {
     state: Mutex<State>,
     writer: Notify,
+    /// Wakes the reader when a request arrives on an idle connection, to watch its time.
+    reader: Notify,
+    /// The longest the oldest request may wait for its reply.
+    io_timeout: Duration,
     closed: AtomicBool,
     tasks: Mutex<Vec<AbortHandle>>,
 }
@@ -77,12 +84,13 @@ struct State {
     out: BytesMut,
     waiters: VecDeque<Waiter>,
     next_opaque: u32,
-    closed: Option<Arc<str>>,
+    closed: Option<ConnError>,
 }
 
 #[derive(Debug)]
 struct Waiter {
     opaque: u32,
+    sent: Instant,
     reply: oneshot::Sender<Result<Reply, ConnError>>,
     /// The key of a lookup that may win a lease, to hand it back if the caller is gone.
     lease_key: Option<WireKey>,
@@ -92,12 +100,18 @@ struct Waiter {
 pub(crate) type PendingReply = oneshot::Receiver<Result<Reply, ConnError>>;
 
 impl Connection {
-    /// Connects to the first of `addrs` that accepts within `timeout`.
-    pub(crate) async fn connect(addrs: &[SocketAddr], timeout: Duration) -> io::Result<Self> {
+    /// Connects to the first of `addrs` that accepts within `timeout`. A request unanswered for
+    /// `io_timeout` closes the connection, failing every request on it with
+    /// [`ConnError::TimedOut`]: one timer per connection, not one per request.
+    pub(crate) async fn connect(
+        addrs: &[SocketAddr],
+        timeout: Duration,
+        io_timeout: Duration,
+    ) -> io::Result<Self> {
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no address to connect to");
         for addr in addrs {
             match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => return Ok(Self::start(stream)),
+                Ok(Ok(stream)) => return Ok(Self::start(stream, io_timeout)),
                 Ok(Err(err)) => last = err,
                 Err(_) => {
                     last = io::Error::new(
@@ -110,13 +124,15 @@ impl Connection {
         Err(last)
     }
 
-    fn start(stream: TcpStream) -> Self {
+    fn start(stream: TcpStream, io_timeout: Duration) -> Self {
         // Small requests must not wait for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
         let (read, write) = stream.into_split();
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             writer: Notify::new(),
+            reader: Notify::new(),
+            io_timeout,
             closed: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
         });
@@ -139,28 +155,29 @@ impl Connection {
     /// Queues `request`; the reply arrives on the returned receiver.
     pub(crate) fn send(&self, request: &Request<'_>) -> Result<PendingReply, ConnError> {
         let (tx, rx) = oneshot::channel();
-        {
-            let mut state = self.handle.shared.lock();
-            if let Some(reason) = &state.closed {
-                return Err(ConnError::Closed(reason.clone()));
+        let shared = &self.handle.shared;
+        let was_idle = {
+            let mut state = shared.lock();
+            if let Some(err) = &state.closed {
+                return Err(err.clone());
             }
             let lease_key = match request {
                 Request::GetOrLease { key, .. } => Some((*key).clone()),
                 _ => None,
             };
+            let was_idle = state.waiters.is_empty();
             state.push(request, tx, lease_key);
+            was_idle
+        };
+        shared.writer.notify_one();
+        if was_idle {
+            shared.reader.notify_one();
         }
-        self.handle.shared.writer.notify_one();
         Ok(rx)
     }
 
     pub(crate) fn is_closed(&self) -> bool {
         self.handle.shared.closed.load(Ordering::Acquire)
-    }
-
-    /// Closes the connection, failing every request still on it.
-    pub(crate) fn close(&self, reason: &str) {
-        self.handle.shared.close(reason);
     }
 }
 
@@ -176,6 +193,7 @@ impl State {
         request.encode(opaque, &mut self.out);
         self.waiters.push_back(Waiter {
             opaque,
+            sent: Instant::now(),
             reply,
             lease_key,
         });
@@ -189,24 +207,29 @@ impl Shared {
     }
 
     fn close(&self, reason: &str) {
+        self.close_with(ConnError::Closed(reason.into()));
+    }
+
+    fn close_with(&self, err: ConnError) {
         let waiters = {
             let mut state = self.lock();
             if state.closed.is_some() {
                 return;
             }
-            let reason: Arc<str> = reason.into();
-            state.closed = Some(reason.clone());
+            state.closed = Some(err.clone());
             state.out.clear();
             self.closed.store(true, Ordering::Release);
             std::mem::take(&mut state.waiters)
-                .into_iter()
-                .map(move |w| (w, reason.clone()))
-                .collect::<Vec<_>>()
         };
-        for (waiter, reason) in waiters {
-            let _ = waiter.reply.send(Err(ConnError::Closed(reason)));
+        for waiter in waiters {
+            let _ = waiter.reply.send(Err(err.clone()));
         }
         self.abort_tasks();
+    }
+
+    /// When the oldest request still waiting was sent, if any.
+    fn oldest(&self) -> Option<Instant> {
+        self.lock().waiters.front().map(|w| w.sent)
     }
 
     /// Hands back a lease won by a lookup whose caller is gone; its reply is of no interest.
@@ -346,7 +369,23 @@ async fn read_replies(shared: Arc<Shared>, mut read: OwnedReadHalf) {
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK);
         }
-        match read.read_buf(&mut buf).await {
+        // Watch the oldest request's time while reading; an idle connection waits for a
+        // request (`send` wakes us) or a read (the server closing it).
+        let read = match shared.oldest() {
+            Some(sent) => tokio::select! {
+                read = read.read_buf(&mut buf) => read,
+                () = tokio::time::sleep_until(sent + shared.io_timeout) => {
+                    shared.close_with(ConnError::TimedOut(shared.io_timeout));
+                    return;
+                }
+                () = shared.reader.notified() => continue,
+            },
+            None => tokio::select! {
+                read = read.read_buf(&mut buf) => read,
+                () = shared.reader.notified() => continue,
+            },
+        };
+        match read {
             Ok(0) => {
                 shared.close("the server closed the connection");
                 return;
@@ -380,7 +419,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let addrs = [addr];
         let (conn, accepted) = tokio::join!(
-            Connection::connect(&addrs, Duration::from_secs(1)),
+            Connection::connect(&addrs, Duration::from_secs(1), Duration::from_secs(5)),
             listener.accept()
         );
         (conn.unwrap(), BufReader::new(accepted.unwrap().0))
@@ -525,6 +564,22 @@ mod tests {
             (Code::Value, Some(9), Some(7))
         );
         assert_eq!(got.data, value);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_request_times_out_and_closes_the_connection() {
+        let (conn, mut peer) = peer().await;
+        let k = key("k");
+        let reply = conn.send(&get(&k)).unwrap();
+        within(read_line(&mut peer)).await;
+        let started = Instant::now();
+        assert!(matches!(reply.await, Ok(Err(ConnError::TimedOut(_)))));
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(5),
+            "the I/O timeout, from the send"
+        );
+        assert!(conn.is_closed());
     }
 
     #[tokio::test]

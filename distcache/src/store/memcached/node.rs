@@ -14,7 +14,7 @@ use deadpool::managed::{self, Metrics, Pool, PoolError, RecycleError, RecycleRes
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::conn::Connection;
+use super::conn::{ConnError, Connection};
 use super::protocol::{Reply, Request};
 use super::ring::Server;
 use crate::store::{StoreError, StoreErrorKind};
@@ -43,6 +43,7 @@ impl Node {
         let manager = Manager {
             server: server.clone(),
             connect_timeout: config.connect_timeout,
+            io_timeout: config.io_timeout,
         };
         let pool = Pool::builder(manager)
             .max_size(config.connections)
@@ -130,23 +131,23 @@ impl Node {
             .map_err(|err| StoreErrorKind::Connection(err.to_string()))?;
         // The pooled connection goes back to the pool here, for others to pipeline on, while we
         // await our reply.
-        let conn = Connection::clone(&conn);
-        let io_limit = Instant::now() + self.io_timeout;
-        let (limit, by_deadline) = match deadline {
-            Some(deadline) if deadline < io_limit => (deadline, true),
-            _ => (io_limit, false),
-        };
-        match tokio::time::timeout_at(limit, reply).await {
-            // Our reply is abandoned; the connection consumes it when it comes.
-            Err(_elapsed) if by_deadline => Err(StoreErrorKind::Deadline),
-            Err(_elapsed) => {
-                // A server this slow is in trouble; the connection goes, with what is on it.
-                conn.close("no reply within the I/O timeout");
-                Err(StoreErrorKind::Timeout(self.io_timeout))
+        drop(conn);
+        // The connection fails a request unanswered for the I/O timeout (one timer per
+        // connection); a timer of our own is needed only when the deadline comes sooner.
+        let reply = match deadline {
+            Some(deadline) if deadline < Instant::now() + self.io_timeout => {
+                // Our reply is abandoned at the deadline; the connection consumes it when it comes.
+                tokio::time::timeout_at(deadline, reply)
+                    .await
+                    .map_err(|_| StoreErrorKind::Deadline)?
             }
-            Ok(Err(_dropped)) => Err(StoreErrorKind::Connection("the connection closed".into())),
-            Ok(Ok(Err(err))) => Err(StoreErrorKind::Connection(err.to_string())),
-            Ok(Ok(Ok(reply))) => Ok(reply),
+            _ => reply.await,
+        };
+        match reply {
+            Err(_dropped) => Err(StoreErrorKind::Connection("the connection closed".into())),
+            Ok(Err(ConnError::TimedOut(after))) => Err(StoreErrorKind::Timeout(after)),
+            Ok(Err(err)) => Err(StoreErrorKind::Connection(err.to_string())),
+            Ok(Ok(reply)) => Ok(reply),
         }
     }
 }
@@ -204,6 +205,7 @@ impl Drop for Outcome<'_> {
 struct Manager {
     server: Server,
     connect_timeout: Duration,
+    io_timeout: Duration,
 }
 
 impl managed::Manager for Manager {
@@ -216,7 +218,7 @@ impl managed::Manager for Manager {
             tokio::net::lookup_host((self.server.host(), self.server.port()))
                 .await?
                 .collect();
-        Connection::connect(&addrs, self.connect_timeout).await
+        Connection::connect(&addrs, self.connect_timeout, self.io_timeout).await
     }
 
     async fn recycle(&self, conn: &mut Connection, _: &Metrics) -> RecycleResult<io::Error> {
@@ -297,6 +299,60 @@ impl Health {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::key::KeyEncoder;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    #[tokio::test]
+    async fn one_pooled_connection_carries_many_requests_at_once() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let config = NodeConfig {
+            connect_timeout: Duration::from_secs(1),
+            io_timeout: Duration::from_secs(5),
+            retry_interval: Duration::from_secs(1),
+            failure_threshold: 2,
+            connections: 1,
+        };
+        let node = Node::new(
+            Server::new("127.0.0.1", port).unwrap(),
+            &config,
+            Instant::now(),
+        );
+        let (a, b) = (
+            KeyEncoder::new("").unwrap().encode("a"),
+            KeyEncoder::new("").unwrap().encode("b"),
+        );
+        let peer = async {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut peer = BufReader::new(stream);
+            // Both requests arrive before either is answered: the pooled connection went back to
+            // the pool as soon as the first request was queued on it.
+            let mut lines = String::new();
+            for _ in 0..2 {
+                peer.read_line(&mut lines).await.unwrap();
+            }
+            peer.get_mut()
+                .write_all(b"HD O0\r\nHD O1\r\n")
+                .await
+                .unwrap();
+            (lines, peer)
+        };
+        let (delete_a, delete_b) = (
+            Request::Delete { key: &a, cas: None },
+            Request::Delete { key: &b, cas: None },
+        );
+        let (ra, rb, (lines, _peer)) = tokio::time::timeout(Duration::from_secs(5), async {
+            tokio::join!(
+                node.execute(Ticket::Up, "t", &delete_a, None),
+                node.execute(Ticket::Up, "t", &delete_b, None),
+                peer
+            )
+        })
+        .await
+        .expect("no request waits for another's reply");
+        assert!(ra.is_ok() && rb.is_ok());
+        assert_eq!(lines, "md a O0\r\nmd b O1\r\n");
+    }
 
     fn health(threshold: u32) -> Health {
         Health {

@@ -5,8 +5,6 @@
 //! reach the wire as a flag or a command. Each request carries an opaque token (`O`) that the
 //! reply echoes, so that a connection can prove every reply is the one its request expects.
 
-use std::fmt::Write as _;
-
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::key::WireKey;
@@ -41,10 +39,16 @@ pub(crate) enum Request<'a> {
 impl Request<'_> {
     /// Appends the request, tagged with `opaque`, to `out`.
     pub(crate) fn encode(&self, opaque: u32, out: &mut BytesMut) {
-        // Writing into a BytesMut cannot fail.
-        let _ = match *self {
+        let mut number = itoa::Buffer::new();
+        let mut flag = |out: &mut BytesMut, name: &[u8], value: u64| {
+            out.extend_from_slice(name);
+            out.extend_from_slice(number.format(value).as_bytes());
+        };
+        match *self {
             Request::GetOrLease { key, lease } => {
-                write!(out, "mg {} v c f N{lease} O{opaque}\r\n", key.as_str())
+                out.extend_from_slice(b"mg ");
+                out.extend_from_slice(key.as_bytes());
+                flag(out, b" v c f N", lease.into());
             }
             Request::SetIfCas {
                 key,
@@ -53,24 +57,27 @@ impl Request<'_> {
                 ttl,
                 cas,
             } => {
-                let head = write!(
-                    out,
-                    "ms {} {} T{ttl} C{cas} F{flags} O{opaque}\r\n",
-                    key.as_str(),
-                    data.len()
-                );
-                out.extend_from_slice(data);
-                out.extend_from_slice(b"\r\n");
-                head
+                out.extend_from_slice(b"ms ");
+                out.extend_from_slice(key.as_bytes());
+                flag(out, b" ", data.len() as u64);
+                flag(out, b" T", ttl.into());
+                flag(out, b" C", cas);
+                flag(out, b" F", flags.into());
             }
-            Request::Delete {
-                key,
-                cas: Some(cas),
-            } => {
-                write!(out, "md {} C{cas} O{opaque}\r\n", key.as_str())
+            Request::Delete { key, cas } => {
+                out.extend_from_slice(b"md ");
+                out.extend_from_slice(key.as_bytes());
+                if let Some(cas) = cas {
+                    flag(out, b" C", cas);
+                }
             }
-            Request::Delete { key, cas: None } => write!(out, "md {} O{opaque}\r\n", key.as_str()),
-        };
+        }
+        flag(out, b" O", opaque.into());
+        out.extend_from_slice(b"\r\n");
+        if let Request::SetIfCas { data, .. } = self {
+            out.extend_from_slice(data);
+            out.extend_from_slice(b"\r\n");
+        }
     }
 }
 
@@ -136,14 +143,18 @@ pub(crate) struct ProtocolError(pub(crate) String);
 /// Parses one reply from the front of `buf`, consuming it; `Ok(None)` if more bytes are needed.
 /// A value's bytes are split off `buf` without copying.
 pub(crate) fn parse(buf: &mut BytesMut) -> Result<Option<Reply>, ProtocolError> {
-    let Some(line_end) = memchr_crlf(buf) else {
-        if buf.len() > MAX_LINE {
+    let line_end = match memchr::memchr(b'\n', buf) {
+        None if buf.len() > MAX_LINE => {
             return Err(ProtocolError(format!(
                 "no end of line in {} bytes",
                 buf.len()
             )));
         }
-        return Ok(None);
+        None => return Ok(None),
+        Some(lf) if lf == 0 || buf[lf - 1] != b'\r' => {
+            return Err(ProtocolError("a line ends with LF without CR".into()));
+        }
+        Some(lf) => lf - 1,
     };
     let line = std::str::from_utf8(&buf[..line_end])
         .ok()
@@ -221,15 +232,12 @@ pub(crate) fn parse(buf: &mut BytesMut) -> Result<Option<Reply>, ProtocolError> 
     Ok(Some(Reply::Meta(meta)))
 }
 
-fn memchr_crlf(buf: &[u8]) -> Option<usize> {
-    buf.windows(2).position(|w| w == b"\r\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::key::KeyEncoder;
     use proptest::prelude::*;
+    use std::fmt::Write as _;
 
     fn key(k: &str) -> WireKey {
         KeyEncoder::new("").unwrap().encode(k)
