@@ -1,0 +1,653 @@
+//! The herd benchmark (DESIGN §6): a stampede on cold keys, then a warm read phase, from P OS
+//! processes of C tokio callers each, printed as one JSON line so that systems running the same
+//! scenario can be compared side by side.
+//!
+//! ```text
+//! cargo run --release --example herd -- --spawn-servers                      # distcache
+//! cargo run --release --example herd -- --spawn-servers --system naive       # the hand-written baseline
+//! cargo run --release --example herd -- --servers a:p,b:p,c:p --counter d:p --procs 4 --callers 128
+//! ```
+//!
+//! Every caller asks for all K keys in its own shuffled order. The getter sleeps D ms, counts
+//! itself on a separate memcached (the counter, outside the library) and returns a JSON string of
+//! S bytes derived from its key; every returned value is checked against its key. `naive` is what
+//! a user writes by hand with the same client library and ring: a pool of async-memcached
+//! connections per server (one request in flight on each), get, compute on a miss, set; no lease,
+//! no coalescing.
+//!
+//! Progress goes to stderr, the result line to stdout. The fields:
+//! - `getter_calls`: counted on the counter server; `duplicate_calls = getter_calls - keys`;
+//!   `failed_calls`: calls that errored or returned a value not of their key.
+//! - `cold_*`: the stampede, from the first call to the last return; latencies per call.
+//! - `handoff_*`: for each call that returned a value computed by another caller, and had started
+//!   before that value was stored, the time from the store (the computing call's return) to its
+//!   own return. `null` when no call waited (naive never waits).
+//! - `store_ops_per_wait`: store lookups per call that polled the store for a lease held in
+//!   another process (its first lookup included). Callers that waited on a call of their own
+//!   process make none and are not counted. `null` for naive.
+//! - `warm_*`: N gets of random cached keys per process, from all its callers at once.
+
+#[path = "../distcache/tests/support/memcached.rs"]
+mod memcached;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_memcached::AsciiProtocol;
+use distcache::{Cache, Error, Ring, Server};
+use serde_json::json;
+
+/// How long values live: far longer than a run.
+const EXPIRE: Duration = Duration::from_secs(600);
+const EXEC_LIMIT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+struct Args {
+    system: String,
+    servers: Vec<String>,
+    counter: Option<String>,
+    procs: usize,
+    callers: usize,
+    keys: usize,
+    getter_ms: u64,
+    value_bytes: usize,
+    warm_gets: usize,
+    spawn_servers: bool,
+    /// Set in the processes the coordinator spawns: the run's id.
+    child: Option<String>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        system: "distcache".into(),
+        servers: Vec::new(),
+        counter: None,
+        procs: 4,
+        callers: 32,
+        keys: 200,
+        getter_ms: 20,
+        value_bytes: 1000,
+        warm_gets: 2000,
+        spawn_servers: false,
+        child: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        let number = |v: String| {
+            v.parse::<usize>()
+                .map_err(|_| format!("{flag}: {v:?} is not a number"))
+        };
+        match flag.as_str() {
+            "--system" => args.system = value()?,
+            "--servers" => args.servers = value()?.split(',').map(str::to_owned).collect(),
+            "--counter" => args.counter = Some(value()?),
+            "--procs" => args.procs = number(value()?)?,
+            "--callers" => args.callers = number(value()?)?,
+            "--keys" => args.keys = number(value()?)?,
+            "--getter-ms" => args.getter_ms = number(value()?)? as u64,
+            "--value-bytes" => args.value_bytes = number(value()?)?,
+            "--warm-gets" => args.warm_gets = number(value()?)?,
+            "--spawn-servers" => args.spawn_servers = true,
+            "--child" => args.child = Some(value()?),
+            "--bench" => {} // cargo passes it to examples run as benches
+            other => return Err(format!("unknown flag {other:?}")),
+        }
+    }
+    if !matches!(args.system.as_str(), "distcache" | "naive") {
+        return Err(format!(
+            "--system is distcache or naive, not {:?}",
+            args.system
+        ));
+    }
+    if args.procs == 0 || args.callers == 0 || args.keys == 0 || args.value_bytes < 2 + 12 {
+        return Err(
+            "--procs, --callers and --keys must be positive, --value-bytes at least 14".into(),
+        );
+    }
+    Ok(args)
+}
+
+fn main() -> std::process::ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(err) => {
+            eprintln!("herd: {err}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    match args.child.clone() {
+        Some(run) => runtime.block_on(child(args, run)),
+        None => runtime.block_on(coordinate(args)),
+    }
+    std::process::ExitCode::SUCCESS
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_micros() as u64
+}
+
+fn key(run: &str, k: usize) -> String {
+    format!("herd-{run}:{k}")
+}
+
+/// The value of key `k`: a JSON string of exactly `bytes` bytes.
+fn value_of(k: usize, bytes: usize) -> String {
+    let mut value = format!("{k}:");
+    value.extend(std::iter::repeat_n('x', bytes - 2 - value.len()));
+    value
+}
+
+// ---------------------------------------------------------------------------------------------
+// The coordinator: servers, processes, phases, figures.
+
+async fn coordinate(mut args: Args) {
+    let mut spawned = Vec::new();
+    if args.spawn_servers {
+        for _ in 0..4 {
+            spawned.push(memcached::Memcached::start().await);
+        }
+        args.servers = spawned[..3].iter().map(|s| s.addr()).collect();
+        args.counter = Some(spawned[3].addr());
+    }
+    let Some(counter) = args.counter.clone() else {
+        eprintln!("herd: give --servers and --counter, or --spawn-servers");
+        std::process::exit(2);
+    };
+    if args.servers.is_empty() {
+        eprintln!("herd: no --servers");
+        std::process::exit(2);
+    }
+    let run = format!("{:x}", now_us());
+    eprintln!(
+        "herd: {} on {} ({} procs x {} callers, {} keys, getter {} ms, values {} bytes), run {run}",
+        args.system,
+        args.servers.join(","),
+        args.procs,
+        args.callers,
+        args.keys,
+        args.getter_ms,
+        args.value_bytes
+    );
+    let mut children: Vec<Child> = (0..args.procs)
+        .map(|_| spawn_child(&args, &counter, &run))
+        .collect();
+    let mut readers: Vec<BufReader<std::process::ChildStdout>> = children
+        .iter_mut()
+        .map(|c| BufReader::new(c.stdout.take().expect("piped")))
+        .collect();
+    for reader in &mut readers {
+        expect_line(reader, "ready");
+    }
+    for child in &mut children {
+        writeln!(child.stdin.as_mut().expect("piped"), "cold").expect("tell a child");
+    }
+    let mut calls = Vec::new();
+    let mut waits = (0u64, 0u64);
+    for (proc, reader) in readers.iter_mut().enumerate() {
+        let (child_calls, lease_waits, wait_lookups) = read_cold(reader);
+        calls.extend(child_calls.into_iter().map(|c| Call { proc, ..c }));
+        waits.0 += lease_waits;
+        waits.1 += wait_lookups;
+    }
+    eprintln!("herd: cold phase done, {} calls", calls.len());
+    for child in &mut children {
+        writeln!(child.stdin.as_mut().expect("piped"), "warm").expect("tell a child");
+    }
+    let mut warm = Vec::new();
+    let (mut warm_start, mut warm_end) = (u64::MAX, 0);
+    for reader in &mut readers {
+        let (start, end, latencies) = read_warm(reader);
+        warm_start = warm_start.min(start);
+        warm_end = warm_end.max(end);
+        warm.extend(latencies);
+    }
+    for child in &mut children {
+        let status = child.wait().expect("a child ends");
+        assert!(status.success(), "a child failed: {status}");
+    }
+
+    let outside = memcached::Outside::connect(&counter).await;
+    let mut getter_calls = 0;
+    for k in 0..args.keys {
+        getter_calls += outside.count(&format!("herd-{run}:runs:{k}")).await;
+    }
+    let failed = calls.iter().filter(|c| !c.ok).count();
+    let cold_start = calls.iter().map(|c| c.start).min().unwrap_or(0);
+    let cold_end = calls.iter().map(|c| c.end).max().unwrap_or(0);
+    // When and where each key was first stored.
+    let mut stored: HashMap<usize, (u64, usize)> = HashMap::new();
+    for c in calls.iter().filter(|c| c.computed && c.ok) {
+        let at = stored.entry(c.key).or_insert((c.end, c.proc));
+        *at = (*at).min((c.end, c.proc));
+    }
+    let mut handoffs = Vec::new();
+    let mut across = Vec::new();
+    for c in calls.iter().filter(|c| !c.computed && c.ok) {
+        let Some(&(at, by)) = stored.get(&c.key) else {
+            continue;
+        };
+        if c.start < at && c.end >= at {
+            let ms = (c.end - at) as f64 / 1e3;
+            handoffs.push(ms);
+            if by != c.proc {
+                across.push(ms);
+            }
+        }
+    }
+    if !across.is_empty() {
+        eprintln!(
+            "herd: {} handoffs, {} across processes: p50 {} ms, p90 {} ms, p99 {} ms, max {} ms",
+            handoffs.len(),
+            across.len(),
+            percentile(&across, 50.0),
+            percentile(&across, 90.0),
+            percentile(&across, 99.0),
+            percentile(&across, 100.0)
+        );
+    }
+    let cold: Vec<f64> = calls
+        .iter()
+        .map(|c| (c.end - c.start) as f64 / 1e3)
+        .collect();
+    let warm_wall = (warm_end.saturating_sub(warm_start)) as f64 / 1e6;
+    let line = json!({
+        "system": args.system,
+        "procs": args.procs,
+        "callers": args.callers,
+        "keys": args.keys,
+        "getter_ms": args.getter_ms,
+        "value_bytes": args.value_bytes,
+        "getter_calls": getter_calls,
+        "duplicate_calls": getter_calls as i64 - args.keys as i64,
+        "failed_calls": failed,
+        "cold_wall_s": round((cold_end - cold_start) as f64 / 1e6, 3),
+        "cold_p50_ms": percentile(&cold, 50.0),
+        "cold_p99_ms": percentile(&cold, 99.0),
+        "handoff_p50_ms": (!handoffs.is_empty()).then(|| percentile(&handoffs, 50.0)),
+        "handoff_p99_ms": (!handoffs.is_empty()).then(|| percentile(&handoffs, 99.0)),
+        "handoffs": handoffs.len(),
+        "store_ops_per_wait": (args.system == "distcache" && waits.0 > 0).then(|| round(waits.1 as f64 / waits.0 as f64, 2)),
+        "lease_waits": waits.0,
+        "warm_ops_per_s": round(warm.len() as f64 / warm_wall, 0),
+        "warm_p50_ms": percentile(&warm, 50.0),
+        "warm_p99_ms": percentile(&warm, 99.0),
+    });
+    println!("{line}");
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (x * scale).round() / scale
+}
+
+fn percentile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    round(sorted[rank.clamp(1, sorted.len()) - 1], 3)
+}
+
+fn spawn_child(args: &Args, counter: &str, run: &str) -> Child {
+    let exe = std::env::current_exe().expect("this binary");
+    Command::new(exe)
+        .args([
+            "--system",
+            &args.system,
+            "--servers",
+            &args.servers.join(","),
+            "--counter",
+            counter,
+        ])
+        .args([
+            "--callers",
+            &args.callers.to_string(),
+            "--keys",
+            &args.keys.to_string(),
+        ])
+        .args([
+            "--getter-ms",
+            &args.getter_ms.to_string(),
+            "--value-bytes",
+            &args.value_bytes.to_string(),
+        ])
+        .args(["--warm-gets", &args.warm_gets.to_string(), "--child", run])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn a herd process")
+}
+
+fn expect_line(reader: &mut impl BufRead, expected: &str) {
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("read a child's line");
+    assert_eq!(line.trim_end(), expected, "a child's protocol");
+}
+
+struct Call {
+    /// Which process made it (the coordinator's numbering).
+    proc: usize,
+    key: usize,
+    start: u64,
+    end: u64,
+    computed: bool,
+    ok: bool,
+}
+
+/// `call <key> <start_us> <end_us> <computed> <ok>` lines, then `cold <lease_waits> <wait_lookups>`.
+fn read_cold(reader: &mut impl BufRead) -> (Vec<Call>, u64, u64) {
+    let mut calls = Vec::new();
+    for line in reader.lines() {
+        let line = line.expect("read a child's line");
+        let f: Vec<u64> = line
+            .split(' ')
+            .skip(1)
+            .map(|x| x.parse().expect("a number"))
+            .collect();
+        match line.split(' ').next() {
+            Some("call") => calls.push(Call {
+                proc: 0,
+                key: f[0] as usize,
+                start: f[1],
+                end: f[2],
+                computed: f[3] == 1,
+                ok: f[4] == 1,
+            }),
+            Some("cold") => return (calls, f[0], f[1]),
+            _ => panic!("unexpected line from a child: {line:?}"),
+        }
+    }
+    panic!("a child ended during the cold phase")
+}
+
+/// `warm <start_us> <end_us> <latency_us>...`
+fn read_warm(reader: &mut impl BufRead) -> (u64, u64, Vec<f64>) {
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("read a child's line");
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().expect("a number"))
+        .collect();
+    (
+        f[0],
+        f[1],
+        f[2..].iter().map(|&us| us as f64 / 1e3).collect(),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// A herd process.
+
+/// A system under test.
+enum System {
+    Distcache(Cache),
+    Naive(Naive),
+}
+
+impl System {
+    /// Key `k`'s value, and whether this call ran the getter.
+    async fn get(&self, k: usize, getter: &Getter) -> Result<(String, bool), String> {
+        let computed = AtomicUsize::new(0);
+        let compute = || async {
+            computed.fetch_add(1, Ordering::Relaxed);
+            getter.run(k).await
+        };
+        let key = &getter.keys[k];
+        let value = match self {
+            System::Distcache(cache) => cache
+                .get(key, EXEC_LIMIT, EXPIRE, compute)
+                .await
+                .map_err(|e: Error| e.to_string())?,
+            System::Naive(naive) => naive.get(key, compute).await?,
+        };
+        Ok((value, computed.load(Ordering::Relaxed) > 0))
+    }
+}
+
+/// The getter: sleeps, counts itself outside, returns the key's value. Keys and values are
+/// made once, so that the benchmark measures the systems, not itself.
+struct Getter {
+    counters: Vec<memcached::Outside>,
+    next: AtomicUsize,
+    sleep: Duration,
+    keys: Vec<String>,
+    counter_keys: Vec<String>,
+    values: Vec<String>,
+}
+
+impl Getter {
+    async fn run(&self, k: usize) -> Result<String, Error> {
+        let counter =
+            &self.counters[self.next.fetch_add(1, Ordering::Relaxed) % self.counters.len()];
+        counter.incr(&self.counter_keys[k]).await;
+        tokio::time::sleep(self.sleep).await;
+        Ok(self.values[k].clone())
+    }
+}
+
+async fn child(args: Args, run: String) {
+    let counter = args
+        .counter
+        .clone()
+        .expect("the coordinator passes --counter");
+    let mut counters = Vec::new();
+    for _ in 0..4 {
+        counters.push(memcached::Outside::connect(&counter).await);
+    }
+    let getter = Arc::new(Getter {
+        counters,
+        next: AtomicUsize::new(0),
+        sleep: Duration::from_millis(args.getter_ms),
+        keys: (0..args.keys).map(|k| key(&run, k)).collect(),
+        counter_keys: (0..args.keys)
+            .map(|k| format!("herd-{run}:runs:{k}"))
+            .collect(),
+        values: (0..args.keys)
+            .map(|k| value_of(k, args.value_bytes))
+            .collect(),
+    });
+    let system = Arc::new(match args.system.as_str() {
+        "distcache" => System::Distcache(
+            Cache::builder()
+                .servers(&args.servers)
+                .build()
+                .expect("a valid cache"),
+        ),
+        _ => System::Naive(Naive::new(&args.servers)),
+    });
+    let mut stdin = BufReader::new(std::io::stdin());
+    let stdout = std::io::stdout();
+    println!("ready");
+    let mut line = String::new();
+    stdin.read_line(&mut line).expect("read the coordinator");
+    assert_eq!(line.trim(), "cold");
+
+    let callers: Vec<_> = (0..args.callers)
+        .map(|caller| {
+            let (system, getter) = (system.clone(), getter.clone());
+            let keys = args.keys;
+            tokio::spawn(async move {
+                let mut order: Vec<usize> = (0..keys).collect();
+                fastrand::Rng::with_seed(caller as u64 ^ u64::from(std::process::id()) << 20)
+                    .shuffle(&mut order);
+                let mut calls = Vec::with_capacity(keys);
+                for k in order {
+                    let start = now_us();
+                    let result = system.get(k, &getter).await;
+                    let end = now_us();
+                    let (ok, computed) = match result {
+                        Ok((value, computed)) => (value == getter.values[k], computed),
+                        Err(_) => (false, false),
+                    };
+                    calls.push(Call {
+                        proc: 0,
+                        key: k,
+                        start,
+                        end,
+                        computed,
+                        ok,
+                    });
+                }
+                calls
+            })
+        })
+        .collect();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for caller in callers {
+        for c in caller.await.expect("a caller") {
+            writeln!(
+                out,
+                "call {} {} {} {} {}",
+                c.key,
+                c.start,
+                c.end,
+                u8::from(c.computed),
+                u8::from(c.ok)
+            )
+            .unwrap();
+        }
+    }
+    let (lease_waits, wait_lookups) = match &*system {
+        System::Distcache(cache) => (cache.stats().lease_waits, cache.stats().wait_lookups),
+        System::Naive(_) => (0, 0),
+    };
+    writeln!(out, "cold {lease_waits} {wait_lookups}").unwrap();
+    out.flush().unwrap();
+    drop(out);
+
+    line.clear();
+    stdin.read_line(&mut line).expect("read the coordinator");
+    assert_eq!(line.trim(), "warm");
+    let per_caller = args.warm_gets / args.callers;
+    let extra = args.warm_gets % args.callers;
+    let start = now_us();
+    let callers: Vec<_> = (0..args.callers)
+        .map(|caller| {
+            let (system, getter) = (system.clone(), getter.clone());
+            let gets = per_caller + usize::from(caller < extra);
+            let keys = args.keys;
+            tokio::spawn(async move {
+                let mut rng = fastrand::Rng::with_seed(caller as u64 + 7);
+                let mut latencies = Vec::with_capacity(gets);
+                for _ in 0..gets {
+                    let k = rng.usize(0..keys);
+                    let t = now_us();
+                    let _ = system.get(k, &getter).await;
+                    latencies.push(now_us() - t);
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for caller in callers {
+        latencies.extend(caller.await.expect("a caller"));
+    }
+    let end = now_us();
+    let mut line = format!("warm {start} {end}");
+    for l in latencies {
+        line.push(' ');
+        line.push_str(&l.to_string());
+    }
+    println!("{line}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The baseline: what a user writes by hand.
+
+/// A deadpool pool of async-memcached clients per server, the server picked by the same ring.
+struct Naive {
+    ring: Ring,
+    pools: HashMap<Server, deadpool::managed::Pool<NaiveManager>>,
+}
+
+struct NaiveManager {
+    addr: String,
+}
+
+impl deadpool::managed::Manager for NaiveManager {
+    type Type = async_memcached::Client;
+    type Error = async_memcached::Error;
+
+    async fn create(&self) -> Result<async_memcached::Client, async_memcached::Error> {
+        async_memcached::Client::new(format!("tcp://{}", self.addr)).await
+    }
+
+    async fn recycle(
+        &self,
+        client: &mut async_memcached::Client,
+        _: &deadpool::managed::Metrics,
+    ) -> deadpool::managed::RecycleResult<async_memcached::Error> {
+        if client.is_closed() {
+            return Err(deadpool::managed::RecycleError::message("closed"));
+        }
+        Ok(())
+    }
+}
+
+impl Naive {
+    fn new(servers: &[String]) -> Self {
+        let servers: Vec<Server> = servers
+            .iter()
+            .map(|s| s.parse().expect("a server"))
+            .collect();
+        let pools = servers
+            .iter()
+            .map(|server| {
+                let manager = NaiveManager {
+                    addr: server.to_string(),
+                };
+                // deadpool's default size: four connections per CPU.
+                let pool = deadpool::managed::Pool::builder(manager)
+                    .runtime(deadpool::Runtime::Tokio1)
+                    .build()
+                    .expect("a pool");
+                (server.clone(), pool)
+            })
+            .collect();
+        Naive {
+            ring: Ring::new(servers).expect("a ring"),
+            pools,
+        }
+    }
+
+    /// Get; on a miss, compute and set.
+    async fn get<F, Fut>(&self, key: &str, compute: F) -> Result<String, String>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<String, Error>>,
+    {
+        let pool = &self.pools[self.ring.server_for(key.as_bytes())];
+        let cached = {
+            let mut client = pool.get().await.map_err(|e| e.to_string())?;
+            client.get(key).await.map_err(|e| e.to_string())?
+        };
+        if let Some(data) = cached.and_then(|v| v.data) {
+            return serde_json::from_slice(&data).map_err(|e| e.to_string());
+        }
+        let value = compute().await.map_err(|e| e.to_string())?;
+        let json = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
+        let mut client = pool.get().await.map_err(|e| e.to_string())?;
+        client
+            .set(key, json.as_slice(), Some(EXPIRE.as_secs() as i64), None)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(value)
+    }
+}

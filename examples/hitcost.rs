@@ -1,0 +1,62 @@
+//! N hits in a row, for counting instructions per hit with callgrind (repeatable run to run,
+//! unlike wall-clock time on a shared machine):
+//!
+//! ```text
+//! cargo build --release --example hitcost
+//! for n in 10000 20000; do
+//!   valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.$n target/release/examples/hitcost memcached $n
+//! done
+//! # instructions per hit = (Ir at 20000 - Ir at 10000) / 10000: start-up cancels out
+//! ```
+//!
+//! `memory` hits the in-process store; `memcached` starts a memcached on loopback (not traced:
+//! callgrind follows no child) and hits it, one call at a time, on a current-thread runtime.
+
+#[path = "../distcache/tests/support/memcached.rs"]
+mod memcached;
+
+use std::time::Duration;
+
+use distcache::{Cache, Error};
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let store = args.next().unwrap_or_else(|| "memcached".into());
+    let hits: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(10_000);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let (_server, cache) = match store.as_str() {
+            "memory" => (None, Cache::builder().build().expect("a cache")),
+            "memcached" => {
+                let server = memcached::Memcached::start().await;
+                let cache = Cache::builder()
+                    .server(server.addr())
+                    .build()
+                    .expect("a cache");
+                (Some(server), cache)
+            }
+            other => panic!("the store is memory or memcached, not {other:?}"),
+        };
+        let value = "v".repeat(998);
+        for _ in 0..hits + 1 {
+            let got: String = cache
+                .get("hitcost", MINUTE, MINUTE, || async {
+                    Ok::<_, Error>(value.clone())
+                })
+                .await
+                .expect("a hit");
+            std::hint::black_box(got);
+        }
+        let stats = cache.stats();
+        assert_eq!(
+            (stats.hits, stats.getter_runs),
+            (hits as u64, 1),
+            "{stats:?}"
+        );
+    });
+}
