@@ -138,6 +138,17 @@ fn now_us() -> u64 {
         .as_micros() as u64
 }
 
+/// How far ahead the coordinator schedules a phase's start (Unix microseconds, one clock for all).
+const PHASE_START_US: u64 = 50_000;
+
+/// Sleeps until the start of the phase that `line` (`<phase> <unix_us>`) announces.
+async fn start_at(line: &str, phase: &str) {
+    let (name, at) = line.trim().split_once(' ').expect("<phase> <start_us>");
+    assert_eq!(name, phase, "the coordinator's protocol");
+    let at: u64 = at.parse().expect("a start time");
+    tokio::time::sleep(Duration::from_micros(at.saturating_sub(now_us()))).await;
+}
+
 fn key(run: &str, k: usize) -> String {
     format!("herd-{run}:{k}")
 }
@@ -190,8 +201,10 @@ async fn coordinate(mut args: Args) {
     for reader in &mut readers {
         expect_line(reader, "ready");
     }
+    // Every process starts each phase at the same instant, not when its turn to be told comes.
+    let cold_at = now_us() + PHASE_START_US;
     for child in &mut children {
-        writeln!(child.stdin.as_mut().expect("piped"), "cold").expect("tell a child");
+        writeln!(child.stdin.as_mut().expect("piped"), "cold {cold_at}").expect("tell a child");
     }
     let mut calls = Vec::new();
     let mut waits = (0u64, 0u64);
@@ -202,13 +215,20 @@ async fn coordinate(mut args: Args) {
         waits.1 += wait_lookups;
     }
     eprintln!("herd: cold phase done, {} calls", calls.len());
+    let warm_at = now_us() + PHASE_START_US;
     for child in &mut children {
-        writeln!(child.stdin.as_mut().expect("piped"), "warm").expect("tell a child");
+        writeln!(child.stdin.as_mut().expect("piped"), "warm {warm_at}").expect("tell a child");
     }
     let mut warm = Vec::new();
     let (mut warm_start, mut warm_end) = (u64::MAX, 0);
     for reader in &mut readers {
         let (start, end, latencies) = read_warm(reader);
+        eprintln!(
+            "herd: warm phase of a process: {} gets from +{:.1} ms to +{:.1} ms",
+            latencies.len(),
+            start.saturating_sub(warm_at) as f64 / 1e3,
+            end.saturating_sub(warm_at) as f64 / 1e3
+        );
         warm_start = warm_start.min(start);
         warm_end = warm_end.max(end);
         warm.extend(latencies);
@@ -476,7 +496,7 @@ async fn child(args: Args, run: String) {
     println!("ready");
     let mut line = String::new();
     stdin.read_line(&mut line).expect("read the coordinator");
-    assert_eq!(line.trim(), "cold");
+    start_at(&line, "cold").await;
 
     let callers: Vec<_> = (0..args.callers)
         .map(|caller| {
@@ -533,7 +553,7 @@ async fn child(args: Args, run: String) {
 
     line.clear();
     stdin.read_line(&mut line).expect("read the coordinator");
-    assert_eq!(line.trim(), "warm");
+    start_at(&line, "warm").await;
     let per_caller = args.warm_gets / args.callers;
     let extra = args.warm_gets % args.callers;
     let start = now_us();

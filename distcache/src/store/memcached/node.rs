@@ -34,6 +34,7 @@ pub(crate) struct Node {
     pub(crate) server: Server,
     pool: Pool<Manager>,
     health: Health,
+    connect_timeout: Duration,
     io_timeout: Duration,
 }
 
@@ -62,6 +63,7 @@ impl Node {
                 retry_interval: config.retry_interval,
                 threshold: config.failure_threshold,
             },
+            connect_timeout: config.connect_timeout,
             io_timeout: config.io_timeout,
         }
     }
@@ -112,12 +114,16 @@ impl Node {
         deadline: Option<Instant>,
     ) -> Result<Reply, StoreErrorKind> {
         let get = self.pool.get();
-        // Connecting is bounded by the pool's create timeout (connect_timeout), and by the deadline.
+        let now = Instant::now();
+        // Connecting is bounded by the pool's create timeout (connect_timeout); a timer of our own
+        // is needed only when the deadline comes sooner.
         let conn = match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, get)
-                .await
-                .map_err(|_| StoreErrorKind::Deadline)?,
-            None => get.await,
+            Some(deadline) if deadline < now + self.connect_timeout => {
+                tokio::time::timeout_at(deadline, get)
+                    .await
+                    .map_err(|_| StoreErrorKind::Deadline)?
+            }
+            _ => get.await,
         }
         .map_err(|err| match err {
             PoolError::Backend(err) => StoreErrorKind::Io(err),
@@ -135,7 +141,7 @@ impl Node {
         // The connection fails a request unanswered for the I/O timeout (one timer per
         // connection); a timer of our own is needed only when the deadline comes sooner.
         let reply = match deadline {
-            Some(deadline) if deadline < Instant::now() + self.io_timeout => {
+            Some(deadline) if deadline < now + self.io_timeout => {
                 // Our reply is abandoned at the deadline; the connection consumes it when it comes.
                 tokio::time::timeout_at(deadline, reply)
                     .await

@@ -156,37 +156,41 @@ pub(crate) fn parse(buf: &mut BytesMut) -> Result<Option<Reply>, ProtocolError> 
         }
         Some(lf) => lf - 1,
     };
-    let line = std::str::from_utf8(&buf[..line_end])
-        .ok()
-        .filter(|line| line.is_ascii())
-        .ok_or_else(|| ProtocolError("a reply line is not ASCII".into()))?;
-    let mut tokens = line.split(' ');
+    let line = &buf[..line_end];
+    if !line.is_ascii() {
+        return Err(ProtocolError("a reply line is not ASCII".into()));
+    }
+    let shown = || String::from_utf8_lossy(line).into_owned();
+    let mut tokens = line.split(|&b| b == b' ').filter(|t| !t.is_empty());
     let head = tokens.next().unwrap_or_default();
     let (code, size) = match head {
-        "VA" => {
+        b"VA" => {
             let size = tokens
                 .next()
-                .and_then(|s| s.parse::<usize>().ok())
+                .and_then(number)
+                .and_then(|s| usize::try_from(s).ok())
                 .filter(|&s| s <= MAX_VALUE)
-                .ok_or_else(|| ProtocolError(format!("bad value size in {line:?}")))?;
+                .ok_or_else(|| ProtocolError(format!("bad value size in {:?}", shown())))?;
             (Code::Value, size)
         }
-        "HD" => (Code::Stored, 0),
-        "EN" => (Code::Miss, 0),
-        "NS" => (Code::NotStored, 0),
-        "EX" => (Code::Exists, 0),
-        "NF" => (Code::NotFound, 0),
-        "ERROR" | "CLIENT_ERROR" | "SERVER_ERROR" => {
+        b"HD" => (Code::Stored, 0),
+        b"EN" => (Code::Miss, 0),
+        b"NS" => (Code::NotStored, 0),
+        b"EX" => (Code::Exists, 0),
+        b"NF" => (Code::NotFound, 0),
+        b"ERROR" | b"CLIENT_ERROR" | b"SERVER_ERROR" => {
             let kind = match head {
-                "ERROR" => ErrorKind::Command,
-                "CLIENT_ERROR" => ErrorKind::Client,
+                b"ERROR" => ErrorKind::Command,
+                b"CLIENT_ERROR" => ErrorKind::Client,
                 _ => ErrorKind::Server,
             };
-            let message = line[head.len()..].trim_start().to_owned();
+            let message = String::from_utf8_lossy(&line[head.len()..])
+                .trim_start()
+                .to_owned();
             buf.advance(line_end + 2);
             return Ok(Some(Reply::Error { kind, message }));
         }
-        _ => return Err(ProtocolError(format!("unexpected reply {line:?}"))),
+        _ => return Err(ProtocolError(format!("unexpected reply {:?}", shown()))),
     };
     let mut meta = Meta {
         code,
@@ -198,16 +202,34 @@ pub(crate) fn parse(buf: &mut BytesMut) -> Result<Option<Reply>, ProtocolError> 
         won_elsewhere: false,
         stale: false,
     };
-    for token in tokens.filter(|t| !t.is_empty()) {
-        let (flag, value) = token.split_at(1);
-        let bad = || ProtocolError(format!("bad flag {token:?} in {line:?}"));
+    for token in tokens {
+        let (flag, value) = (token[0], &token[1..]);
+        let bad = || {
+            ProtocolError(format!(
+                "bad flag {:?} in {:?}",
+                String::from_utf8_lossy(token),
+                shown()
+            ))
+        };
         match flag {
-            "c" => meta.cas = Some(value.parse().map_err(|_| bad())?),
-            "f" => meta.client_flags = Some(value.parse().map_err(|_| bad())?),
-            "O" => meta.opaque = Some(value.parse().map_err(|_| bad())?),
-            "W" => meta.win = true,
-            "Z" => meta.won_elsewhere = true,
-            "X" => meta.stale = true,
+            b'c' => meta.cas = Some(number(value).ok_or_else(bad)?),
+            b'f' => {
+                meta.client_flags = Some(
+                    number(value)
+                        .and_then(|v| u32::try_from(v).ok())
+                        .ok_or_else(bad)?,
+                )
+            }
+            b'O' => {
+                meta.opaque = Some(
+                    number(value)
+                        .and_then(|v| u32::try_from(v).ok())
+                        .ok_or_else(bad)?,
+                )
+            }
+            b'W' => meta.win = true,
+            b'Z' => meta.won_elsewhere = true,
+            b'X' => meta.stale = true,
             // Flags we do not ask for (t, s, k, ...) are ignored.
             _ => {}
         }
@@ -230,6 +252,17 @@ pub(crate) fn parse(buf: &mut BytesMut) -> Result<Option<Reply>, ProtocolError> 
         buf.advance(line_end + 2);
     }
     Ok(Some(Reply::Meta(meta)))
+}
+
+/// A decimal number of at most 20 digits, as memcached writes them.
+fn number(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 20 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        let digit = d.checked_sub(b'0').filter(|&d| d < 10)?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
 }
 
 #[cfg(test)]
