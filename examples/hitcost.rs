@@ -10,7 +10,8 @@
 //! ```
 //!
 //! `memory` hits the in-process store; `memcached` starts a memcached on loopback (not traced:
-//! callgrind follows no child) and hits it, one call at a time, on a current-thread runtime.
+//! callgrind follows no child) and hits it, one call at a time, on a current-thread runtime;
+//! `by-hand` does the same get with async-memcached and decodes the JSON itself: the reference.
 
 #[path = "../distcache/tests/support/memcached.rs"]
 mod memcached;
@@ -40,7 +41,19 @@ fn main() {
                     .expect("a cache");
                 (Some(server), cache)
             }
-            other => panic!("the store is memory or memcached, not {other:?}"),
+            "by-hand" => {
+                let server = memcached::Memcached::start().await;
+                let outside = memcached::Outside::connect(&server.addr()).await;
+                let json = serde_json::to_vec(&"v".repeat(998)).expect("JSON");
+                outside.set("hitcost", &json, 0).await;
+                for _ in 0..hits + 1 {
+                    let (data, _) = outside.get("hitcost").await.expect("a hit");
+                    let got: String = serde_json::from_slice(&data).expect("a string");
+                    std::hint::black_box(got);
+                }
+                return;
+            }
+            other => panic!("the store is memory, memcached or by-hand, not {other:?}"),
         };
         let value = "v".repeat(998);
         for _ in 0..hits + 1 {

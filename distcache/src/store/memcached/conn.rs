@@ -343,6 +343,8 @@ async fn write_requests(shared: Arc<Shared>, mut write: OwnedWriteHalf) {
 
 async fn read_replies(shared: Arc<Shared>, mut read: OwnedReadHalf) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let watch = tokio::time::sleep(shared.io_timeout);
+    tokio::pin!(watch);
     loop {
         loop {
             match protocol::parse(&mut buf) {
@@ -362,20 +364,20 @@ async fn read_replies(shared: Arc<Shared>, mut read: OwnedReadHalf) {
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK);
         }
-        // Watch the oldest request's age while reading. An idle connection looks again every
-        // I/O timeout, which is soon enough: a request sent meanwhile is then re-armed for, and
-        // so still fails exactly one I/O timeout after it was sent, and senders need not wake us.
-        let oldest = shared.oldest();
-        let check = match oldest {
-            Some(sent) => sent + shared.io_timeout,
-            None => Instant::now() + shared.io_timeout,
-        };
+        // Watch the oldest request's age while reading, with one timer that is only re-armed
+        // when it fires: it never fires later than the oldest request's limit, since a request
+        // sent after the timer was armed has a later limit than the timer.
         let read = tokio::select! {
             read = read.read_buf(&mut buf) => read,
-            () = tokio::time::sleep_until(check) => {
-                if oldest.is_some() {
-                    shared.close_with(ConnError::TimedOut(shared.io_timeout));
-                    return;
+            () = &mut watch => {
+                let now = Instant::now();
+                match shared.oldest() {
+                    Some(sent) if sent + shared.io_timeout <= now => {
+                        shared.close_with(ConnError::TimedOut(shared.io_timeout));
+                        return;
+                    }
+                    Some(sent) => watch.as_mut().reset(sent + shared.io_timeout),
+                    None => watch.as_mut().reset(now + shared.io_timeout),
                 }
                 continue;
             }

@@ -1,0 +1,92 @@
+//! Allocations per hit, counted by this test binary's global allocator: a regression guard for the
+//! hit path (the criterion bench `calls` reports the same figures). A hit may allocate what decoding
+//! its value needs plus a small constant: on the in-process store one allocation (the in-process
+//! flight), on memcached two (the flight and the reply's channel), plus read-buffer growth that
+//! amortizes to a few hundredths.
+
+mod support;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use distcache::{Cache, Error};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+#[allow(unsafe_code)]
+// SAFETY: every call is forwarded to the system allocator unchanged; we only count.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller upholds `alloc`'s contract, which we pass on.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System.alloc` with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: as for `alloc` and `dealloc`.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const MINUTE: Duration = Duration::from_secs(60);
+const HITS: u64 = 5_000;
+
+/// Allocations per hit of a 1 KB string on `cache`, after a warm-up.
+async fn per_hit(cache: &Cache) -> f64 {
+    let value = "v".repeat(998);
+    let hit = || async {
+        let got: String = cache
+            .get("alloc:hit", MINUTE, MINUTE, || async {
+                Ok::<_, Error>(value.clone())
+            })
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 998);
+    };
+    for _ in 0..500 {
+        hit().await;
+    }
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for _ in 0..HITS {
+        hit().await;
+    }
+    (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / HITS as f64
+}
+
+/// One test, on one thread: nothing else allocates while it counts.
+#[test]
+fn a_hit_allocates_its_decoded_value_and_a_small_constant() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        // Decoding a String allocates exactly the String.
+        let decode = 1.0;
+        let memory = per_hit(&Cache::builder().build().unwrap()).await;
+        assert!(
+            memory <= decode + 1.1,
+            "in-process hit: {memory} allocations"
+        );
+        let server = support::memcached::Memcached::start().await;
+        let cluster = Cache::builder().server(server.addr()).build().unwrap();
+        let memcached = per_hit(&cluster).await;
+        assert!(
+            memcached <= decode + 2.3,
+            "memcached hit: {memcached} allocations"
+        );
+        assert_eq!(cluster.stats().getter_runs, 1, "hits, not recomputations");
+    });
+}
