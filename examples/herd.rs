@@ -57,6 +57,8 @@ struct Args {
     value_bytes: usize,
     warm_gets: usize,
     spawn_servers: bool,
+    /// Writes every cold call (process, key, start, end, computed, ok) to this file, for analysis.
+    dump_calls: Option<String>,
     /// Set in the processes the coordinator spawns: the run's id.
     child: Option<String>,
 }
@@ -73,6 +75,7 @@ fn parse_args() -> Result<Args, String> {
         value_bytes: 1000,
         warm_gets: 2000,
         spawn_servers: false,
+        dump_calls: None,
         child: None,
     };
     let mut it = std::env::args().skip(1);
@@ -93,6 +96,7 @@ fn parse_args() -> Result<Args, String> {
             "--value-bytes" => args.value_bytes = number(value()?)?,
             "--warm-gets" => args.warm_gets = number(value()?)?,
             "--spawn-servers" => args.spawn_servers = true,
+            "--dump-calls" => args.dump_calls = Some(value()?),
             "--child" => args.child = Some(value()?),
             "--bench" => {} // cargo passes it to examples run as benches
             other => return Err(format!("unknown flag {other:?}")),
@@ -215,6 +219,22 @@ async fn coordinate(mut args: Args) {
         waits.1 += wait_lookups;
     }
     eprintln!("herd: cold phase done, {} calls", calls.len());
+    if let Some(path) = &args.dump_calls {
+        let mut dump = String::from("proc\tkey\tstart_us\tend_us\tcomputed\tok\n");
+        for c in &calls {
+            let line = format!(
+                "{}\t{}\t{}\t{}\t{}\t{}\n",
+                c.proc,
+                c.key,
+                c.start,
+                c.end,
+                u8::from(c.computed),
+                u8::from(c.ok)
+            );
+            dump.push_str(&line);
+        }
+        std::fs::write(path, dump).expect("write --dump-calls");
+    }
     let warm_at = now_us() + PHASE_START_US;
     for child in &mut children {
         writeln!(child.stdin.as_mut().expect("piped"), "warm {warm_at}").expect("tell a child");
