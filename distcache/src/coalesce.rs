@@ -56,7 +56,8 @@ impl Flights {
     fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
         // Every mutation under this lock is a single insert or remove: a poisoned lock is
         // still consistent.
-        self.shards[(hash % SHARDS as u64) as usize]
+        // The high half picks the shard: the map inside uses the low bits for its buckets.
+        self.shards[((hash >> 32) % SHARDS as u64) as usize]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }

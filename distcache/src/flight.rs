@@ -181,7 +181,11 @@ impl<S: Store> Call<'_, S> {
                 .await
             {
                 Err(err) if err.is_deadline() => return Err(self.timed_out()),
-                Err(err) => return self.without_store(leader, getter, err).await,
+                Err(err) => {
+                    // A scout hands its part on before the getter runs (as below).
+                    drop(waiting);
+                    return self.without_store(leader, getter, err).await;
+                }
                 Ok(lookup) => lookup,
             };
             let step = match lookup {
@@ -211,15 +215,22 @@ impl<S: Store> Call<'_, S> {
                     decode_misses += 1;
                     if decode_misses > MAX_DECODE_MISSES {
                         stats.unstorable_values.incr();
+                        drop(waiting);
                         return self.run_unstored(leader, getter).await;
                     }
                     // Remove that item (and nothing that replaced it meanwhile); the next lookup
                     // wins the lease, or finds another caller's, as on any miss.
                     if let Err(err) = self.store.release(&self.wire, version).await {
+                        drop(waiting);
                         return self.without_store(leader, getter, err).await;
                     }
                 }
-                Step::Won(lease) => return self.compute(leader, lease, getter).await,
+                Step::Won(lease) => {
+                    // A waiter that wins the lease (its holder died) stops waiting: if it was
+                    // scouting the site, the part goes to another waiter now, not after the getter.
+                    drop(waiting);
+                    return self.compute(leader, lease, getter).await;
+                }
                 Step::Busy => {
                     if waiting.is_none() {
                         // The lookup that found the lease held counts as the first of the wait.
@@ -238,11 +249,7 @@ impl<S: Store> Call<'_, S> {
                     let mut learnt = std::pin::pin!(learned.notified());
                     learnt.as_mut().enable();
                     let knowledge = site.knowledge();
-                    let wake = Instant::now() + schedule.next_delay(knowledge);
-                    if wake >= self.deadline {
-                        sleep_until(self.deadline).await;
-                        return Err(self.timed_out());
-                    }
+                    let wake = (Instant::now() + schedule.next_delay(knowledge)).min(self.deadline);
                     if knowledge == Knowledge::Follower {
                         tokio::select! {
                             () = sleep_until(wake) => {}
@@ -250,6 +257,9 @@ impl<S: Store> Call<'_, S> {
                         }
                     } else {
                         sleep_until(wake).await;
+                    }
+                    if Instant::now() >= self.deadline {
+                        return Err(self.timed_out());
                     }
                 }
             }

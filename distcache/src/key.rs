@@ -31,6 +31,20 @@ impl WireKey {
         std::str::from_utf8(&self.buf[..usize::from(self.len)]).expect("wire keys are ASCII")
     }
 
+    /// A key as memcached echoes it back: one of ours, so at most 250 printable bytes.
+    pub(crate) fn from_wire(bytes: &[u8]) -> Option<WireKey> {
+        if bytes.is_empty() || bytes.len() > MAX_KEY_LEN || !bytes.iter().all(u8::is_ascii_graphic)
+        {
+            return None;
+        }
+        let mut wire = WireKey {
+            len: 0,
+            buf: [0; MAX_KEY_LEN],
+        };
+        wire.push(bytes);
+        Some(wire)
+    }
+
     pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.buf[..usize::from(self.len)]
     }
@@ -41,6 +55,14 @@ impl WireKey {
         self.len = u8::try_from(start + bytes.len()).expect("wire keys fit in 250 bytes");
     }
 }
+
+impl PartialEq for WireKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for WireKey {}
 
 impl std::fmt::Debug for WireKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

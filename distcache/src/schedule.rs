@@ -154,7 +154,10 @@ impl Estimates {
         site: Site,
     ) -> &'m mut Estimate {
         if sites.len() >= MAX_SITES && !sites.contains_key(site) {
-            sites.clear();
+            // Waiters of the forgotten sites are woken, so that none waits on a lost scout.
+            for (_, forgotten) in sites.drain() {
+                forgotten.learned.notify_waiters();
+            }
         }
         sites.entry(site).or_default()
     }

@@ -17,10 +17,13 @@
 //! and its flags are strings. The meta commands we need are few; the framing is above.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -31,8 +34,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use super::protocol::{self, ErrorKind, Reply, Request};
-use crate::key::WireKey;
+use super::protocol::{self, ErrorKind, Meta, Reply, Request};
 
 const READ_CHUNK: usize = 64 * 1024;
 /// How many turns of the scheduler the writer waits for more requests before a write.
@@ -90,12 +92,40 @@ struct Waiter {
     opaque: u32,
     sent: Instant,
     reply: oneshot::Sender<Result<Reply, ConnError>>,
-    /// The key of a lookup that may win a lease, to hand it back if the caller is gone.
-    lease_key: Option<WireKey>,
 }
 
-/// A reply on its way.
-pub(crate) type PendingReply = oneshot::Receiver<Result<Reply, ConnError>>;
+type ReplySlot = Result<Reply, ConnError>;
+
+/// A reply on its way. Dropped before it is read, it hands back a lease the reply won: the
+/// caller is gone, and nobody else would fill or release it.
+#[derive(Debug)]
+pub(crate) struct PendingReply {
+    rx: Option<oneshot::Receiver<ReplySlot>>,
+    shared: Arc<Shared>,
+}
+
+impl Future for PendingReply {
+    type Output = Result<ReplySlot, oneshot::error::RecvError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let rx = self.rx.as_mut().expect("polled after completion");
+        let reply = std::task::ready!(Pin::new(rx).poll(cx));
+        self.rx = None;
+        Poll::Ready(reply)
+    }
+}
+
+impl Drop for PendingReply {
+    fn drop(&mut self) {
+        let Some(mut rx) = self.rx.take() else { return };
+        // From here the reader finds the receiver closed and hands back a win itself; a reply
+        // that arrived before is still in the channel, and handed back here.
+        rx.close();
+        if let Ok(Ok(Reply::Meta(meta))) = rx.try_recv() {
+            self.shared.release_won(&meta);
+        }
+    }
+}
 
 impl Connection {
     /// Connects to the first of `addrs` that accepts within `timeout`. A request unanswered for
@@ -158,14 +188,13 @@ impl Connection {
             if let Some(err) = &state.closed {
                 return Err(err.clone());
             }
-            let lease_key = match request {
-                Request::GetOrLease { key, .. } => Some((*key).clone()),
-                _ => None,
-            };
-            state.push(request, tx, lease_key);
+            state.push(request, tx);
         }
         shared.writer.notify_one();
-        Ok(rx)
+        Ok(PendingReply {
+            rx: Some(rx),
+            shared: shared.clone(),
+        })
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -174,12 +203,7 @@ impl Connection {
 }
 
 impl State {
-    fn push(
-        &mut self,
-        request: &Request<'_>,
-        reply: oneshot::Sender<Result<Reply, ConnError>>,
-        lease_key: Option<WireKey>,
-    ) {
+    fn push(&mut self, request: &Request<'_>, reply: oneshot::Sender<ReplySlot>) {
         let opaque = self.next_opaque;
         self.next_opaque = opaque.wrapping_add(1);
         request.encode(opaque, &mut self.out);
@@ -187,7 +211,6 @@ impl State {
             opaque,
             sent: Instant::now(),
             reply,
-            lease_key,
         });
     }
 }
@@ -224,8 +247,12 @@ impl Shared {
         self.lock().waiters.front().map(|w| w.sent)
     }
 
-    /// Hands back a lease won by a lookup whose caller is gone; its reply is of no interest.
-    fn release_abandoned(&self, key: &WireKey, cas: u64) {
+    /// Hands back the lease `meta` won, if it won one, for a lookup whose caller is gone; the
+    /// release's own reply is of no interest.
+    fn release_won(&self, meta: &Meta) {
+        let (true, Some(key), Some(cas)) = (meta.win, &meta.key, meta.cas) else {
+            return;
+        };
         let (nobody, _) = oneshot::channel();
         {
             let mut state = self.lock();
@@ -238,7 +265,6 @@ impl Shared {
                     cas: Some(cas),
                 },
                 nobody,
-                None,
             );
         }
         self.writer.notify_one();
@@ -288,11 +314,8 @@ impl Shared {
             }
             None => {
                 // A caller that gave up dropped its receiver: the reply is consumed all the same.
-                if let Err(Ok(Reply::Meta(meta))) = waiter.reply.send(Ok(reply))
-                    && meta.win
-                    && let (Some(key), Some(cas)) = (waiter.lease_key, meta.cas)
-                {
-                    self.release_abandoned(&key, cas);
+                if let Err(Ok(Reply::Meta(meta))) = waiter.reply.send(Ok(reply)) {
+                    self.release_won(&meta);
                 }
                 Ok(())
             }
@@ -401,8 +424,8 @@ mod tests {
     //! Against scripted peers: these check our framing, not memcached.
 
     use super::*;
-    use crate::key::KeyEncoder;
-    use crate::store::memcached::protocol::{Code, Meta};
+    use crate::key::{KeyEncoder, WireKey};
+    use crate::store::memcached::protocol::Code;
     use tokio::io::{AsyncBufReadExt, BufReader};
     use tokio::net::TcpListener;
 
@@ -432,7 +455,7 @@ mod tests {
         Request::GetOrLease { key: k, lease: 1 }
     }
 
-    fn meta(reply: Result<Result<Reply, ConnError>, oneshot::error::RecvError>) -> Meta {
+    fn meta(reply: Result<ReplySlot, oneshot::error::RecvError>) -> Meta {
         match reply {
             Ok(Ok(Reply::Meta(meta))) => meta,
             other => panic!("expected a meta reply, got {other:?}"),
@@ -463,9 +486,9 @@ mod tests {
         assert_eq!(
             lines,
             [
-                "mg k0 v c f N1 O0\r\n",
-                "mg k1 v c f N1 O1\r\n",
-                "mg k2 v c f N1 O2\r\n"
+                "mg k0 v c f k N1 O0\r\n",
+                "mg k1 v c f k N1 O1\r\n",
+                "mg k2 v c f k N1 O2\r\n"
             ]
         );
         peer.get_mut()
@@ -503,9 +526,9 @@ mod tests {
         let (conn, mut peer) = peer().await;
         let k = key("k");
         drop(conn.send(&get(&k)).unwrap());
-        assert_eq!(within(read_line(&mut peer)).await, "mg k v c f N1 O0\r\n");
+        assert_eq!(within(read_line(&mut peer)).await, "mg k v c f k N1 O0\r\n");
         peer.get_mut()
-            .write_all(b"VA 0 c5 f0 O0 W\r\n\r\n")
+            .write_all(b"VA 0 c5 f0 kk O0 W\r\n\r\n")
             .await
             .unwrap();
         assert_eq!(
@@ -515,7 +538,7 @@ mod tests {
         );
         peer.get_mut().write_all(b"HD O1\r\n").await.unwrap();
         let reply = conn.send(&get(&k)).unwrap();
-        assert_eq!(within(read_line(&mut peer)).await, "mg k v c f N1 O2\r\n");
+        assert_eq!(within(read_line(&mut peer)).await, "mg k v c f k N1 O2\r\n");
         peer.get_mut()
             .write_all(b"VA 0 c6 f0 O2 W\r\n\r\n")
             .await
@@ -524,6 +547,25 @@ mod tests {
             meta(within(reply).await).win,
             "the connection is still in step"
         );
+    }
+
+    #[tokio::test]
+    async fn a_lease_won_before_an_abandoned_lookup_was_read_is_handed_back() {
+        let (conn, mut peer) = peer().await;
+        let k = key("k");
+        let reply = conn.send(&get(&k)).unwrap();
+        within(read_line(&mut peer)).await;
+        peer.get_mut()
+            .write_all(b"VA 0 c5 f0 kk O0 W\r\n\r\n")
+            .await
+            .unwrap();
+        // The reply lands in the channel; the caller is cancelled before reading it.
+        let sent = conn.send(&get(&key("other"))).unwrap();
+        within(read_line(&mut peer)).await;
+        peer.get_mut().write_all(b"EN O1\r\n").await.unwrap();
+        within(sent).await.unwrap().unwrap();
+        drop(reply);
+        assert_eq!(within(read_line(&mut peer)).await, "md k C5 O2\r\n");
     }
 
     #[tokio::test]

@@ -5,9 +5,11 @@
 //! through as a probe; its success brings the node back, its failure keeps it down for another
 //! interval.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, Pool, PoolError, RecycleError, RecycleResult};
@@ -113,19 +115,32 @@ impl Node {
         request: &Request<'_>,
         deadline: Option<Instant>,
     ) -> Result<Reply, StoreErrorKind> {
-        let get = self.pool.get();
-        let now = Instant::now();
-        // Connecting is bounded by the pool's create timeout (connect_timeout); a timer of our own
-        // is needed only when the deadline comes sooner.
-        let conn = match deadline {
-            Some(deadline) if deadline < now + self.connect_timeout => {
-                tokio::time::timeout_at(deadline, get)
-                    .await
-                    .map_err(|_| StoreErrorKind::Deadline)?
+        // A connection at hand is taken without a timer. Otherwise the wait (for the slot, or for
+        // a connect, itself bounded by connect_timeout) is bounded by connect_timeout, and by the
+        // deadline when that comes sooner.
+        let mut get = std::pin::pin!(self.pool.get());
+        let got = match std::future::poll_fn(|cx| Poll::Ready(get.as_mut().poll(cx))).await {
+            Poll::Ready(got) => got,
+            Poll::Pending => {
+                let connect_limit = Instant::now() + self.connect_timeout;
+                match deadline {
+                    Some(deadline) if deadline < connect_limit => {
+                        tokio::time::timeout_at(deadline, get)
+                            .await
+                            .map_err(|_| StoreErrorKind::Deadline)?
+                    }
+                    _ => tokio::time::timeout_at(connect_limit, get)
+                        .await
+                        .map_err(|_| {
+                            StoreErrorKind::Io(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                "no connection within connect_timeout",
+                            ))
+                        })?,
+                }
             }
-            _ => get.await,
-        }
-        .map_err(|err| match err {
+        };
+        let conn = got.map_err(|err| match err {
             PoolError::Backend(err) => StoreErrorKind::Io(err),
             PoolError::Timeout(_) => {
                 StoreErrorKind::Io(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))
@@ -141,7 +156,7 @@ impl Node {
         // The connection fails a request unanswered for the I/O timeout (one timer per
         // connection); a timer of our own is needed only when the deadline comes sooner.
         let reply = match deadline {
-            Some(deadline) if deadline < now + self.io_timeout => {
+            Some(deadline) if deadline < Instant::now() + self.io_timeout => {
                 // Our reply is abandoned at the deadline; the connection consumes it when it comes.
                 tokio::time::timeout_at(deadline, reply)
                     .await
@@ -377,6 +392,61 @@ mod tests {
 
     fn refused() -> StoreErrorKind {
         StoreErrorKind::Io(io::Error::from(io::ErrorKind::ConnectionRefused))
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_busy_pool_is_bounded() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let config = NodeConfig {
+            connect_timeout: Duration::from_millis(300),
+            io_timeout: Duration::from_secs(5),
+            retry_interval: Duration::from_secs(1),
+            failure_threshold: 100,
+            connections: 1,
+        };
+        let node = Node::new(
+            Server::new("127.0.0.1", port).unwrap(),
+            &config,
+            Instant::now(),
+        );
+        let (held, _accepted) = tokio::join!(node.pool.get(), listener.accept());
+        let _held = held.expect("the pool's only connection, held elsewhere");
+        let key = KeyEncoder::new("").unwrap().encode("k");
+        let request = Request::Delete {
+            key: &key,
+            cas: None,
+        };
+        let started = Instant::now();
+        let err = node
+            .execute(
+                Ticket::Up,
+                "t",
+                &request,
+                Some(started + Duration::from_millis(100)),
+            )
+            .await
+            .unwrap_err();
+        assert!(err.is_deadline(), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the call's deadline: {:?}",
+            started.elapsed()
+        );
+        let started = Instant::now();
+        let err = tokio::time::timeout(
+            Duration::from_secs(5),
+            node.execute(Ticket::Up, "t", &request, None),
+        )
+        .await
+        .expect("not stuck behind the held connection")
+        .unwrap_err();
+        assert!(matches!(err.kind, StoreErrorKind::Io(_)), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "connect_timeout: {:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test(start_paused = true)]

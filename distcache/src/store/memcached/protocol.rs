@@ -19,9 +19,10 @@ pub(crate) const MAX_RELATIVE_TTL: u64 = 60 * 60 * 24 * 30;
 /// A request, built from typed values.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Request<'a> {
-    /// `mg <key> v c f N<lease> O<op>`: the value with its CAS and client flags, or, on a miss,
+    /// `mg <key> v c f k N<lease> O<op>`: the value with its CAS and client flags, or, on a miss,
     /// an empty stub that lives `lease` seconds and makes us the winner (`W`); a stub someone
-    /// else won answers `Z`.
+    /// else won answers `Z`. The key is echoed (`k`) so that a won lease whose caller is gone can
+    /// be handed back from the reply alone.
     GetOrLease { key: &'a WireKey, lease: u32 },
     /// `ms <key> <len> T<ttl> C<cas> F<flags> O<op>`: store, only if the item's CAS is still
     /// `cas` (our lease's stub).
@@ -48,7 +49,7 @@ impl Request<'_> {
             Request::GetOrLease { key, lease } => {
                 out.extend_from_slice(b"mg ");
                 out.extend_from_slice(key.as_bytes());
-                flag(out, b" v c f N", lease.into());
+                flag(out, b" v c f k N", lease.into());
             }
             Request::SetIfCas {
                 key,
@@ -129,6 +130,8 @@ pub(crate) struct Meta {
     pub(crate) opaque: Option<u32>,
     /// `W`: we won the right to compute the value.
     pub(crate) win: bool,
+    /// The echoed key (`k`), kept only with `W`: to hand back a lease nobody will fill.
+    pub(crate) key: Option<WireKey>,
     /// `Z`: someone else holds that right.
     pub(crate) won_elsewhere: bool,
     /// `X`: the item is stale.
@@ -199,9 +202,11 @@ pub(crate) fn parse(buf: &mut BytesMut) -> Result<Option<Reply>, ProtocolError> 
         client_flags: None,
         opaque: None,
         win: false,
+        key: None,
         won_elsewhere: false,
         stale: false,
     };
+    let mut key = None;
     for token in tokens {
         let (flag, value) = (token[0], &token[1..]);
         let bad = || {
@@ -230,14 +235,20 @@ pub(crate) fn parse(buf: &mut BytesMut) -> Result<Option<Reply>, ProtocolError> 
             b'W' => meta.win = true,
             b'Z' => meta.won_elsewhere = true,
             b'X' => meta.stale = true,
-            // Flags we do not ask for (t, s, k, ...) are ignored.
+            b'k' => key = Some(value),
+            // Flags we do not ask for (t, s, ...) are ignored.
             _ => {}
         }
+    }
+    if meta.win {
+        meta.key = key.and_then(WireKey::from_wire);
     }
     if code == Code::Value {
         let total = line_end + 2 + size + 2;
         if buf.len() < total {
-            buf.reserve(total - buf.len());
+            // Room for what is missing, up to a megabyte at a time: a corrupt size must not
+            // reserve a gigabyte at once.
+            buf.reserve((total - buf.len()).min(1 << 20));
             return Ok(None);
         }
         if &buf[total - 2..total] != b"\r\n" {
@@ -287,7 +298,7 @@ mod tests {
         let k = key("user:1");
         assert_eq!(
             encoded(Request::GetOrLease { key: &k, lease: 3 }),
-            "mg user:1 v c f N3 O7\r\n"
+            "mg user:1 v c f k N3 O7\r\n"
         );
         assert_eq!(
             encoded(Request::SetIfCas {
@@ -317,7 +328,7 @@ mod tests {
         let k = key("x v\r\nflush_all\r\nmg y");
         let line = encoded(Request::GetOrLease { key: &k, lease: 1 });
         assert_eq!(line.matches("\r\n").count(), 1, "{line:?}");
-        assert_eq!(line.split(' ').count(), 7, "one key token: {line:?}");
+        assert_eq!(line.split(' ').count(), 8, "one key token: {line:?}");
     }
 
     fn parse_all(bytes: &[u8]) -> Vec<Reply> {
@@ -341,7 +352,7 @@ mod tests {
     fn replies_of_memcached_1_6_parse() {
         // As memcached 1.6.18 answers (captured from a real server).
         let replies = parse_all(
-            b"VA 0 c1 f0 O123 W\r\n\r\n\
+            b"VA 0 c1 f0 O123 kfoo W\r\n\r\n\
               VA 0 c1 f0 O124 Z\r\n\r\n\
               VA 3 c4 f5 O9 X W\r\nold\r\n\
               HD O126\r\nEX O127\r\nNF O128\r\nNS O129\r\nEN\r\n\
@@ -349,6 +360,11 @@ mod tests {
         );
         let won = meta(&replies[0]);
         assert!(won.win && !won.won_elsewhere && won.data.is_empty());
+        assert_eq!(
+            won.key.as_ref().map(WireKey::as_str),
+            Some("foo"),
+            "the echoed key of a win"
+        );
         assert_eq!(
             (won.code, won.cas, won.client_flags, won.opaque),
             (Code::Value, Some(1), Some(0), Some(123))
