@@ -9,23 +9,28 @@
 //! ```
 //!
 //! Every caller asks for all K keys in its own shuffled order. The getter sleeps D ms, counts
-//! itself on a separate memcached (the counter, outside the library) and returns a JSON string of
-//! S bytes derived from its key; every returned value is checked against its key. `naive` is what
-//! a user writes by hand with the same client library and ring: a pool of async-memcached
-//! connections per server (one request in flight on each), get, compute on a miss, set; no lease,
-//! no coalescing.
+//! itself on a separate memcached (the counter, outside the library: one increment of a counter
+//! made beforehand, in a task of its own so that counting adds nothing to the getter's time) and
+//! returns a JSON string of S bytes derived from its key; every returned value, cold or warm, is
+//! checked against its key. `naive` is what a user writes by hand with the same client library
+//! and ring: a deadpool pool of async-memcached connections per server (`--naive-pool`, default
+//! deadpool's own size, twice the CPUs), one request in flight on each, get, compute on a miss,
+//! set; no lease, no coalescing.
 //!
 //! Progress goes to stderr, the result line to stdout. The fields:
 //! - `getter_calls`: counted on the counter server; `duplicate_calls = getter_calls - keys`;
-//!   `failed_calls`: calls that errored or returned a value not of their key.
+//!   `failed_calls`: calls, cold or warm, that errored or returned a value not of their key.
 //! - `cold_*`: the stampede, from the first call to the last return; latencies per call.
-//! - `handoff_*`: for each call that returned a value computed by another caller, and had started
-//!   before that value was stored, the time from the store (the computing call's return) to its
-//!   own return. `null` when no call waited (naive never waits).
+//! - `handoff_*`: for each call that returned a value it did not compute and had started before
+//!   that value existed, the time from the value's getter returning (its first, for naive) to the
+//!   call's return: the store's own round trip included, so an upper bound. naive never waits;
+//!   its handoffs are hits that straddled a store.
 //! - `store_ops_per_wait`: store lookups per call that polled the store for a lease held in
 //!   another process (its first lookup included). Callers that waited on a call of their own
 //!   process make none and are not counted. `null` for naive.
-//! - `warm_*`: N gets of random cached keys per process, from all its callers at once.
+//! - `warm_*`: N gets of random cached keys per process, from all its callers at once;
+//!   `warm_coalesced_waits`: of those, how many distcache served by joining an identical get in
+//!   flight in the same process.
 
 #[path = "../distcache/tests/support/memcached.rs"]
 mod memcached;
@@ -34,7 +39,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_memcached::AsciiProtocol;
@@ -57,6 +62,8 @@ struct Args {
     value_bytes: usize,
     warm_gets: usize,
     spawn_servers: bool,
+    /// The naive system's pool size per server; default: deadpool's (twice the CPUs).
+    naive_pool: usize,
     /// Writes every cold call (process, key, start, end, computed, ok) to this file, for analysis.
     dump_calls: Option<String>,
     /// Set in the processes the coordinator spawns: the run's id.
@@ -75,6 +82,7 @@ fn parse_args() -> Result<Args, String> {
         value_bytes: 1000,
         warm_gets: 2000,
         spawn_servers: false,
+        naive_pool: 2 * std::thread::available_parallelism().map_or(1, usize::from),
         dump_calls: None,
         child: None,
     };
@@ -97,6 +105,7 @@ fn parse_args() -> Result<Args, String> {
             "--warm-gets" => args.warm_gets = number(value()?)?,
             "--spawn-servers" => args.spawn_servers = true,
             "--dump-calls" => args.dump_calls = Some(value()?),
+            "--naive-pool" => args.naive_pool = number(value()?)?,
             "--child" => args.child = Some(value()?),
             "--bench" => {} // cargo passes it to examples run as benches
             other => return Err(format!("unknown flag {other:?}")),
@@ -195,6 +204,11 @@ async fn coordinate(mut args: Args) {
         args.getter_ms,
         args.value_bytes
     );
+    // The getter counts itself with one increment of a counter that exists already.
+    let outside = memcached::Outside::connect(&counter).await;
+    for k in 0..args.keys {
+        outside.set(&format!("herd-{run}:runs:{k}"), b"0", 0).await;
+    }
     let mut children: Vec<Child> = (0..args.procs)
         .map(|_| spawn_child(&args, &counter, &run))
         .collect();
@@ -210,17 +224,27 @@ async fn coordinate(mut args: Args) {
     for child in &mut children {
         writeln!(child.stdin.as_mut().expect("piped"), "cold {cold_at}").expect("tell a child");
     }
+    // Read every process at once: none may block on a full pipe while another is read.
+    let colds: Vec<_> = std::thread::scope(|scope| {
+        let threads: Vec<_> = readers
+            .iter_mut()
+            .map(|r| scope.spawn(|| read_cold(r)))
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("a reader"))
+            .collect()
+    });
     let mut calls = Vec::new();
     let mut waits = (0u64, 0u64);
-    for (proc, reader) in readers.iter_mut().enumerate() {
-        let (child_calls, lease_waits, wait_lookups) = read_cold(reader);
+    for (proc, (child_calls, lease_waits, wait_lookups)) in colds.into_iter().enumerate() {
         calls.extend(child_calls.into_iter().map(|c| Call { proc, ..c }));
         waits.0 += lease_waits;
         waits.1 += wait_lookups;
     }
     eprintln!("herd: cold phase done, {} calls", calls.len());
     if let Some(path) = &args.dump_calls {
-        let mut dump = String::from("proc\tkey\tstart_us\tend_us\tcomputed\tok\n");
+        let mut dump = String::from("proc\tkey\tstart_us\tend_us\tvalue_at_us\tok\n");
         for c in &calls {
             let line = format!(
                 "{}\t{}\t{}\t{}\t{}\t{}\n",
@@ -228,7 +252,7 @@ async fn coordinate(mut args: Args) {
                 c.key,
                 c.start,
                 c.end,
-                u8::from(c.computed),
+                c.value_at,
                 u8::from(c.ok)
             );
             dump.push_str(&line);
@@ -239,10 +263,29 @@ async fn coordinate(mut args: Args) {
     for child in &mut children {
         writeln!(child.stdin.as_mut().expect("piped"), "warm {warm_at}").expect("tell a child");
     }
+    let warms: Vec<_> = std::thread::scope(|scope| {
+        let threads: Vec<_> = readers
+            .iter_mut()
+            .map(|r| scope.spawn(|| read_warm(r)))
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("a reader"))
+            .collect()
+    });
     let mut warm = Vec::new();
     let (mut warm_start, mut warm_end) = (u64::MAX, 0);
-    for reader in &mut readers {
-        let (start, end, latencies) = read_warm(reader);
+    let (mut warm_failed, mut coalesced) = (0, 0);
+    for Warm {
+        start,
+        end,
+        failed,
+        coalesced_waits,
+        latencies,
+    } in warms
+    {
+        warm_failed += failed;
+        coalesced += coalesced_waits;
         eprintln!(
             "herd: warm phase of a process: {} gets from +{:.1} ms to +{:.1} ms",
             latencies.len(),
@@ -258,23 +301,23 @@ async fn coordinate(mut args: Args) {
         assert!(status.success(), "a child failed: {status}");
     }
 
-    let outside = memcached::Outside::connect(&counter).await;
     let mut getter_calls = 0;
     for k in 0..args.keys {
         getter_calls += outside.count(&format!("herd-{run}:runs:{k}")).await;
     }
-    let failed = calls.iter().filter(|c| !c.ok).count();
+    let failed = calls.iter().filter(|c| !c.ok).count() as u64 + warm_failed;
     let cold_start = calls.iter().map(|c| c.start).min().unwrap_or(0);
     let cold_end = calls.iter().map(|c| c.end).max().unwrap_or(0);
-    // When and where each key was first stored.
+    // When and where each key's value first existed: its getter's return, which precedes its
+    // store by the store's round trip, so handoffs are measured conservatively.
     let mut stored: HashMap<usize, (u64, usize)> = HashMap::new();
-    for c in calls.iter().filter(|c| c.computed && c.ok) {
-        let at = stored.entry(c.key).or_insert((c.end, c.proc));
-        *at = (*at).min((c.end, c.proc));
+    for c in calls.iter().filter(|c| c.value_at > 0 && c.ok) {
+        let at = stored.entry(c.key).or_insert((c.value_at, c.proc));
+        *at = (*at).min((c.value_at, c.proc));
     }
     let mut handoffs = Vec::new();
     let mut across = Vec::new();
-    for c in calls.iter().filter(|c| !c.computed && c.ok) {
+    for c in calls.iter().filter(|c| c.value_at == 0 && c.ok) {
         let Some(&(at, by)) = stored.get(&c.key) else {
             continue;
         };
@@ -309,6 +352,7 @@ async fn coordinate(mut args: Args) {
         "keys": args.keys,
         "getter_ms": args.getter_ms,
         "value_bytes": args.value_bytes,
+        "naive_pool": (args.system == "naive").then_some(args.naive_pool),
         "getter_calls": getter_calls,
         "duplicate_calls": getter_calls as i64 - args.keys as i64,
         "failed_calls": failed,
@@ -320,6 +364,9 @@ async fn coordinate(mut args: Args) {
         "handoffs": handoffs.len(),
         "store_ops_per_wait": (args.system == "distcache" && waits.0 > 0).then(|| round(waits.1 as f64 / waits.0 as f64, 2)),
         "lease_waits": waits.0,
+        "warm_gets": warm.len(),
+        "warm_failed": warm_failed,
+        "warm_coalesced_waits": (args.system == "distcache").then_some(coalesced),
         "warm_ops_per_s": round(warm.len() as f64 / warm_wall, 0),
         "warm_p50_ms": percentile(&warm, 50.0),
         "warm_p99_ms": percentile(&warm, 99.0),
@@ -366,6 +413,7 @@ fn spawn_child(args: &Args, counter: &str, run: &str) -> Child {
             &args.value_bytes.to_string(),
         ])
         .args(["--warm-gets", &args.warm_gets.to_string(), "--child", run])
+        .args(["--naive-pool", &args.naive_pool.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -385,11 +433,12 @@ struct Call {
     key: usize,
     start: u64,
     end: u64,
-    computed: bool,
+    /// When this call's getter returned the value (Unix us), 0 if it ran none.
+    value_at: u64,
     ok: bool,
 }
 
-/// `call <key> <start_us> <end_us> <computed> <ok>` lines, then `cold <lease_waits> <wait_lookups>`.
+/// `call <key> <start_us> <end_us> <value_at_us> <ok>` lines, then `cold <lease_waits> <wait_lookups>`.
 fn read_cold(reader: &mut impl BufRead) -> (Vec<Call>, u64, u64) {
     let mut calls = Vec::new();
     for line in reader.lines() {
@@ -405,7 +454,7 @@ fn read_cold(reader: &mut impl BufRead) -> (Vec<Call>, u64, u64) {
                 key: f[0] as usize,
                 start: f[1],
                 end: f[2],
-                computed: f[3] == 1,
+                value_at: f[3],
                 ok: f[4] == 1,
             }),
             Some("cold") => return (calls, f[0], f[1]),
@@ -415,8 +464,17 @@ fn read_cold(reader: &mut impl BufRead) -> (Vec<Call>, u64, u64) {
     panic!("a child ended during the cold phase")
 }
 
-/// `warm <start_us> <end_us> <latency_us>...`
-fn read_warm(reader: &mut impl BufRead) -> (u64, u64, Vec<f64>) {
+/// One process's warm phase.
+struct Warm {
+    start: u64,
+    end: u64,
+    failed: u64,
+    coalesced_waits: u64,
+    latencies: Vec<f64>,
+}
+
+/// `warm <start_us> <end_us> <failed> <coalesced_waits> <latency_us>...`
+fn read_warm(reader: &mut impl BufRead) -> Warm {
     let mut line = String::new();
     reader.read_line(&mut line).expect("read a child's line");
     let f: Vec<u64> = line
@@ -424,11 +482,13 @@ fn read_warm(reader: &mut impl BufRead) -> (u64, u64, Vec<f64>) {
         .skip(1)
         .map(|x| x.parse().expect("a number"))
         .collect();
-    (
-        f[0],
-        f[1],
-        f[2..].iter().map(|&us| us as f64 / 1e3).collect(),
-    )
+    Warm {
+        start: f[0],
+        end: f[1],
+        failed: f[2],
+        coalesced_waits: f[3],
+        latencies: f[4..].iter().map(|&us| us as f64 / 1e3).collect(),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -441,12 +501,13 @@ enum System {
 }
 
 impl System {
-    /// Key `k`'s value, and whether this call ran the getter.
-    async fn get(&self, k: usize, getter: &Getter) -> Result<(String, bool), String> {
-        let computed = AtomicUsize::new(0);
+    /// Key `k`'s value, and when this call's getter returned it (Unix us; 0: it ran none).
+    async fn get(&self, k: usize, getter: &Getter) -> Result<(String, u64), String> {
+        let value_at = AtomicU64::new(0);
         let compute = || async {
-            computed.fetch_add(1, Ordering::Relaxed);
-            getter.run(k).await
+            let value = getter.run(k).await;
+            value_at.store(now_us(), Ordering::Relaxed);
+            value
         };
         let key = &getter.keys[k];
         let value = match self {
@@ -456,14 +517,16 @@ impl System {
                 .map_err(|e: Error| e.to_string())?,
             System::Naive(naive) => naive.get(key, compute).await?,
         };
-        Ok((value, computed.load(Ordering::Relaxed) > 0))
+        Ok((value, value_at.load(Ordering::Relaxed)))
     }
 }
 
 /// The getter: sleeps, counts itself outside, returns the key's value. Keys and values are
 /// made once, so that the benchmark measures the systems, not itself.
 struct Getter {
-    counters: Vec<memcached::Outside>,
+    counters: Vec<Arc<memcached::Outside>>,
+    /// The counting, off the getter's time: awaited before the phase reports.
+    counting: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     next: AtomicUsize,
     sleep: Duration,
     keys: Vec<String>,
@@ -474,10 +537,25 @@ struct Getter {
 impl Getter {
     async fn run(&self, k: usize) -> Result<String, Error> {
         let counter =
-            &self.counters[self.next.fetch_add(1, Ordering::Relaxed) % self.counters.len()];
-        counter.incr(&self.counter_keys[k]).await;
+            self.counters[self.next.fetch_add(1, Ordering::Relaxed) % self.counters.len()].clone();
+        let key = self.counter_keys[k].clone();
+        let counting = tokio::spawn(async move {
+            counter.increment(&key).await;
+        });
+        self.counting
+            .lock()
+            .expect("no panic holding it")
+            .push(counting);
         tokio::time::sleep(self.sleep).await;
         Ok(self.values[k].clone())
+    }
+
+    /// Waits until every run so far is counted.
+    async fn counted(&self) {
+        let counting = std::mem::take(&mut *self.counting.lock().expect("no panic holding it"));
+        for count in counting {
+            count.await.expect("a count");
+        }
     }
 }
 
@@ -488,10 +566,11 @@ async fn child(args: Args, run: String) {
         .expect("the coordinator passes --counter");
     let mut counters = Vec::new();
     for _ in 0..4 {
-        counters.push(memcached::Outside::connect(&counter).await);
+        counters.push(Arc::new(memcached::Outside::connect(&counter).await));
     }
     let getter = Arc::new(Getter {
         counters,
+        counting: std::sync::Mutex::new(Vec::new()),
         next: AtomicUsize::new(0),
         sleep: Duration::from_millis(args.getter_ms),
         keys: (0..args.keys).map(|k| key(&run, k)).collect(),
@@ -509,7 +588,7 @@ async fn child(args: Args, run: String) {
                 .build()
                 .expect("a valid cache"),
         ),
-        _ => System::Naive(Naive::new(&args.servers)),
+        _ => System::Naive(Naive::new(&args.servers, args.naive_pool)),
     });
     let mut stdin = BufReader::new(std::io::stdin());
     let stdout = std::io::stdout();
@@ -531,16 +610,16 @@ async fn child(args: Args, run: String) {
                     let start = now_us();
                     let result = system.get(k, &getter).await;
                     let end = now_us();
-                    let (ok, computed) = match result {
-                        Ok((value, computed)) => (value == getter.values[k], computed),
-                        Err(_) => (false, false),
+                    let (ok, value_at) = match result {
+                        Ok((value, value_at)) => (value == getter.values[k], value_at),
+                        Err(_) => (false, 0),
                     };
                     calls.push(Call {
                         proc: 0,
                         key: k,
                         start,
                         end,
-                        computed,
+                        value_at,
                         ok,
                     });
                 }
@@ -548,20 +627,24 @@ async fn child(args: Args, run: String) {
             })
         })
         .collect();
-    let mut out = std::io::BufWriter::new(stdout.lock());
+    // Every caller finishes before anything is written: a write can block on the pipe.
+    let mut all = Vec::new();
     for caller in callers {
-        for c in caller.await.expect("a caller") {
-            writeln!(
-                out,
-                "call {} {} {} {} {}",
-                c.key,
-                c.start,
-                c.end,
-                u8::from(c.computed),
-                u8::from(c.ok)
-            )
-            .unwrap();
-        }
+        all.push(caller.await.expect("a caller"));
+    }
+    getter.counted().await;
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for c in all.into_iter().flatten() {
+        writeln!(
+            out,
+            "call {} {} {} {} {}",
+            c.key,
+            c.start,
+            c.end,
+            c.value_at,
+            u8::from(c.ok)
+        )
+        .unwrap();
     }
     let (lease_waits, wait_lookups) = match &*system {
         System::Distcache(cache) => (cache.stats().lease_waits, cache.stats().wait_lookups),
@@ -574,6 +657,10 @@ async fn child(args: Args, run: String) {
     line.clear();
     stdin.read_line(&mut line).expect("read the coordinator");
     start_at(&line, "warm").await;
+    let coalesced_before = match &*system {
+        System::Distcache(cache) => cache.stats().coalesced_waits,
+        System::Naive(_) => 0,
+    };
     let per_caller = args.warm_gets / args.callers;
     let extra = args.warm_gets % args.callers;
     let start = now_us();
@@ -583,24 +670,36 @@ async fn child(args: Args, run: String) {
             let gets = per_caller + usize::from(caller < extra);
             let keys = args.keys;
             tokio::spawn(async move {
-                let mut rng = fastrand::Rng::with_seed(caller as u64 + 7);
+                let mut rng =
+                    fastrand::Rng::with_seed(caller as u64 ^ u64::from(std::process::id()) << 20);
                 let mut latencies = Vec::with_capacity(gets);
+                let mut failed = 0u64;
                 for _ in 0..gets {
                     let k = rng.usize(0..keys);
                     let t = now_us();
-                    let _ = system.get(k, &getter).await;
+                    let result = system.get(k, &getter).await;
                     latencies.push(now_us() - t);
+                    if !result.is_ok_and(|(value, _)| value == getter.values[k]) {
+                        failed += 1;
+                    }
                 }
-                latencies
+                (latencies, failed)
             })
         })
         .collect();
-    let mut latencies = Vec::new();
+    let (mut latencies, mut failed) = (Vec::new(), 0);
     for caller in callers {
-        latencies.extend(caller.await.expect("a caller"));
+        let (caller_latencies, caller_failed) = caller.await.expect("a caller");
+        latencies.extend(caller_latencies);
+        failed += caller_failed;
     }
     let end = now_us();
-    let mut line = format!("warm {start} {end}");
+    getter.counted().await;
+    let coalesced = match &*system {
+        System::Distcache(cache) => cache.stats().coalesced_waits - coalesced_before,
+        System::Naive(_) => 0,
+    };
+    let mut line = format!("warm {start} {end} {failed} {coalesced}");
     for l in latencies {
         line.push(' ');
         line.push_str(&l.to_string());
@@ -642,7 +741,7 @@ impl deadpool::managed::Manager for NaiveManager {
 }
 
 impl Naive {
-    fn new(servers: &[String]) -> Self {
+    fn new(servers: &[String], pool_size: usize) -> Self {
         let servers: Vec<Server> = servers
             .iter()
             .map(|s| s.parse().expect("a server"))
@@ -653,8 +752,8 @@ impl Naive {
                 let manager = NaiveManager {
                     addr: server.to_string(),
                 };
-                // deadpool's default size: four connections per CPU.
                 let pool = deadpool::managed::Pool::builder(manager)
+                    .max_size(pool_size)
                     .runtime(deadpool::Runtime::Tokio1)
                     .build()
                     .expect("a pool");

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the herd benchmark as README.md's table reports it: RUNS consecutive rounds, each running
-# distcache then naive at 4 x 32 and at 4 x 128 callers, on four fresh memcached processes per
-# run (--spawn-servers). One JSON line per run on stdout (and in $OUT), then the median and the
+# distcache and naive (distcache first in odd rounds, naive first in even ones) at 4 x 32 and at
+# 4 x 128 callers, on four fresh memcached processes per run (--spawn-servers). EXTRA adds flags
+# to every run (README: EXTRA="--warm-gets 20000", for a warm phase long enough to time). One JSON line per run on stdout (and in $OUT), then the median and the
 # range of each figure, and each round's ratios distcache / naive.
 #
 #   examples/bench/herd-table.sh            # RUNS=5
@@ -14,8 +15,10 @@ cargo build --release --locked --example herd >&2
 : > "$OUT"
 for run in $(seq 1 "$RUNS"); do
     for callers in 32 128; do
-        for system in distcache naive; do
-            line=$(target/release/examples/herd --spawn-servers --system "$system" --callers "$callers" 2>/dev/null)
+        if (( run % 2 )); then order="distcache naive"; else order="naive distcache"; fi
+        for system in $order; do
+            # shellcheck disable=SC2086
+            line=$(target/release/examples/herd --spawn-servers --system "$system" --callers "$callers" ${EXTRA:-} 2>/dev/null)
             echo "{\"run\":$run,${line#\{}" | tee -a "$OUT"
         done
     done

@@ -231,6 +231,16 @@ impl Outside {
         client.increment(key, 1).await.expect("increment")
     }
 
+    /// Adds one to the counter `key`, which must exist.
+    pub async fn increment(&self, key: &str) -> u64 {
+        self.client
+            .lock()
+            .await
+            .increment(key, 1)
+            .await
+            .expect("increment")
+    }
+
     /// The counter `key`, 0 if absent.
     pub async fn count(&self, key: &str) -> u64 {
         match self.get(key).await {

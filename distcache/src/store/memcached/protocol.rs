@@ -131,7 +131,7 @@ pub(crate) struct Meta {
     /// `W`: we won the right to compute the value.
     pub(crate) win: bool,
     /// The echoed key (`k`), kept only with `W`: to hand back a lease nobody will fill.
-    pub(crate) key: Option<WireKey>,
+    pub(crate) key: Option<Box<WireKey>>,
     /// `Z`: someone else holds that right.
     pub(crate) won_elsewhere: bool,
     /// `X`: the item is stale.
@@ -241,7 +241,7 @@ pub(crate) fn parse(buf: &mut BytesMut) -> Result<Option<Reply>, ProtocolError> 
         }
     }
     if meta.win {
-        meta.key = key.and_then(WireKey::from_wire);
+        meta.key = key.and_then(WireKey::from_wire).map(Box::new);
     }
     if code == Code::Value {
         let total = line_end + 2 + size + 2;
@@ -361,7 +361,7 @@ mod tests {
         let won = meta(&replies[0]);
         assert!(won.win && !won.won_elsewhere && won.data.is_empty());
         assert_eq!(
-            won.key.as_ref().map(WireKey::as_str),
+            won.key.as_deref().map(WireKey::as_str),
             Some("foo"),
             "the echoed key of a win"
         );
