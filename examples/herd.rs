@@ -224,17 +224,7 @@ async fn coordinate(mut args: Args) {
     for child in &mut children {
         writeln!(child.stdin.as_mut().expect("piped"), "cold {cold_at}").expect("tell a child");
     }
-    // Read every process at once: none may block on a full pipe while another is read.
-    let colds: Vec<_> = std::thread::scope(|scope| {
-        let threads: Vec<_> = readers
-            .iter_mut()
-            .map(|r| scope.spawn(|| read_cold(r)))
-            .collect();
-        threads
-            .into_iter()
-            .map(|t| t.join().expect("a reader"))
-            .collect()
-    });
+    let colds = read_all(&mut readers, read_cold);
     let mut calls = Vec::new();
     let mut waits = (0u64, 0u64);
     for (proc, (child_calls, lease_waits, wait_lookups)) in colds.into_iter().enumerate() {
@@ -263,16 +253,7 @@ async fn coordinate(mut args: Args) {
     for child in &mut children {
         writeln!(child.stdin.as_mut().expect("piped"), "warm {warm_at}").expect("tell a child");
     }
-    let warms: Vec<_> = std::thread::scope(|scope| {
-        let threads: Vec<_> = readers
-            .iter_mut()
-            .map(|r| scope.spawn(|| read_warm(r)))
-            .collect();
-        threads
-            .into_iter()
-            .map(|t| t.join().expect("a reader"))
-            .collect()
-    });
+    let warms = read_all(&mut readers, read_warm);
     let mut warm = Vec::new();
     let (mut warm_start, mut warm_end) = (u64::MAX, 0);
     let (mut warm_failed, mut coalesced) = (0, 0);
@@ -419,6 +400,21 @@ fn spawn_child(args: &Args, counter: &str, run: &str) -> Child {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn a herd process")
+}
+
+/// Reads every child at once, one thread each, with `read`: a child must never block on a full
+/// pipe while another is being read.
+fn read_all<R: BufRead + Send, T: Send>(readers: &mut [R], read: fn(&mut R) -> T) -> Vec<T> {
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = readers
+            .iter_mut()
+            .map(|r| scope.spawn(move || read(r)))
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("a reader"))
+            .collect()
+    })
 }
 
 fn expect_line(reader: &mut impl BufRead, expected: &str) {

@@ -7,45 +7,18 @@
 //!
 //! The memcached hit needs the `memcached` binary (the bench starts its own server on loopback).
 
+#[path = "../tests/support/counting.rs"]
+mod counting;
 #[path = "../tests/support/memcached.rs"]
 mod memcached;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use counting::ALLOCATIONS;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use distcache::__bench::{Keys, decode, encode};
 use distcache::{Cache, Error};
-
-/// Counts allocations, to report them per hit.
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-#[allow(unsafe_code)]
-// SAFETY: every call is forwarded to the system allocator unchanged; we only count.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: the caller upholds `alloc`'s contract, which we pass on.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `System.alloc` with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: as for `alloc` and `dealloc`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
 
 const MINUTE: Duration = Duration::from_secs(60);
 

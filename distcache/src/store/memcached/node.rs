@@ -323,22 +323,27 @@ mod tests {
     use crate::key::KeyEncoder;
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
+    /// A node of one connection to `127.0.0.1:port` that failures do not mark down.
+    fn one_connection_node(port: u16, connect_timeout: Duration) -> Node {
+        let config = NodeConfig {
+            connect_timeout,
+            io_timeout: Duration::from_secs(5),
+            retry_interval: Duration::from_secs(1),
+            failure_threshold: 100,
+            connections: 1,
+        };
+        Node::new(
+            Server::new("127.0.0.1", port).unwrap(),
+            &config,
+            Instant::now(),
+        )
+    }
+
     #[tokio::test]
     async fn one_pooled_connection_carries_many_requests_at_once() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let config = NodeConfig {
-            connect_timeout: Duration::from_secs(1),
-            io_timeout: Duration::from_secs(5),
-            retry_interval: Duration::from_secs(1),
-            failure_threshold: 2,
-            connections: 1,
-        };
-        let node = Node::new(
-            Server::new("127.0.0.1", port).unwrap(),
-            &config,
-            Instant::now(),
-        );
+        let node = one_connection_node(port, Duration::from_secs(1));
         let (a, b) = (
             KeyEncoder::new("").unwrap().encode("a"),
             KeyEncoder::new("").unwrap().encode("b"),
@@ -398,18 +403,7 @@ mod tests {
     async fn waiting_for_a_busy_pool_is_bounded() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let config = NodeConfig {
-            connect_timeout: Duration::from_millis(300),
-            io_timeout: Duration::from_secs(5),
-            retry_interval: Duration::from_secs(1),
-            failure_threshold: 100,
-            connections: 1,
-        };
-        let node = Node::new(
-            Server::new("127.0.0.1", port).unwrap(),
-            &config,
-            Instant::now(),
-        );
+        let node = one_connection_node(port, Duration::from_millis(300));
         let (held, _accepted) = tokio::join!(node.pool.get(), listener.accept());
         let _held = held.expect("the pool's only connection, held elsewhere");
         let key = KeyEncoder::new("").unwrap().encode("k");
