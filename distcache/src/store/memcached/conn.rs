@@ -333,8 +333,8 @@ async fn write_requests(shared: Arc<Shared>, mut write: OwnedWriteHalf) {
         }
         // Let the tasks that are ready to send run first, while their requests still fit in this
         // write: one syscall for many requests, here and in memcached, which answers a read's
-        // worth of requests with one write. It costs a turn of the scheduler, not a timer (and a
-        // lone caller's hit no measurable time: 57.6 us against 58.0 by hand, sequentially).
+        // worth of requests with one write. It costs a turn of the scheduler, not a timer: a few
+        // microseconds for a lone caller, beside a loopback round trip of ~50.
         let mut seen = pending;
         for _ in 0..MAX_GATHER_YIELDS {
             tokio::task::yield_now().await;
