@@ -23,6 +23,21 @@ impl From<distcache::Error> for AppError {
     }
 }
 
+/// What a direct get reads under `key`: the macro's stored value if the key is the same, else
+/// `other`, which the getter returns.
+async fn stored_under<T>(cache: &Cache, key: &str, other: T) -> T
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+{
+    let second = Duration::from_secs(1);
+    cache
+        .get(key, second, second, || async {
+            Ok::<_, distcache::Error>(other)
+        })
+        .await
+        .unwrap()
+}
+
 /// Each test uses its own cache, so that tests running in parallel do not share counters.
 macro_rules! test_cache {
     ($name:ident) => {
@@ -61,15 +76,7 @@ async fn describe(id: u32, label: &str) -> Result<String, AppError> {
 async fn the_key_is_the_module_path_the_name_and_the_arguments_as_json() {
     assert_eq!(describe(7, "a b").await.unwrap(), "7:a b");
     let key = concat!(module_path!(), "::describe", r#"[7,"a b"]"#);
-    let stored: String = KEYS
-        .get(
-            key,
-            Duration::from_secs(1),
-            Duration::from_secs(1),
-            || async { Ok::<_, distcache::Error>("not this".to_owned()) },
-        )
-        .await
-        .unwrap();
+    let stored: String = stored_under(&KEYS, key, "not this".to_owned()).await;
     assert_eq!(
         stored, "7:a b",
         "a direct get with the same key reads the macro's value"
@@ -97,15 +104,7 @@ async fn name_pins_the_functions_part_of_the_key() {
         "same name and arguments, same key"
     );
     let key = r#"pricing::quote[10]"#;
-    let stored: u32 = PINNED
-        .get(
-            key,
-            Duration::from_secs(1),
-            Duration::from_secs(1),
-            || async { Ok::<_, distcache::Error>(0) },
-        )
-        .await
-        .unwrap();
+    let stored: u32 = stored_under(&PINNED, key, 0).await;
     assert_eq!(stored, 11);
 }
 
@@ -166,15 +165,7 @@ async fn config_version() -> Result<u32, AppError> {
 async fn functions_without_arguments_have_one_key() {
     assert_eq!(config_version().await, Ok(3));
     let key = concat!(module_path!(), "::config_version[]");
-    let stored: u32 = NO_ARGS
-        .get(
-            key,
-            Duration::from_secs(1),
-            Duration::from_secs(1),
-            || async { Ok::<_, distcache::Error>(0) },
-        )
-        .await
-        .unwrap();
+    let stored: u32 = stored_under(&NO_ARGS, key, 0).await;
     assert_eq!(stored, 3);
 }
 

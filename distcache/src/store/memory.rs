@@ -166,6 +166,7 @@ impl Store for MemoryStore {
 mod tests {
     use super::*;
     use crate::key::KeyEncoder;
+    use crate::store::contract::{self, far};
 
     fn key(k: &str) -> WireKey {
         KeyEncoder::new("").unwrap().encode(k)
@@ -173,16 +174,10 @@ mod tests {
 
     const LEASE: Duration = Duration::from_secs(2);
 
-    fn far() -> Instant {
-        Instant::now() + Duration::from_secs(3600)
-    }
     const EXPIRE: Duration = Duration::from_secs(10);
 
     async fn won(store: &MemoryStore, k: &WireKey) -> Lease {
-        match store.lookup(k, LEASE, far()).await.unwrap() {
-            Lookup::Won(lease) => lease,
-            other => panic!("expected to win the lease, got {other:?}"),
-        }
+        contract::won(store, k, LEASE).await
     }
 
     #[tokio::test(start_paused = true)]
@@ -232,31 +227,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn release_and_invalidate_free_the_key() {
-        let store = MemoryStore::default();
-        let k = key("a");
-        let lease = won(&store, &k).await;
-        store
-            .release(
-                &k,
-                Lease {
-                    cas: lease.cas + 100,
-                    node: 0,
-                },
-            )
-            .await
-            .unwrap();
-        assert!(
-            matches!(store.lookup(&k, LEASE, far()).await, Ok(Lookup::Busy)),
-            "a stranger's release is ignored"
-        );
-        store.release(&k, lease).await.unwrap();
-        let lease = won(&store, &k).await;
-        store.invalidate(&k).await.unwrap();
-        let data = Bytes::from_static(b"1");
-        assert_eq!(
-            store.fill(&k, lease, &data, 0, EXPIRE).await.unwrap(),
-            Fill::LeaseLost
-        );
-        won(&store, &k).await;
+        contract::release_and_invalidate_free_the_key(&MemoryStore::default(), &key("a"), LEASE)
+            .await;
     }
 }

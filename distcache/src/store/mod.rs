@@ -12,6 +12,8 @@ use tokio::time::Instant;
 use crate::error::BoxError;
 use crate::key::WireKey;
 
+#[cfg(test)]
+pub(crate) mod contract;
 pub(crate) mod memcached;
 pub(crate) mod memory;
 

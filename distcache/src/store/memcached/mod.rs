@@ -241,6 +241,7 @@ mod tests {
     use super::harness::{Memcached, Outside};
     use super::*;
     use crate::key::KeyEncoder;
+    use crate::store::contract::{self, far};
 
     const LEASE: Duration = Duration::from_secs(1);
     const EXPIRE: Duration = Duration::from_secs(60);
@@ -261,15 +262,8 @@ mod tests {
         KeyEncoder::new("t").unwrap().encode(k)
     }
 
-    fn far() -> Instant {
-        Instant::now() + Duration::from_secs(3600)
-    }
-
     async fn won(cluster: &Cluster, k: &WireKey) -> Lease {
-        match cluster.lookup(k, LEASE, far()).await.unwrap() {
-            Lookup::Won(lease) => lease,
-            other => panic!("expected to win the lease, got {other:?}"),
-        }
+        contract::won(cluster, k, LEASE).await
     }
 
     async fn hit(cluster: &Cluster, k: &WireKey) -> Item {
@@ -342,35 +336,7 @@ mod tests {
     #[tokio::test]
     async fn release_frees_the_lease_and_invalidate_voids_it() {
         let server = Memcached::start().await;
-        let cluster = cluster(&[&server]);
-        let k = key("r");
-        let lease = won(&cluster, &k).await;
-        cluster
-            .release(
-                &k,
-                Lease {
-                    cas: lease.cas + 1,
-                    ..lease
-                },
-            )
-            .await
-            .unwrap();
-        assert!(
-            matches!(
-                cluster.lookup(&k, LEASE, far()).await.unwrap(),
-                Lookup::Busy
-            ),
-            "a wrong CAS releases nothing"
-        );
-        cluster.release(&k, lease).await.unwrap();
-        let lease = won(&cluster, &k).await;
-        cluster.invalidate(&k).await.unwrap();
-        let data = Bytes::from_static(b"1");
-        assert_eq!(
-            cluster.fill(&k, lease, &data, 0, EXPIRE).await.unwrap(),
-            Fill::LeaseLost
-        );
-        won(&cluster, &k).await;
+        contract::release_and_invalidate_free_the_key(&cluster(&[&server]), &key("r"), LEASE).await;
     }
 
     #[tokio::test]

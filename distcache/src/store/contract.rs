@@ -1,0 +1,57 @@
+//! What every store must do, written once and run against each store by its own tests: the
+//! in-process store is the reference the memcached store is held to.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::{Fill, Lease, Lookup, Store};
+use crate::key::WireKey;
+
+/// A deadline no test reaches.
+pub(crate) fn far() -> Instant {
+    Instant::now() + Duration::from_secs(3600)
+}
+
+/// Looks `k` up, expecting to win its lease.
+pub(crate) async fn won<S: Store>(store: &S, k: &WireKey, lease_ttl: Duration) -> Lease {
+    match store.lookup(k, lease_ttl, far()).await.unwrap() {
+        Lookup::Won(lease) => lease,
+        other => panic!("expected to win the lease, got {other:?}"),
+    }
+}
+
+/// A stranger's release is ignored; the holder's frees the key at once; an invalidation takes
+/// the lease away, so that its fill is refused and the next lookup wins a new one.
+pub(crate) async fn release_and_invalidate_free_the_key<S: Store>(
+    store: &S,
+    k: &WireKey,
+    lease_ttl: Duration,
+) {
+    let lease = won(store, k, lease_ttl).await;
+    let stranger = Lease {
+        cas: lease.cas + 100,
+        ..lease
+    };
+    store.release(k, stranger).await.unwrap();
+    assert!(
+        matches!(
+            store.lookup(k, lease_ttl, far()).await.unwrap(),
+            Lookup::Busy
+        ),
+        "a stranger's release is ignored"
+    );
+    store.release(k, lease).await.unwrap();
+    let lease = won(store, k, lease_ttl).await;
+    store.invalidate(k).await.unwrap();
+    let data = Bytes::from_static(b"1");
+    assert_eq!(
+        store
+            .fill(k, lease, &data, 0, Duration::from_secs(60))
+            .await
+            .unwrap(),
+        Fill::LeaseLost
+    );
+    won(store, k, lease_ttl).await;
+}
