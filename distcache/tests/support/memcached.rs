@@ -63,9 +63,31 @@ impl Memcached {
         }
     }
 
-    /// SIGSTOP: connections hang without an answer.
+    /// SIGSTOP: connections hang without an answer. Returns once the process is stopped: `kill`
+    /// returns when the signal is sent, and a running server may answer a little longer.
     pub fn pause(&self) {
         self.signal("-STOP");
+        let pid = self.child.as_ref().expect("the server runs").id();
+        let stat = format!("/proc/{pid}/stat");
+        let started = std::time::Instant::now();
+        loop {
+            let stopped = std::fs::read_to_string(&stat)
+                .ok()
+                .and_then(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .map(|rest| rest.trim_start().starts_with('T'))
+                })
+                .unwrap_or(false);
+            if stopped {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "memcached {pid} did not stop"
+            );
+            std::thread::yield_now();
+        }
     }
 
     /// SIGCONT after [`pause`](Self::pause).
