@@ -197,6 +197,11 @@ impl Connection {
         })
     }
 
+    /// Whether `other` is a handle to the same connection.
+    pub(crate) fn same(&self, other: &Connection) -> bool {
+        Arc::ptr_eq(&self.handle, &other.handle)
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.handle.shared.closed.load(Ordering::Acquire)
     }

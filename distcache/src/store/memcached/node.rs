@@ -8,7 +8,8 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use deadpool::managed::{self, Metrics, Pool, PoolError, RecycleError, RecycleRes
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::conn::{ConnError, Connection};
+use super::conn::{ConnError, Connection, PendingReply};
 use super::protocol::{Reply, Request};
 use super::ring::Server;
 use crate::store::{StoreError, StoreErrorKind};
@@ -35,6 +36,11 @@ pub(crate) struct NodeConfig {
 pub(crate) struct Node {
     pub(crate) server: Server,
     pool: Pool<Manager>,
+    /// Clones of the pool's live connections, to pipeline on without a checkout: a request
+    /// only needs a connection for the moment it is queued.
+    ready: RwLock<Vec<Connection>>,
+    next: AtomicUsize,
+    connections: usize,
     health: Health,
     connect_timeout: Duration,
     io_timeout: Duration,
@@ -57,6 +63,9 @@ impl Node {
         Node {
             server,
             pool,
+            ready: RwLock::new(Vec::with_capacity(config.connections)),
+            next: AtomicUsize::new(0),
+            connections: config.connections,
             health: Health {
                 epoch,
                 failures: AtomicU32::new(0),
@@ -110,11 +119,54 @@ impl Node {
         })
     }
 
+    /// Queues `request` on a ready connection, if there is one that is open.
+    fn send_ready(&self, request: &Request<'_>) -> Option<Result<PendingReply, ConnError>> {
+        let ready = self.ready.read().unwrap_or_else(|p| p.into_inner());
+        if ready.len() < self.connections {
+            return None;
+        }
+        let conn = &ready[self.next.fetch_add(1, Ordering::Relaxed) % ready.len()];
+        if conn.is_closed() {
+            return None;
+        }
+        Some(conn.send(request))
+    }
+
     async fn round_trip(
         &self,
         request: &Request<'_>,
         deadline: Option<Instant>,
     ) -> Result<Reply, StoreErrorKind> {
+        let reply = match self.send_ready(request) {
+            Some(sent) => sent.map_err(|err| StoreErrorKind::Connection(err.to_string()))?,
+            None => self.send_pooled(request, deadline).await?,
+        };
+        // The connection fails a request unanswered for the I/O timeout (one timer per
+        // connection); a timer of our own is needed only when the deadline comes sooner.
+        let reply = match deadline {
+            Some(deadline) if deadline < Instant::now() + self.io_timeout => {
+                // Our reply is abandoned at the deadline; the connection consumes it when it comes.
+                tokio::time::timeout_at(deadline, reply)
+                    .await
+                    .map_err(|_| StoreErrorKind::Deadline)?
+            }
+            _ => reply.await,
+        };
+        match reply {
+            Err(_dropped) => Err(StoreErrorKind::Connection("the connection closed".into())),
+            Ok(Err(ConnError::TimedOut(after))) => Err(StoreErrorKind::Timeout(after)),
+            Ok(Err(err)) => Err(StoreErrorKind::Connection(err.to_string())),
+            Ok(Ok(reply)) => Ok(reply),
+        }
+    }
+
+    /// Takes a connection from the pool (connecting if need be), queues `request` on it, and
+    /// keeps a clone ready for the requests that follow.
+    async fn send_pooled(
+        &self,
+        request: &Request<'_>,
+        deadline: Option<Instant>,
+    ) -> Result<PendingReply, StoreErrorKind> {
         // A connection at hand is taken without a timer. Otherwise the wait (for the slot, or for
         // a connect, itself bounded by connect_timeout) is bounded by connect_timeout, and by the
         // deadline when that comes sooner.
@@ -147,29 +199,17 @@ impl Node {
             }
             other => StoreErrorKind::Io(io::Error::other(other.to_string())),
         })?;
-        let reply = conn
-            .send(request)
-            .map_err(|err| StoreErrorKind::Connection(err.to_string()))?;
+        {
+            let mut ready = self.ready.write().unwrap_or_else(|p| p.into_inner());
+            ready.retain(|c| !c.is_closed());
+            if ready.len() < self.connections && !ready.iter().any(|c| c.same(&conn)) {
+                ready.push((*conn).clone());
+            }
+        }
         // The pooled connection goes back to the pool here, for others to pipeline on, while we
         // await our reply.
-        drop(conn);
-        // The connection fails a request unanswered for the I/O timeout (one timer per
-        // connection); a timer of our own is needed only when the deadline comes sooner.
-        let reply = match deadline {
-            Some(deadline) if deadline < Instant::now() + self.io_timeout => {
-                // Our reply is abandoned at the deadline; the connection consumes it when it comes.
-                tokio::time::timeout_at(deadline, reply)
-                    .await
-                    .map_err(|_| StoreErrorKind::Deadline)?
-            }
-            _ => reply.await,
-        };
-        match reply {
-            Err(_dropped) => Err(StoreErrorKind::Connection("the connection closed".into())),
-            Ok(Err(ConnError::TimedOut(after))) => Err(StoreErrorKind::Timeout(after)),
-            Ok(Err(err)) => Err(StoreErrorKind::Connection(err.to_string())),
-            Ok(Ok(reply)) => Ok(reply),
-        }
+        conn.send(request)
+            .map_err(|err| StoreErrorKind::Connection(err.to_string()))
     }
 }
 
