@@ -90,10 +90,10 @@ impl CacheBuilder {
         self
     }
 
-    /// The most connections to one server. Each carries any number of requests at once
-    /// (pipelined, written together), and another opens only while every open one is busy taking
-    /// a request, so one usually suffices: fewer connections make bigger batches, fewer system
-    /// calls here and in memcached. Default: 1.
+    /// How many connections to open to each server; requests take them in turn. Each carries
+    /// any number of requests at once (pipelined, written together), so one usually suffices:
+    /// fewer connections make bigger batches, fewer system calls here and in memcached. More
+    /// spread one process's load over more of memcached's threads. Default: 1.
     pub fn connections_per_server(mut self, connections: usize) -> Self {
         self.connections_per_server = connections;
         self

@@ -8,12 +8,12 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::task::Poll;
 use std::time::Duration;
 
-use deadpool::managed::{self, Metrics, Pool, PoolError, RecycleError, RecycleResult};
+use deadpool::managed::{self, Metrics, Pool, PoolError, RecycleError, RecycleResult, Timeouts};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -38,9 +38,7 @@ pub(crate) struct Node {
     pool: Pool<Manager>,
     /// Clones of the pool's live connections, to pipeline on without a checkout: a request
     /// only needs a connection for the moment it is queued.
-    ready: RwLock<Vec<Connection>>,
-    next: AtomicUsize,
-    connections: usize,
+    ready: Arc<Ready>,
     health: Health,
     connect_timeout: Duration,
     io_timeout: Duration,
@@ -63,9 +61,12 @@ impl Node {
         Node {
             server,
             pool,
-            ready: RwLock::new(Vec::with_capacity(config.connections)),
-            next: AtomicUsize::new(0),
-            connections: config.connections,
+            ready: Arc::new(Ready {
+                connections: RwLock::new(Vec::with_capacity(config.connections)),
+                next: AtomicUsize::new(0),
+                wanted: config.connections,
+                growing: AtomicBool::new(false),
+            }),
             health: Health {
                 epoch,
                 failures: AtomicU32::new(0),
@@ -119,13 +120,28 @@ impl Node {
         })
     }
 
-    /// Queues `request` on a ready connection, if there is one that is open.
+    /// Queues `request` on a ready connection, if there is one that is open. While fewer than
+    /// the configured number are ready, one request at a time also sets a background task to
+    /// make the next (the pool makes a connection only when none is idle, and with requests
+    /// that hold none for longer than a queueing, none would be made).
     fn send_ready(&self, request: &Request<'_>) -> Option<Result<PendingReply, ConnError>> {
-        let ready = self.ready.read().unwrap_or_else(|p| p.into_inner());
-        if ready.len() < self.connections {
+        let ready = self
+            .ready
+            .connections
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        if ready.is_empty() {
             return None;
         }
-        let conn = &ready[self.next.fetch_add(1, Ordering::Relaxed) % ready.len()];
+        if ready.len() < self.ready.wanted && !self.ready.growing.swap(true, Ordering::AcqRel) {
+            tokio::spawn(grow(
+                self.pool.clone(),
+                self.ready.clone(),
+                self.connect_timeout,
+                self.health.retry_interval,
+            ));
+        }
+        let conn = &ready[self.ready.next.fetch_add(1, Ordering::Relaxed) % ready.len()];
         if conn.is_closed() {
             return None;
         }
@@ -199,18 +215,78 @@ impl Node {
             }
             other => StoreErrorKind::Io(io::Error::other(other.to_string())),
         })?;
-        {
-            let mut ready = self.ready.write().unwrap_or_else(|p| p.into_inner());
-            ready.retain(|c| !c.is_closed());
-            if ready.len() < self.connections && !ready.iter().any(|c| c.same(&conn)) {
-                ready.push((*conn).clone());
-            }
-        }
+        self.ready.keep(&conn);
         // The pooled connection goes back to the pool here, for others to pipeline on, while we
         // await our reply.
         conn.send(request)
             .map_err(|err| StoreErrorKind::Connection(err.to_string()))
     }
+}
+
+/// The connections requests are queued on directly: clones of the pool's, which the pool alone
+/// makes, checks and replaces.
+#[derive(Debug)]
+struct Ready {
+    connections: RwLock<Vec<Connection>>,
+    next: AtomicUsize,
+    /// How many the pool may make (`connections_per_server`).
+    wanted: usize,
+    /// A task is making one more.
+    growing: AtomicBool,
+}
+
+impl Ready {
+    fn len(&self) -> usize {
+        self.connections
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    /// Adds `conn` if it is new, and forgets the closed ones.
+    fn keep(&self, conn: &Connection) {
+        let known = |ready: &[Connection]| {
+            ready.iter().any(|c| c.same(conn)) && ready.iter().all(|c| !c.is_closed())
+        };
+        if known(&self.connections.read().unwrap_or_else(|p| p.into_inner())) {
+            return;
+        }
+        let mut ready = self.connections.write().unwrap_or_else(|p| p.into_inner());
+        ready.retain(|c| !c.is_closed());
+        if !ready.iter().any(|c| c.same(conn)) && !conn.is_closed() && ready.len() < self.wanted {
+            ready.push(conn.clone());
+        }
+    }
+}
+
+/// Has the pool make connections until the configured number are ready: its idle ones are held
+/// meanwhile, so that it cannot hand one back instead. A failure is left to the requests to
+/// find (this only adds); the next attempt waits `retry_interval`, so that a server refusing
+/// more connections is not asked at every request.
+async fn grow(
+    pool: Pool<Manager>,
+    ready: Arc<Ready>,
+    connect_timeout: Duration,
+    retry_interval: Duration,
+) {
+    let timeouts = Timeouts {
+        wait: Some(Duration::ZERO),
+        create: Some(connect_timeout),
+        recycle: Some(connect_timeout),
+    };
+    let mut held = Vec::new();
+    while ready.len() < ready.wanted && held.len() < ready.wanted {
+        let Ok(conn) = pool.timeout_get(&timeouts).await else {
+            break;
+        };
+        ready.keep(&conn);
+        held.push(conn);
+    }
+    drop(held);
+    if ready.len() < ready.wanted {
+        tokio::time::sleep(retry_interval).await;
+    }
+    ready.growing.store(false, Ordering::Release);
 }
 
 /// How a request was admitted to a node.
@@ -363,20 +439,111 @@ mod tests {
     use crate::key::KeyEncoder;
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-    /// A node of one connection to `127.0.0.1:port` that failures do not mark down.
-    fn one_connection_node(port: u16, connect_timeout: Duration) -> Node {
-        let config = NodeConfig {
+    /// One connection, failures that do not mark the node down.
+    fn test_config(connect_timeout: Duration) -> NodeConfig {
+        NodeConfig {
             connect_timeout,
             io_timeout: Duration::from_secs(5),
             retry_interval: Duration::from_secs(1),
             failure_threshold: 100,
             connections: 1,
-        };
+        }
+    }
+
+    /// A node of one connection to `127.0.0.1:port` that failures do not mark down.
+    fn one_connection_node(port: u16, connect_timeout: Duration) -> Node {
+        let config = test_config(connect_timeout);
         Node::new(
             Server::new("127.0.0.1", port).unwrap(),
             &config,
             Instant::now(),
         )
+    }
+
+    #[tokio::test]
+    async fn every_configured_connection_is_made_and_used() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let node = Node::new(
+            Server::new("127.0.0.1", port).unwrap(),
+            &NodeConfig {
+                connections: 3,
+                ..test_config(Duration::from_secs(1))
+            },
+            Instant::now(),
+        );
+        // A peer that answers every `md` on every connection, and counts them per connection.
+        let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+        let served = Arc::new(std::sync::Mutex::new(Vec::<usize>::new()));
+        let counts = served.clone();
+        let peer = tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let index = {
+                    let mut counts = counts.lock().unwrap();
+                    counts.push(0);
+                    counts.len() - 1
+                };
+                let _ = accepted_tx.send(index);
+                let counts = counts.clone();
+                tokio::spawn(async move {
+                    let mut peer = BufReader::new(stream);
+                    let mut line = String::new();
+                    while peer.read_line(&mut line).await.unwrap_or(0) > 0 {
+                        let opaque = line.trim_end().rsplit(' ').next().unwrap().to_owned();
+                        counts.lock().unwrap()[index] += 1;
+                        let reply = format!("HD {opaque}\r\n");
+                        peer.get_mut().write_all(reply.as_bytes()).await.unwrap();
+                        line.clear();
+                    }
+                });
+            }
+        });
+        let key = KeyEncoder::new("").unwrap().encode("k");
+        let delete = Request::Delete {
+            key: &key,
+            cas: None,
+        };
+        // One request at a time: the pool alone would never need a second connection.
+        let mut made = 0;
+        for _ in 0..100 {
+            node.execute(Ticket::Up, "t", &delete, None).await.unwrap();
+            while accepted.try_recv().is_ok() {
+                made += 1;
+            }
+            if made == 3 {
+                break;
+            }
+        }
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while made < 3 {
+                accepted.recv().await.unwrap();
+                made += 1;
+            }
+        })
+        .await
+        .expect("all three connections are made");
+        // Wait until all three are ready to queue on, then spread requests over them.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while node.ready.len() < 3 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("all three connections are ready");
+        let before = served.lock().unwrap().clone();
+        for _ in 0..30 {
+            node.execute(Ticket::Up, "t", &delete, None).await.unwrap();
+        }
+        let after = served.lock().unwrap().clone();
+        let spread: Vec<usize> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        assert_eq!(
+            spread,
+            [10, 10, 10],
+            "round robin over the ready connections"
+        );
+        assert!(accepted.try_recv().is_err(), "no fourth connection");
+        peer.abort();
     }
 
     #[tokio::test]
