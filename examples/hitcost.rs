@@ -12,6 +12,8 @@
 //! `memory` hits the in-process store; `memcached` starts a memcached on loopback (not traced:
 //! callgrind follows no child) and hits it, one call at a time, on a current-thread runtime;
 //! `by-hand` does the same get with async-memcached and decodes the JSON itself: the reference.
+//! `concurrent` is `memcached` with 32 callers at once over 200 keys (the herd's warm phase in
+//! one process): the cost per hit when requests share writes and reads.
 
 #[path = "../distcache/tests/support/memcached.rs"]
 mod memcached;
@@ -53,7 +55,16 @@ fn main() {
                 }
                 return;
             }
-            other => panic!("the store is memory, memcached or by-hand, not {other:?}"),
+            "concurrent" => {
+                let server = memcached::Memcached::start().await;
+                let cache = Cache::builder()
+                    .server(server.addr())
+                    .build()
+                    .expect("a cache");
+                concurrent(&cache, hits).await;
+                return;
+            }
+            other => panic!("the store is memory, memcached, by-hand or concurrent, not {other:?}"),
         };
         let value = "v".repeat(998);
         for _ in 0..hits + 1 {
@@ -72,4 +83,41 @@ fn main() {
             "{stats:?}"
         );
     });
+}
+
+/// `hits` hits (at least) by 32 callers at once, over 200 keys filled first.
+async fn concurrent(cache: &Cache, hits: usize) {
+    const CALLERS: usize = 32;
+    const KEYS: usize = 200;
+    let value = "v".repeat(998);
+    let keys: Vec<String> = (0..KEYS).map(|k| format!("hitcost:{k}")).collect();
+    for key in &keys {
+        let _: String = cache
+            .get(key, MINUTE, MINUTE, || async {
+                Ok::<_, Error>(value.clone())
+            })
+            .await
+            .expect("a fill");
+    }
+    let per_caller = hits.div_ceil(CALLERS);
+    let callers = (0..CALLERS).map(|caller| {
+        let (cache, keys) = (cache.clone(), keys.clone());
+        tokio::spawn(async move {
+            let mut rng = fastrand::Rng::with_seed(caller as u64);
+            for _ in 0..per_caller {
+                let got: String = cache
+                    // Never run: every key is cached (checked below).
+                    .get(&keys[rng.usize(..KEYS)], MINUTE, MINUTE, || async {
+                        Ok::<_, Error>(String::new())
+                    })
+                    .await
+                    .expect("a hit");
+                std::hint::black_box(got);
+            }
+        })
+    });
+    for caller in callers.collect::<Vec<_>>() {
+        caller.await.expect("a caller");
+    }
+    assert_eq!(cache.stats().getter_runs, KEYS as u64, "every get hit");
 }

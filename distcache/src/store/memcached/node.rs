@@ -141,7 +141,10 @@ impl Node {
                 self.health.retry_interval,
             ));
         }
-        let conn = &ready[self.ready.next.fetch_add(1, Ordering::Relaxed) % ready.len()];
+        let conn = match ready.len() {
+            1 => &ready[0],
+            n => &ready[self.ready.next.fetch_add(1, Ordering::Relaxed) % n],
+        };
         if conn.is_closed() {
             return None;
         }
@@ -407,7 +410,11 @@ impl Health {
     }
 
     fn success(&self, server: &Server, ticket: Ticket) {
-        self.failures.store(0, Ordering::Release);
+        // Read first: a store at every request would move the cache line between the threads
+        // that make requests, for nothing while there are no failures.
+        if self.failures.load(Ordering::Acquire) != 0 {
+            self.failures.store(0, Ordering::Release);
+        }
         // Only the probe brings a down node back: a request that was already under way when
         // the node was marked down says little about it now.
         if ticket == Ticket::Probe {
