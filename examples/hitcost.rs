@@ -35,12 +35,16 @@ fn main() {
     runtime.block_on(async {
         let (_server, cache) = match store.as_str() {
             "memory" => (None, Cache::builder().build().expect("a cache")),
-            "memcached" => {
+            "memcached" | "concurrent" => {
                 let server = memcached::Memcached::start().await;
                 let cache = Cache::builder()
                     .server(server.addr())
                     .build()
                     .expect("a cache");
+                if store == "concurrent" {
+                    concurrent(&cache, hits).await;
+                    return;
+                }
                 (Some(server), cache)
             }
             "by-hand" => {
@@ -53,15 +57,6 @@ fn main() {
                     let got: String = serde_json::from_slice(&data).expect("a string");
                     std::hint::black_box(got);
                 }
-                return;
-            }
-            "concurrent" => {
-                let server = memcached::Memcached::start().await;
-                let cache = Cache::builder()
-                    .server(server.addr())
-                    .build()
-                    .expect("a cache");
-                concurrent(&cache, hits).await;
                 return;
             }
             other => panic!("the store is memory, memcached, by-hand or concurrent, not {other:?}"),
