@@ -29,11 +29,7 @@ async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_caches_on_one_cluster_run_each_getter_once() {
-    let servers = [
-        Memcached::start().await,
-        Memcached::start().await,
-        Memcached::start().await,
-    ];
+    let servers = Memcached::start_many::<3>().await;
     let refs: Vec<&Memcached> = servers.iter().collect();
     let caches = [
         cache_on(&refs).build().unwrap(),
@@ -123,11 +119,7 @@ async fn fill(cache: &Cache, keys: &[String], tag: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn a_killed_node_moves_only_its_keys_and_calls_keep_succeeding() {
-    let mut servers = [
-        Memcached::start().await,
-        Memcached::start().await,
-        Memcached::start().await,
-    ];
+    let mut servers = Memcached::start_many::<3>().await;
     let refs: Vec<&Memcached> = servers.iter().collect();
     let cache = cache_on(&refs).retry_interval(MINUTE).build().unwrap();
     let keys: Vec<String> = (0..150).map(|i| format!("kill:{i}")).collect();

@@ -107,11 +107,7 @@ const CALLERS: usize = 32;
 const PROCESSES: usize = 4;
 
 async fn four_processes_of_32_callers_run_each_getter_once() {
-    let nodes = [
-        Memcached::start().await,
-        Memcached::start().await,
-        Memcached::start().await,
-    ];
+    let nodes = Memcached::start_many::<3>().await;
     let counter = Memcached::start().await;
     let servers = nodes
         .iter()

@@ -50,11 +50,7 @@ fn summary(output: &str) -> BTreeMap<u64, (u64, u64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_demo_processes_on_three_servers_compute_each_number_once() {
-    let servers = [
-        Memcached::start().await,
-        Memcached::start().await,
-        Memcached::start().await,
-    ];
+    let servers = Memcached::start_many::<3>().await;
     let list = servers
         .iter()
         .map(Memcached::addr)

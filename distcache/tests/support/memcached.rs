@@ -27,6 +27,17 @@ impl Memcached {
         Self::start_with(&[]).await
     }
 
+    /// Starts `N` servers, one after another.
+    pub async fn start_many<const N: usize>() -> [Self; N] {
+        let mut servers = Vec::with_capacity(N);
+        for _ in 0..N {
+            servers.push(Self::start().await);
+        }
+        servers
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("N servers were started"))
+    }
+
     /// Starts a server with extra arguments (such as `-I 2m`).
     pub async fn start_with(args: &[&str]) -> Self {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
