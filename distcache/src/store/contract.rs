@@ -55,3 +55,29 @@ pub(crate) async fn release_and_invalidate_free_the_key<S: Store>(
     );
     won(store, k, lease_ttl).await;
 }
+
+/// After `late` expired and `fresh` was won, the fresh fill is stored and the late one refused:
+/// the newer value stays.
+pub(crate) async fn a_late_fill_is_refused<S: Store>(
+    store: &S,
+    k: &WireKey,
+    late: Lease,
+    fresh: Lease,
+    lease_ttl: Duration,
+) {
+    let expire = Duration::from_secs(60);
+    let newer = Bytes::from_static(b"new");
+    assert_eq!(
+        store.fill(k, fresh, &newer, 0, expire).await.unwrap(),
+        Fill::Stored
+    );
+    let older = Bytes::from_static(b"old");
+    assert_eq!(
+        store.fill(k, late, &older, 0, expire).await.unwrap(),
+        Fill::LeaseLost
+    );
+    match store.lookup(k, lease_ttl, far()).await.unwrap() {
+        Lookup::Hit(item) => assert_eq!(&item.data[..], b"new", "the newer value stays"),
+        other => panic!("expected a hit, got {other:?}"),
+    }
+}

@@ -209,20 +209,7 @@ mod tests {
         let late = won(&store, &k).await;
         tokio::time::advance(LEASE).await;
         let fresh = won(&store, &k).await;
-        let newer = Bytes::from_static(b"new");
-        assert_eq!(
-            store.fill(&k, fresh, &newer, 0, EXPIRE).await.unwrap(),
-            Fill::Stored
-        );
-        let older = Bytes::from_static(b"old");
-        assert_eq!(
-            store.fill(&k, late, &older, 0, EXPIRE).await.unwrap(),
-            Fill::LeaseLost
-        );
-        let Lookup::Hit(item) = store.lookup(&k, LEASE, far()).await.unwrap() else {
-            panic!("expected a hit")
-        };
-        assert_eq!(&item.data[..], b"new");
+        contract::a_late_fill_is_refused(&store, &k, late, fresh, LEASE).await;
     }
 
     #[tokio::test(start_paused = true)]

@@ -316,21 +316,7 @@ mod tests {
         })
         .await
         .expect("a one-second lease expires within 5 s");
-        let newer = Bytes::from_static(b"2");
-        assert_eq!(
-            cluster.fill(&k, fresh, &newer, 0, EXPIRE).await.unwrap(),
-            Fill::Stored
-        );
-        let older = Bytes::from_static(b"1");
-        assert_eq!(
-            cluster.fill(&k, late, &older, 0, EXPIRE).await.unwrap(),
-            Fill::LeaseLost
-        );
-        assert_eq!(
-            &hit(&cluster, &k).await.data[..],
-            b"2",
-            "the newer value stays"
-        );
+        contract::a_late_fill_is_refused(&cluster, &k, late, fresh, LEASE).await;
     }
 
     #[tokio::test]
