@@ -8,6 +8,12 @@
 //! cargo run --release --example herd -- --servers a:p,b:p,c:p --counter d:p --procs 4 --callers 128
 //! ```
 //!
+//! Each process runs a tokio runtime sized to its share of the machine (`--workers`, default
+//! cores / P, at least one), as P processes of a fleet would each have cores of their own;
+//! `--workers 2` here gives each tokio's default of one worker per core, 8 workers on 2 cores.
+//! `--seed` fixes the callers' key orders, so that two systems can run the same scenario
+//! (default: a random seed, printed in the result).
+//!
 //! Every caller asks for all K keys in its own shuffled order. The getter sleeps D ms, counts
 //! itself on a separate memcached (the counter, outside the library: one increment of a counter
 //! made beforehand, in a task of its own so that counting adds nothing to the getter's time) and
@@ -64,10 +70,18 @@ struct Args {
     spawn_servers: bool,
     /// The naive system's pool size per server; default: deadpool's (twice the CPUs).
     naive_pool: usize,
+    /// Tokio worker threads in each herd process; default: the process's share of the
+    /// machine's cores (at least one), as when each process runs with its own CPU allowance.
+    workers: Option<usize>,
     /// Writes every cold call (process, key, start, end, computed, ok) to this file, for analysis.
     dump_calls: Option<String>,
+    /// Seeds every caller's key order: the same seed gives the same orders, so that two systems
+    /// can be measured on the same scenario. Default: a new one per run, printed with the result.
+    seed: Option<u64>,
     /// Set in the processes the coordinator spawns: the run's id.
     child: Option<String>,
+    /// Set in the processes the coordinator spawns: which one this is (0..procs).
+    child_index: u64,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -82,9 +96,12 @@ fn parse_args() -> Result<Args, String> {
         value_bytes: 1000,
         warm_gets: 2000,
         spawn_servers: false,
-        naive_pool: 2 * std::thread::available_parallelism().map_or(1, usize::from),
+        naive_pool: 2 * cores(),
+        workers: None,
         dump_calls: None,
+        seed: None,
         child: None,
+        child_index: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -106,7 +123,10 @@ fn parse_args() -> Result<Args, String> {
             "--spawn-servers" => args.spawn_servers = true,
             "--dump-calls" => args.dump_calls = Some(value()?),
             "--naive-pool" => args.naive_pool = number(value()?)?,
+            "--workers" => args.workers = Some(number(value()?)?),
+            "--seed" => args.seed = Some(number(value()?)? as u64),
             "--child" => args.child = Some(value()?),
+            "--child-index" => args.child_index = number(value()?)? as u64,
             "--bench" => {} // cargo passes it to examples run as benches
             other => return Err(format!("unknown flag {other:?}")),
         }
@@ -116,6 +136,9 @@ fn parse_args() -> Result<Args, String> {
             "--system is distcache or naive, not {:?}",
             args.system
         ));
+    }
+    if args.workers == Some(0) {
+        return Err("--workers must be positive".into());
     }
     if args.procs == 0 || args.callers == 0 || args.keys == 0 || args.value_bytes < 2 + 12 {
         return Err(
@@ -133,15 +156,28 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if args.child.is_some() {
+        runtime.worker_threads(workers(&args));
+    }
+    let runtime = runtime.enable_all().build().expect("a tokio runtime");
     match args.child.clone() {
         Some(run) => runtime.block_on(child(args, run)),
         None => runtime.block_on(coordinate(args)),
     }
     std::process::ExitCode::SUCCESS
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// The worker threads of each herd process. By default the P processes share the machine as P
+/// processes of a fleet would share theirs: each sized to its part of the cores, as tokio sizes
+/// itself to a container's CPU quota. `--workers` overrides it (`--workers 2` here gives every
+/// process tokio's default of one worker per core).
+fn workers(args: &Args) -> usize {
+    args.workers.unwrap_or((cores() / args.procs).max(1))
 }
 
 fn now_us() -> u64 {
@@ -209,8 +245,11 @@ async fn coordinate(mut args: Args) {
     for k in 0..args.keys {
         outside.set(&format!("herd-{run}:runs:{k}"), b"0", 0).await;
     }
+    let seed = *args
+        .seed
+        .get_or_insert_with(|| fastrand::u64(..u64::from(u32::MAX)));
     let mut children: Vec<Child> = (0..args.procs)
-        .map(|_| spawn_child(&args, &counter, &run))
+        .map(|index| spawn_child(&args, &counter, &run, index))
         .collect();
     let mut readers: Vec<BufReader<std::process::ChildStdout>> = children
         .iter_mut()
@@ -333,7 +372,9 @@ async fn coordinate(mut args: Args) {
         "keys": args.keys,
         "getter_ms": args.getter_ms,
         "value_bytes": args.value_bytes,
+        "seed": seed,
         "naive_pool": (args.system == "naive").then_some(args.naive_pool),
+        "workers": workers(&args),
         "getter_calls": getter_calls,
         "duplicate_calls": getter_calls as i64 - args.keys as i64,
         "failed_calls": failed,
@@ -370,7 +411,7 @@ fn percentile(values: &[f64], p: f64) -> f64 {
     round(sorted[rank.clamp(1, sorted.len()) - 1], 3)
 }
 
-fn spawn_child(args: &Args, counter: &str, run: &str) -> Child {
+fn spawn_child(args: &Args, counter: &str, run: &str, index: usize) -> Child {
     let exe = std::env::current_exe().expect("this binary");
     Command::new(exe)
         .args([
@@ -395,6 +436,13 @@ fn spawn_child(args: &Args, counter: &str, run: &str) -> Child {
         ])
         .args(["--warm-gets", &args.warm_gets.to_string(), "--child", run])
         .args(["--naive-pool", &args.naive_pool.to_string()])
+        .args(["--workers", &workers(args).to_string()])
+        .args([
+            "--seed",
+            &args.seed.expect("chosen by now").to_string(),
+            "--child-index",
+            &index.to_string(),
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -555,6 +603,21 @@ impl Getter {
     }
 }
 
+#[derive(Clone, Copy)]
+enum Phase {
+    Cold,
+    Warm,
+}
+
+/// The random keys of one caller in one phase, from the run's seed: the same seed, the same keys
+/// in the same order, whichever system runs them.
+fn caller_rng(args: &Args, caller: usize, phase: Phase) -> fastrand::Rng {
+    let seed = args.seed.expect("the coordinator passes --seed");
+    let stream = (args.child_index << 32) | (caller as u64) << 1 | phase as u64;
+    // Seeds that differ in a few bits start unrelated sequences: mix them first.
+    fastrand::Rng::with_seed(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ stream)
+}
+
 async fn child(args: Args, run: String) {
     let counter = args
         .counter
@@ -597,10 +660,10 @@ async fn child(args: Args, run: String) {
         .map(|caller| {
             let (system, getter) = (system.clone(), getter.clone());
             let keys = args.keys;
+            let mut rng = caller_rng(&args, caller, Phase::Cold);
             tokio::spawn(async move {
                 let mut order: Vec<usize> = (0..keys).collect();
-                fastrand::Rng::with_seed(caller as u64 ^ u64::from(std::process::id()) << 20)
-                    .shuffle(&mut order);
+                rng.shuffle(&mut order);
                 let mut calls = Vec::with_capacity(keys);
                 for k in order {
                     let start = now_us();
@@ -665,9 +728,8 @@ async fn child(args: Args, run: String) {
             let (system, getter) = (system.clone(), getter.clone());
             let gets = per_caller + usize::from(caller < extra);
             let keys = args.keys;
+            let mut rng = caller_rng(&args, caller, Phase::Warm);
             tokio::spawn(async move {
-                let mut rng =
-                    fastrand::Rng::with_seed(caller as u64 ^ u64::from(std::process::id()) << 20);
                 let mut latencies = Vec::with_capacity(gets);
                 let mut failed = 0u64;
                 for _ in 0..gets {
