@@ -23,7 +23,8 @@
 //! deadpool's own size, twice the CPUs), one request in flight on each, get, compute on a miss,
 //! set; no lease, no coalescing.
 //!
-//! Progress goes to stderr, the result line to stdout. The fields:
+//! Progress goes to stderr, the result line to stdout. Besides the scenario's parameters (with
+//! `seed` and `workers`, so that a run can be replayed), the fields:
 //! - `getter_calls`: counted on the counter server; `duplicate_calls = getter_calls - keys`;
 //!   `failed_calls`: calls, cold or warm, that errored or returned a value not of their key.
 //! - `cold_*`: the stampede, from the first call to the last return; latencies per call.

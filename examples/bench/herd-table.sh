@@ -2,9 +2,9 @@
 # Runs the herd benchmark as README.md's table reports it: RUNS consecutive rounds, each running
 # distcache and naive (distcache first in odd rounds, naive first in even ones) at 4 x 32 and at
 # 4 x 128 callers, on four fresh memcached processes per run (--spawn-servers). Both systems of a
-# round run the same scenario: the same --seed, so the same key orders (SEED sets the first
-# round's; default: random, printed). EXTRA adds flags to every run (README: EXTRA="--warm-gets
-# 20000", for a warm phase long enough to time). One JSON line per run on stdout (and in $OUT),
+# round run the same scenario: the same --seed, so the same key orders (round r uses SEED + r;
+# SEED defaults to a random number, printed). EXTRA adds flags to every run (not --seed, which
+# would give every round the same orders). One JSON line per run on stdout (and in $OUT),
 # then the median and the range of each figure, and each round's ratios distcache / naive.
 #
 #   examples/bench/herd-table.sh            # RUNS=5
