@@ -39,9 +39,8 @@ struct Flight {
     done: Notify,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 enum Outcome {
-    #[default]
     Running,
     Value(Bytes),
     Failed,

@@ -39,6 +39,12 @@ use crate::store::{Fill, Lease, Lookup, Store, StoreError};
 /// The longest `expire` or `exec_limit`: far beyond any memoization, and well within what
 /// memcached's signed 32-bit absolute times and `Instant` arithmetic can carry.
 pub(crate) const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+const EXEC_LIMIT_RANGE: &str = "exec_limit must be more than zero and at most 365 days";
+
+/// Whether `exec_limit` or `expire` is one a call accepts: more than zero, at most `MAX_DURATION`.
+fn in_range(duration: Duration) -> bool {
+    !duration.is_zero() && duration <= MAX_DURATION
+}
 
 /// After this many undecodable items in one call, the call stops fighting over the key: it runs
 /// the getter and returns the value without storing it.
@@ -67,10 +73,10 @@ where
         }
         .into())
     };
-    if exec_limit.is_zero() || exec_limit > MAX_DURATION {
-        return invalid("exec_limit must be more than zero and at most 365 days");
+    if !in_range(exec_limit) {
+        return invalid(EXEC_LIMIT_RANGE);
     }
-    if expire.is_zero() || expire > MAX_DURATION {
+    if !in_range(expire) {
         return invalid("expire must be more than zero and at most 365 days");
     }
     let call = Call {
@@ -118,10 +124,10 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
-    if exec_limit.is_zero() || exec_limit > MAX_DURATION {
+    if !in_range(exec_limit) {
         return Err(Error::InvalidArgument {
             key: label.to_owned(),
-            reason: "exec_limit must be more than zero and at most 365 days",
+            reason: EXEC_LIMIT_RANGE,
         }
         .into());
     }
@@ -232,12 +238,10 @@ impl<S: Store> Call<'_, S> {
                     return self.compute(leader, lease, getter).await;
                 }
                 Step::Busy => {
-                    if waiting.is_none() {
-                        // The lookup that found the lease held counts as the first of the wait.
-                        stats.wait_lookups.incr();
-                    }
                     let (_, schedule, site) = waiting.get_or_insert_with(|| {
                         stats.lease_waits.incr();
+                        // The lookup that found the lease held counts as the first of the wait.
+                        stats.wait_lookups.incr();
                         (
                             Instant::now(),
                             PollSchedule::new(self.core.config.max_poll_interval),

@@ -28,7 +28,7 @@ pub(crate) struct WireKey {
 impl WireKey {
     pub(crate) fn as_str(&self) -> &str {
         // Only printable ASCII is ever written into `buf`.
-        std::str::from_utf8(&self.buf[..usize::from(self.len)]).expect("wire keys are ASCII")
+        std::str::from_utf8(self.as_bytes()).expect("wire keys are ASCII")
     }
 
     /// A key as memcached echoes it back: one of ours, so at most 250 printable bytes.

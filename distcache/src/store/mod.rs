@@ -83,8 +83,6 @@ pub(crate) enum StoreErrorKind {
     Io(#[source] std::io::Error),
     #[error("{0}")]
     Connection(String),
-    #[error("unexpected reply: {0}")]
-    Protocol(String),
     #[error("server error: {0}")]
     Server(String),
 }
@@ -92,6 +90,11 @@ pub(crate) enum StoreErrorKind {
 impl StoreError {
     pub(crate) fn into_box(self) -> BoxError {
         Box::new(self)
+    }
+
+    /// Whether the call's deadline passed, rather than the store failing.
+    pub(crate) fn is_deadline(&self) -> bool {
+        matches!(self.kind, StoreErrorKind::Deadline)
     }
 }
 
@@ -130,11 +133,4 @@ pub(crate) trait Store: Clone + Send + Sync + 'static {
     /// Removes the key's value, or takes away its lease: the next lookup misses and wins the
     /// lease, and a fill with an older lease is refused.
     fn invalidate(&self, key: &WireKey) -> impl Future<Output = Result<(), StoreError>> + Send;
-}
-
-impl StoreError {
-    /// Whether the call's deadline passed, rather than the store failing.
-    pub(crate) fn is_deadline(&self) -> bool {
-        matches!(self.kind, StoreErrorKind::Deadline)
-    }
 }

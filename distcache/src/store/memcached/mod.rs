@@ -53,12 +53,11 @@ impl Cluster {
     pub(crate) fn server_for(&self, key: &WireKey) -> &Server {
         let nodes = &self.inner.nodes;
         let ring = &self.inner.ring;
-        let index = ring
-            .route(key.as_bytes(), |i| (!nodes[i].is_down()).then_some(()))
-            .or_else(|| ring.route(key.as_bytes(), |_| Some(())))
-            .expect("a ring has servers")
-            .0;
-        &nodes[index].server
+        match ring.route(key.as_bytes(), |i| (!nodes[i].is_down()).then_some(())) {
+            Some((index, ())) => &nodes[index].server,
+            // Every node is down: the key's own.
+            None => ring.server_for(key.as_bytes()),
+        }
     }
 
     /// Runs `request` on the key's node. If that node fails and is marked down by the failure,
@@ -117,11 +116,9 @@ impl Cluster {
 fn meta(operation: &'static str, node: &Server, reply: Reply) -> Result<Meta, StoreError> {
     let kind = match reply {
         Reply::Meta(meta) => return Ok(meta),
-        Reply::Error {
-            kind: ErrorKind::Server,
-            message,
-        } => StoreErrorKind::Server(message),
-        Reply::Error { message, .. } => StoreErrorKind::Protocol(message),
+        // The connection closes on a command or client error (`Shared::deliver`): only the
+        // server's own errors come back as replies.
+        Reply::Error { message, .. } => StoreErrorKind::Server(message),
     };
     Err(StoreError {
         operation,

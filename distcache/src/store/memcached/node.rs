@@ -318,9 +318,7 @@ impl Outcome<'_> {
 
     fn failure(&mut self, error: &StoreErrorKind) {
         self.recorded = true;
-        let timed_out = matches!(error, StoreErrorKind::Timeout(_));
-        self.health
-            .failure(self.server, self.ticket, timed_out, error);
+        self.health.failure(self.server, self.ticket, error);
     }
 
     fn abandoned(&mut self) {
@@ -424,7 +422,8 @@ impl Health {
         }
     }
 
-    fn failure(&self, server: &Server, ticket: Ticket, timed_out: bool, error: &StoreErrorKind) {
+    fn failure(&self, server: &Server, ticket: Ticket, error: &StoreErrorKind) {
+        let timed_out = matches!(error, StoreErrorKind::Timeout(_));
         let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
         if timed_out || failures >= self.threshold || ticket == Ticket::Probe {
             let until = self.now() + self.retry_interval.as_millis() as u64;
@@ -660,16 +659,16 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn consecutive_failures_mark_down_and_one_probe_brings_back() {
         let (h, s) = (health(2), server());
-        h.failure(&s, Ticket::Up, false, &refused());
+        h.failure(&s, Ticket::Up, &refused());
         assert_eq!(h.admit(), Some(Ticket::Up), "one failure is not enough");
         h.success(&s, Ticket::Up);
-        h.failure(&s, Ticket::Up, false, &refused());
+        h.failure(&s, Ticket::Up, &refused());
         assert_eq!(
             h.admit(),
             Some(Ticket::Up),
             "a success in between resets the count"
         );
-        h.failure(&s, Ticket::Up, false, &refused());
+        h.failure(&s, Ticket::Up, &refused());
         assert!(
             h.is_down() && h.admit().is_none(),
             "two in a row mark it down"
@@ -701,13 +700,12 @@ mod tests {
         h.failure(
             &s,
             Ticket::Up,
-            true,
             &StoreErrorKind::Timeout(Duration::from_millis(1)),
         );
         assert!(h.is_down());
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(h.admit(), Some(Ticket::Probe));
-        h.failure(&s, Ticket::Probe, false, &refused());
+        h.failure(&s, Ticket::Probe, &refused());
         assert!(h.is_down(), "the probe failed: down for another interval");
         tokio::time::advance(Duration::from_millis(1999)).await;
         assert_eq!(h.admit(), None);
@@ -718,7 +716,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_abandoned_probe_lets_the_next_request_probe() {
         let (h, s) = (health(1), server());
-        h.failure(&s, Ticket::Up, false, &refused());
+        h.failure(&s, Ticket::Up, &refused());
         tokio::time::advance(Duration::from_secs(2)).await;
         let probe = h.admit();
         assert_eq!(probe, Some(Ticket::Probe));
