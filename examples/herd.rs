@@ -50,7 +50,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_memcached::AsciiProtocol;
-use distcache::{Cache, Error, Ring, Server};
+use distcache::{Cache, Error, Ring, Server, Stats};
 use serde_json::json;
 
 /// How long values live: far longer than a run.
@@ -203,6 +203,11 @@ fn key(run: &str, k: usize) -> String {
     format!("herd-{run}:{k}")
 }
 
+/// Where the getter counts its runs of key `k`, on the counter server.
+fn counter_key(run: &str, k: usize) -> String {
+    format!("herd-{run}:runs:{k}")
+}
+
 /// The value of key `k`: a JSON string of exactly `bytes` bytes.
 fn value_of(k: usize, bytes: usize) -> String {
     let mut value = format!("{k}:");
@@ -216,9 +221,7 @@ fn value_of(k: usize, bytes: usize) -> String {
 async fn coordinate(mut args: Args) {
     let mut spawned = Vec::new();
     if args.spawn_servers {
-        for _ in 0..4 {
-            spawned.push(memcached::Memcached::start().await);
-        }
+        spawned.extend(memcached::Memcached::start_many::<4>().await);
         args.servers = spawned[..3].iter().map(|s| s.addr()).collect();
         args.counter = Some(spawned[3].addr());
     }
@@ -244,7 +247,7 @@ async fn coordinate(mut args: Args) {
     // The getter counts itself with one increment of a counter that exists already.
     let outside = memcached::Outside::connect(&counter).await;
     for k in 0..args.keys {
-        outside.set(&format!("herd-{run}:runs:{k}"), b"0", 0).await;
+        outside.set(&counter_key(&run, k), b"0", 0).await;
     }
     let seed = *args
         .seed
@@ -324,7 +327,7 @@ async fn coordinate(mut args: Args) {
 
     let mut getter_calls = 0;
     for k in 0..args.keys {
-        getter_calls += outside.count(&format!("herd-{run}:runs:{k}")).await;
+        getter_calls += outside.count(&counter_key(&run, k)).await;
     }
     let failed = calls.iter().filter(|c| !c.ok).count() as u64 + warm_failed;
     let cold_start = calls.iter().map(|c| c.start).min().unwrap_or(0);
@@ -546,6 +549,14 @@ enum System {
 }
 
 impl System {
+    /// distcache's counters; all zero for naive, which keeps none.
+    fn stats(&self) -> Stats {
+        match self {
+            System::Distcache(cache) => cache.stats(),
+            System::Naive(_) => Stats::default(),
+        }
+    }
+
     /// Key `k`'s value, and when this call's getter returned it (Unix us; 0: it ran none).
     async fn get(&self, k: usize, getter: &Getter) -> Result<(String, u64), String> {
         let value_at = AtomicU64::new(0);
@@ -634,9 +645,7 @@ async fn child(args: Args, run: String) {
         next: AtomicUsize::new(0),
         sleep: Duration::from_millis(args.getter_ms),
         keys: (0..args.keys).map(|k| key(&run, k)).collect(),
-        counter_keys: (0..args.keys)
-            .map(|k| format!("herd-{run}:runs:{k}"))
-            .collect(),
+        counter_keys: (0..args.keys).map(|k| counter_key(&run, k)).collect(),
         values: (0..args.keys)
             .map(|k| value_of(k, args.value_bytes))
             .collect(),
@@ -706,21 +715,15 @@ async fn child(args: Args, run: String) {
         )
         .unwrap();
     }
-    let (lease_waits, wait_lookups) = match &*system {
-        System::Distcache(cache) => (cache.stats().lease_waits, cache.stats().wait_lookups),
-        System::Naive(_) => (0, 0),
-    };
-    writeln!(out, "cold {lease_waits} {wait_lookups}").unwrap();
+    let stats = system.stats();
+    writeln!(out, "cold {} {}", stats.lease_waits, stats.wait_lookups).unwrap();
     out.flush().unwrap();
     drop(out);
 
     line.clear();
     stdin.read_line(&mut line).expect("read the coordinator");
     start_at(&line, "warm").await;
-    let coalesced_before = match &*system {
-        System::Distcache(cache) => cache.stats().coalesced_waits,
-        System::Naive(_) => 0,
-    };
+    let coalesced_before = system.stats().coalesced_waits;
     let per_caller = args.warm_gets / args.callers;
     let extra = args.warm_gets % args.callers;
     let start = now_us();
@@ -754,10 +757,7 @@ async fn child(args: Args, run: String) {
     }
     let end = now_us();
     getter.counted().await;
-    let coalesced = match &*system {
-        System::Distcache(cache) => cache.stats().coalesced_waits - coalesced_before,
-        System::Naive(_) => 0,
-    };
+    let coalesced = system.stats().coalesced_waits - coalesced_before;
     let mut line = format!("warm {start} {end} {failed} {coalesced}");
     for l in latencies {
         line.push(' ');

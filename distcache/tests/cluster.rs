@@ -163,7 +163,7 @@ async fn a_killed_node_moves_only_its_keys_and_calls_keep_succeeding() {
 
 #[tokio::test]
 async fn a_paused_node_times_out_its_keys_move_and_come_back() {
-    let servers = [Memcached::start().await, Memcached::start().await];
+    let servers = Memcached::start_many::<2>().await;
     let refs: Vec<&Memcached> = servers.iter().collect();
     let cache = cache_on(&refs).build().unwrap();
     let keys: Vec<String> = (0..40).map(|i| format!("pause:{i}")).collect();
@@ -213,7 +213,7 @@ async fn a_paused_node_times_out_its_keys_move_and_come_back() {
 
 #[tokio::test]
 async fn a_restarted_node_is_probed_and_used_again() {
-    let mut servers = [Memcached::start().await, Memcached::start().await];
+    let mut servers = Memcached::start_many::<2>().await;
     let refs: Vec<&Memcached> = servers.iter().collect();
     let cache = cache_on(&refs).build().unwrap();
     let keys: Vec<String> = (0..40).map(|i| format!("restart:{i}")).collect();
@@ -224,6 +224,7 @@ async fn a_restarted_node_is_probed_and_used_again() {
         .unwrap()
         .clone();
     servers[0].kill();
+    // Two failed requests: the failure threshold that marks the node down.
     fill(&cache, std::slice::from_ref(&key), "while down").await;
     fill(&cache, std::slice::from_ref(&key), "while down").await;
     assert_ne!(
