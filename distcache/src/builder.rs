@@ -27,6 +27,7 @@ pub struct CacheBuilder {
     max_value_bytes: usize,
     on_unavailable: OnUnavailable,
     max_poll_interval: Duration,
+    refresh_ahead: f64,
 }
 
 impl Default for CacheBuilder {
@@ -42,6 +43,7 @@ impl Default for CacheBuilder {
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             on_unavailable: OnUnavailable::default(),
             max_poll_interval: Duration::from_millis(200),
+            refresh_ahead: 0.0,
         }
     }
 }
@@ -129,6 +131,29 @@ impl CacheBuilder {
         self
     }
 
+    /// Refreshes values ahead of their expiry: a call that finds a value with less than
+    /// `fraction` of its `expire` left to live, and is the first to, runs the getter, stores the
+    /// new value and returns it; every other caller, in any process, keeps reading the current
+    /// value meanwhile. A key that is read all the time then never expires under its readers, and
+    /// none of them waits for its getter. The price: for such keys the getter runs about once per
+    /// `(1 - fraction) * expire` instead of once per `expire`, by one caller, which waits for it as
+    /// on a miss. If that getter fails or runs out of time, its caller gets the current value,
+    /// which stays until it expires. Keys nobody reads near their end expire as usual.
+    ///
+    /// memcached counts lifetimes in whole seconds: the window is rounded down to them, so a
+    /// window under a second (`expire` under `1 / fraction` seconds) refreshes nothing on
+    /// memcached. Between 0 and 1 (exclusive); default: 0, off.
+    ///
+    /// ```
+    /// // Values of a 60 s expire are refreshed by the first call in their last 6 s.
+    /// let cache = distcache::Cache::builder().refresh_ahead(0.1).build()?;
+    /// # Ok::<(), distcache::BuildError>(())
+    /// ```
+    pub fn refresh_ahead(mut self, fraction: f64) -> Self {
+        self.refresh_ahead = fraction;
+        self
+    }
+
     /// Checks the settings and builds the cache. Synchronous, no I/O.
     ///
     /// ```
@@ -154,6 +179,12 @@ impl CacheBuilder {
                 reason: format!("{:?} is not between 1ms and 60s", self.max_poll_interval),
             });
         }
+        if !(0.0..1.0).contains(&self.refresh_ahead) {
+            return Err(BuildError::InvalidSetting {
+                setting: "refresh_ahead",
+                reason: format!("{} is not at least 0 and under 1", self.refresh_ahead),
+            });
+        }
         let store = if self.servers.is_empty() {
             AnyStore::Memory(MemoryStore::default())
         } else {
@@ -168,6 +199,7 @@ impl CacheBuilder {
                 max_value_bytes: self.max_value_bytes,
                 on_unavailable: self.on_unavailable,
                 max_poll_interval: self.max_poll_interval,
+                refresh_ahead: self.refresh_ahead,
             },
         };
         Ok(Cache::from_parts(core, store))

@@ -49,6 +49,8 @@ pub(crate) struct Config {
     pub(crate) max_value_bytes: usize,
     pub(crate) on_unavailable: OnUnavailable,
     pub(crate) max_poll_interval: Duration,
+    /// The share of `expire` before the end in which a value is refreshed; 0: never.
+    pub(crate) refresh_ahead: f64,
 }
 
 /// What a call does when the store cannot be reached.
@@ -105,6 +107,10 @@ impl Cache {
     /// - **Values.** Stored as JSON. A value that cannot be stored (over the size limit, not
     ///   serializable) is still returned to its caller, and counted. Stored bytes that do not
     ///   decode as `T` are a miss: the value is recomputed.
+    /// - **Refresh ahead.** With [`CacheBuilder::refresh_ahead`], the first call to find a value
+    ///   near its end runs the getter and returns its result while the other callers keep reading
+    ///   the current value; such a key's getter then runs somewhat more often than once per
+    ///   `expire`.
     ///
     /// A zero `exec_limit` or `expire`, or one over 365 days, is refused with
     /// [`Error::InvalidArgument`].
@@ -298,11 +304,12 @@ impl Store for AnyStore {
         &self,
         key: &WireKey,
         lease_ttl: Duration,
+        refresh: Duration,
         deadline: tokio::time::Instant,
     ) -> Result<Lookup, StoreError> {
         match self {
-            AnyStore::Memory(s) => s.lookup(key, lease_ttl, deadline).await,
-            AnyStore::Memcached(s) => s.lookup(key, lease_ttl, deadline).await,
+            AnyStore::Memory(s) => s.lookup(key, lease_ttl, refresh, deadline).await,
+            AnyStore::Memcached(s) => s.lookup(key, lease_ttl, refresh, deadline).await,
         }
     }
 

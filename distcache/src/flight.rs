@@ -3,7 +3,10 @@
 //! 1. Within this process, the first caller of a key leads; later callers await the leader's
 //!    result (`coalesce.rs`) and try again if it ends without a value.
 //! 2. The leader looks the key up, which in one round trip either finds the value, wins the lease
-//!    (the store's right to compute), or finds the lease held by someone else.
+//!    (the store's right to compute), or finds the lease held by someone else. A value near its
+//!    end (`refresh_ahead`) may come with the right to refresh it: the leader hands the value to
+//!    this process's followers at once, then runs the getter and stores its result under the
+//!    value's version, returning the current value if that fails.
 //! 3. A winner runs the getter, bounded by the call's deadline with panics caught, then fills the
 //!    store under its lease, or hands the lease back if the getter failed, panicked or ran out of
 //!    time. A loser polls on the schedule of `schedule.rs` until the value appears, the lease
@@ -148,9 +151,21 @@ where
 /// What the leader does after a lookup.
 enum Step<T> {
     Value(T, bytes::Bytes),
+    /// A value near its end, ours to refresh under its version.
+    Refresh(T, bytes::Bytes, Lease),
     Undecodable(codec::DecodeError, Lease),
     Won(Lease),
     Busy,
+}
+
+/// How a getter run ended without a value.
+enum Failed<E> {
+    /// Its own error.
+    Error(E),
+    /// It panicked (caught, with its message).
+    Panicked(String),
+    /// It was still running at the call's deadline and was dropped.
+    TimedOut,
 }
 
 /// One call's context.
@@ -183,7 +198,12 @@ impl<S: Store> Call<'_, S> {
             }
             let lookup = match self
                 .store
-                .lookup(&self.wire, self.lease_ttl(), self.deadline)
+                .lookup(
+                    &self.wire,
+                    self.lease_ttl(),
+                    self.refresh_window(),
+                    self.deadline,
+                )
                 .await
             {
                 Err(err) if err.is_deadline() => return Err(self.timed_out()),
@@ -199,12 +219,16 @@ impl<S: Store> Call<'_, S> {
                     Ok(value) => Step::Value(value, item.data),
                     Err(err) => Step::Undecodable(err, item.version),
                 },
+                Lookup::Refresh(item) => match codec::decode(item.flags, &item.data) {
+                    Ok(value) => Step::Refresh(value, item.data, item.version),
+                    Err(err) => Step::Undecodable(err, item.version),
+                },
                 Lookup::Won(lease) => Step::Won(lease),
                 Lookup::Busy => Step::Busy,
             };
             if std::mem::take(&mut first) {
                 match step {
-                    Step::Value(..) => stats.hits.incr(),
+                    Step::Value(..) | Step::Refresh(..) => stats.hits.incr(),
                     _ => stats.misses.incr(),
                 }
             }
@@ -215,6 +239,16 @@ impl<S: Store> Call<'_, S> {
                     }
                     leader.publish(json);
                     return Ok(value);
+                }
+                Step::Refresh(value, json, version) => {
+                    if let Some((since, ..)) = waiting {
+                        self.core.estimates.record_wait(self.site, since.elapsed());
+                    }
+                    drop(waiting);
+                    // This process's other callers take the current value now, not after the
+                    // getter; later callers find it in the store, which answers them a plain hit.
+                    leader.publish(json);
+                    return Ok(self.refresh(version, value, getter).await);
                 }
                 Step::Undecodable(err, version) => {
                     self.decode_miss(&err);
@@ -339,6 +373,65 @@ impl<S: Store> Call<'_, S> {
         Ok(value)
     }
 
+    /// The value is near its end and ours to refresh: run the getter and store its value under
+    /// the item's version (a fill refused because the item changed meanwhile is only counted).
+    /// If the getter fails, the current value, still valid until it expires, is the answer.
+    async fn refresh<T, E, F, Fut>(&self, version: Lease, current: T, getter: F) -> T
+    where
+        T: Serialize + DeserializeOwned,
+        E: From<Error>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let stats = &self.core.stats;
+        stats.refreshes.incr();
+        let value = match self.try_getter(getter).await {
+            Ok(value) => value,
+            Err(_) => {
+                debug!(
+                    key = self.key,
+                    "refreshing the value failed; returned the current one, which stays until it expires"
+                );
+                return current;
+            }
+        };
+        let json = match codec::encode(&value, self.core.config.max_value_bytes) {
+            Ok(json) => json,
+            Err(err) => {
+                stats.unstorable_values.incr();
+                warn!(key = self.key, error = %err, "the refreshed value is returned but not stored");
+                return value;
+            }
+        };
+        match self
+            .store
+            .fill(&self.wire, version, &json, JSON_FLAGS, self.expire)
+            .await
+        {
+            Ok(Fill::Stored) => {}
+            Ok(Fill::LeaseLost) => {
+                stats.lost_fills.incr();
+                debug!(
+                    key = self.key,
+                    "the value changed before its refresh was stored; returned, not stored"
+                );
+            }
+            Ok(Fill::TooLarge) => {
+                stats.unstorable_values.incr();
+                warn!(
+                    key = self.key,
+                    size = json.len(),
+                    "the server refused the refreshed value's size; returned, not stored"
+                );
+            }
+            Err(err) => {
+                stats.store_errors.incr();
+                warn!(key = self.key, error = %err, "storing the refreshed value failed; returned, not stored");
+            }
+        }
+        value
+    }
+
     /// The store cannot be reached: run the getter without it, or fail, as configured.
     async fn without_store<T, E, F, Fut>(
         &self,
@@ -397,31 +490,43 @@ impl<S: Store> Call<'_, S> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
+        self.try_getter(getter)
+            .await
+            .map_err(|failed| match failed {
+                Failed::Error(err) => err,
+                Failed::Panicked(message) => Error::GetterPanicked {
+                    key: self.key.to_owned(),
+                    message,
+                }
+                .into(),
+                Failed::TimedOut => self.timed_out(),
+            })
+    }
+
+    /// Runs the getter within the deadline, a panic caught; logs and counts how it ended.
+    async fn try_getter<T, E, F, Fut>(&self, getter: F) -> Result<T, Failed<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
         let stats = &self.core.stats;
         stats.getter_runs.incr();
         let started = Instant::now();
         match timeout_at(self.deadline, catch_unwind(getter)).await {
             Err(_elapsed) => {
                 warn!(key = self.key, limit = ?self.exec_limit, "the getter ran out of time and was dropped");
-                Err(self.timed_out())
+                Err(Failed::TimedOut)
             }
             Ok(Err(panic)) => {
                 stats.getter_panics.incr();
                 let message = panic_message(&*panic);
                 error!(key = self.key, panic = %message, "the getter panicked");
-                Err(Error::GetterPanicked {
-                    key: self.key.to_owned(),
-                    message,
-                }
-                .into())
+                Err(Failed::Panicked(message))
             }
             Ok(Ok(Err(err))) => {
                 stats.getter_errors.incr();
-                debug!(
-                    key = self.key,
-                    "the getter failed; its error goes to its caller"
-                );
-                Err(err)
+                debug!(key = self.key, "the getter failed");
+                Err(Failed::Error(err))
             }
             Ok(Ok(Ok(value))) => {
                 self.core.estimates.record_run(self.site, started.elapsed());
@@ -458,6 +563,16 @@ impl<S: Store> Call<'_, S> {
     /// crashed holder's lease frees itself.
     fn lease_ttl(&self) -> Duration {
         lease_ttl(self.exec_limit)
+    }
+
+    /// How near its end a value is refreshed ahead (zero: never), from `refresh_ahead`.
+    fn refresh_window(&self) -> Duration {
+        let fraction = self.core.config.refresh_ahead;
+        if fraction > 0.0 {
+            self.expire.mul_f64(fraction)
+        } else {
+            Duration::ZERO
+        }
     }
 }
 

@@ -46,6 +46,11 @@ pub struct Stats {
     pub degraded_calls: u64,
     /// Store operations that failed (connection refused, timeout, protocol error).
     pub store_errors: u64,
+    /// Calls that found a value near its end (see
+    /// [`CacheBuilder::refresh_ahead`](crate::CacheBuilder::refresh_ahead)), were the first to
+    /// do so, and ran the getter to replace it: they return the new value, or the current one if
+    /// the getter failed. Also counted in `hits`.
+    pub refreshes: u64,
 }
 
 macro_rules! counters {
@@ -79,6 +84,7 @@ counters!(
     lost_fills,
     degraded_calls,
     store_errors,
+    refreshes,
 );
 
 /// A monotonic event counter.

@@ -27,6 +27,53 @@ async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
         .expect("within 30 s")
 }
 
+/// memcached counts lifetimes in whole seconds, so this test takes real ones: it reads one key
+/// from two caches every 50 ms for 4.5 s, across the 3 s `expire` of its first value.
+#[tokio::test]
+async fn a_key_read_all_the_time_is_refreshed_and_never_expires_under_its_readers() {
+    let server = Memcached::start().await;
+    // A window of 70% of 3 s: the last 2 whole seconds of a value's life.
+    let caches = [
+        cache_on(&[&server]).refresh_ahead(0.7).build().unwrap(),
+        cache_on(&[&server]).refresh_ahead(0.7).build().unwrap(),
+    ];
+    let expire = Duration::from_secs(3);
+    let runs = AtomicUsize::new(0);
+    let mut last = 0;
+    let started = Instant::now();
+    let mut reads = 0;
+    while started.elapsed() < Duration::from_millis(4500) {
+        let cache = &caches[reads % 2];
+        let value: usize = within(cache.get("hot", MINUTE, expire, || async {
+            Ok::<_, Error>(runs.fetch_add(1, Ordering::SeqCst) + 1)
+        }))
+        .await
+        .unwrap();
+        assert!(
+            value >= last,
+            "values only move forward: {last} then {value}"
+        );
+        last = value;
+        reads += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let [a, b] = caches.map(|c| c.stats());
+    assert_eq!(
+        a.misses + b.misses,
+        1,
+        "only the first read missed: {a:?} {b:?}"
+    );
+    assert_eq!(a.lease_waits + b.lease_waits, 0, "nobody waited");
+    let refreshes = a.refreshes + b.refreshes;
+    assert!(refreshes >= 1, "refreshed before it expired: {a:?} {b:?}");
+    assert_eq!(runs.load(Ordering::SeqCst) as u64, 1 + refreshes);
+    assert_eq!(
+        last as u64,
+        1 + refreshes,
+        "the last read saw the newest value"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_caches_on_one_cluster_run_each_getter_once() {
     let servers = Memcached::start_many::<3>().await;

@@ -244,6 +244,104 @@ async fn a_value_lives_expire_and_is_then_recomputed_once() {
     assert_eq!(runs.load(Ordering::SeqCst), 2);
 }
 
+#[tokio::test(start_paused = true)]
+async fn near_its_end_one_caller_refreshes_the_value_while_the_others_read_it() {
+    let cache = Cache::builder().refresh_ahead(0.2).build().unwrap();
+    let expire = Duration::from_secs(10);
+    let get = |getter_value: Option<u64>| {
+        let cache = cache.clone();
+        async move {
+            cache
+                .get::<u64, Error, _, _>("r", MINUTE, expire, || async move {
+                    Ok(getter_value.expect("only the first call and the refresh compute"))
+                })
+                .await
+        }
+    };
+    assert_eq!(get(Some(1)).await.unwrap(), 1);
+    tokio::time::advance(Duration::from_secs(7)).await;
+    assert_eq!(
+        get(None).await.unwrap(),
+        1,
+        "3 s left of 10: no refresh yet"
+    );
+    tokio::time::advance(Duration::from_millis(1500)).await;
+
+    // 1.5 s left, under a fifth of 10 s: the next call refreshes.
+    let (started_tx, started) = tokio::sync::oneshot::channel();
+    let (finish, finish_rx) = tokio::sync::oneshot::channel::<()>();
+    let refresher = tokio::spawn({
+        let cache = cache.clone();
+        async move {
+            cache
+                .get::<u64, Error, _, _>("r", MINUTE, expire, || async move {
+                    started_tx.send(()).unwrap();
+                    finish_rx.await.unwrap();
+                    Ok(2)
+                })
+                .await
+        }
+    });
+    started.await.unwrap();
+    for _ in 0..10 {
+        assert_eq!(
+            get(None).await.unwrap(),
+            1,
+            "while the refresh runs, the others read the current value at once"
+        );
+    }
+    finish.send(()).unwrap();
+    assert_eq!(
+        refresher.await.unwrap().unwrap(),
+        2,
+        "the refresher returns the new value"
+    );
+    assert_eq!(get(None).await.unwrap(), 2, "which is stored");
+    tokio::time::advance(Duration::from_secs(7)).await;
+    assert_eq!(
+        get(None).await.unwrap(),
+        2,
+        "for a full expire from its refresh"
+    );
+    let stats = cache.stats();
+    assert_eq!(
+        (
+            stats.refreshes,
+            stats.getter_runs,
+            stats.misses,
+            stats.lease_waits
+        ),
+        (1, 2, 1, 0)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_refresh_returns_the_current_value_which_stays_until_it_expires() {
+    let cache = Cache::builder().refresh_ahead(0.2).build().unwrap();
+    let expire = Duration::from_secs(10);
+    let value: Result<u64, AppError> = cache.get("f", MINUTE, expire, || async { Ok(1) }).await;
+    assert_eq!(value, Ok(1));
+    tokio::time::advance(Duration::from_secs(9)).await;
+    let value: Result<u64, AppError> = cache
+        .get("f", MINUTE, expire, || async {
+            Err(AppError::Database("down"))
+        })
+        .await;
+    assert_eq!(value, Ok(1), "the refresh failed: the current value");
+    let panicking = cache
+        .get::<u64, Error, _, _>("f", MINUTE, expire, || async { panic!("refreshed twice") })
+        .await;
+    assert_eq!(panicking.unwrap(), 1, "one refresh per value");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let value: Result<u64, AppError> = cache.get("f", MINUTE, expire, || async { Ok(3) }).await;
+    assert_eq!(value, Ok(3), "expired as usual, then recomputed");
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.refreshes, stats.getter_errors, stats.getter_panics),
+        (1, 1, 0)
+    );
+}
+
 #[test]
 fn bad_configuration_fails_at_build_with_a_typed_error() {
     let namespace = Cache::builder().namespace("two words").build().unwrap_err();
@@ -276,6 +374,22 @@ fn bad_configuration_fails_at_build_with_a_typed_error() {
         ),
         "{poll}"
     );
+    for fraction in [1.0, -0.1, f64::NAN] {
+        let refresh = Cache::builder()
+            .refresh_ahead(fraction)
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(
+                refresh,
+                BuildError::InvalidSetting {
+                    setting: "refresh_ahead",
+                    ..
+                }
+            ),
+            "{refresh}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -16,7 +16,11 @@ pub(crate) fn far() -> Instant {
 
 /// Looks `k` up, expecting to win its lease.
 pub(crate) async fn won<S: Store>(store: &S, k: &WireKey, lease_ttl: Duration) -> Lease {
-    match store.lookup(k, lease_ttl, far()).await.unwrap() {
+    match store
+        .lookup(k, lease_ttl, Duration::ZERO, far())
+        .await
+        .unwrap()
+    {
         Lookup::Won(lease) => lease,
         other => panic!("expected to win the lease, got {other:?}"),
     }
@@ -37,7 +41,10 @@ pub(crate) async fn release_and_invalidate_free_the_key<S: Store>(
     store.release(k, stranger).await.unwrap();
     assert!(
         matches!(
-            store.lookup(k, lease_ttl, far()).await.unwrap(),
+            store
+                .lookup(k, lease_ttl, Duration::ZERO, far())
+                .await
+                .unwrap(),
             Lookup::Busy
         ),
         "a stranger's release is ignored"
@@ -76,8 +83,65 @@ pub(crate) async fn a_late_fill_is_refused<S: Store>(
         store.fill(k, late, &older, 0, expire).await.unwrap(),
         Fill::LeaseLost
     );
-    match store.lookup(k, lease_ttl, far()).await.unwrap() {
+    match store
+        .lookup(k, lease_ttl, Duration::ZERO, far())
+        .await
+        .unwrap()
+    {
         Lookup::Hit(item) => assert_eq!(&item.data[..], b"new", "the newer value stays"),
+        other => panic!("expected a hit, got {other:?}"),
+    }
+}
+
+/// A value with less than the lookup's refresh window left is a refresh for the first lookup
+/// and a plain hit for the others; the refresh fills under the item's version, and the new value
+/// may be refreshed once in its turn; a refresh of a value that changed meanwhile is refused.
+pub(crate) async fn a_value_near_its_end_is_refreshed_by_one<S: Store>(
+    store: &S,
+    k: &WireKey,
+    lease_ttl: Duration,
+) {
+    let expire = Duration::from_secs(60);
+    let (short, long) = (Duration::from_secs(10), Duration::from_secs(120));
+    let lease = won(store, k, lease_ttl).await;
+    let first = Bytes::from_static(b"1");
+    assert_eq!(
+        store.fill(k, lease, &first, 0, expire).await.unwrap(),
+        Fill::Stored
+    );
+    let lookup = |refresh| store.lookup(k, lease_ttl, refresh, far());
+    assert!(
+        matches!(lookup(short).await.unwrap(), Lookup::Hit(_)),
+        "more than the window left: a plain hit"
+    );
+    let Lookup::Refresh(item) = lookup(long).await.unwrap() else {
+        panic!("less than the window left: the first lookup refreshes")
+    };
+    assert_eq!(&item.data[..], b"1");
+    assert!(
+        matches!(lookup(long).await.unwrap(), Lookup::Hit(_)),
+        "the others read the current value"
+    );
+    let second = Bytes::from_static(b"2");
+    assert_eq!(
+        store
+            .fill(k, item.version, &second, 0, expire)
+            .await
+            .unwrap(),
+        Fill::Stored
+    );
+    let Lookup::Refresh(newer) = lookup(long).await.unwrap() else {
+        panic!("the new value is refreshed in its turn")
+    };
+    assert_eq!(&newer.data[..], b"2");
+    let late = Bytes::from_static(b"3");
+    assert_eq!(
+        store.fill(k, item.version, &late, 0, expire).await.unwrap(),
+        Fill::LeaseLost,
+        "a refresh of a value that changed meanwhile is refused"
+    );
+    match lookup(Duration::ZERO).await.unwrap() {
+        Lookup::Hit(item) => assert_eq!(&item.data[..], b"2"),
         other => panic!("expected a hit, got {other:?}"),
     }
 }

@@ -53,6 +53,8 @@ struct Entry {
     value: Option<Item>,
     cas: u64,
     expires: Instant,
+    /// A lookup has been told to refresh this value (as memcached's `W` on `R`).
+    refresh_sent: bool,
 }
 
 impl Inner {
@@ -94,14 +96,25 @@ impl Store for MemoryStore {
         &self,
         key: &WireKey,
         lease_ttl: Duration,
+        refresh: Duration,
         _deadline: Instant,
     ) -> Result<Lookup, StoreError> {
         let now = Instant::now();
         let mut shard = self.inner.shard(key.as_str());
         match shard.live(key.as_str(), now) {
             Some(Entry {
-                value: Some(item), ..
-            }) => Ok(Lookup::Hit(item.clone())),
+                value: Some(item),
+                expires,
+                refresh_sent,
+                ..
+            }) => {
+                if !*refresh_sent && *expires - now < refresh {
+                    *refresh_sent = true;
+                    Ok(Lookup::Refresh(item.clone()))
+                } else {
+                    Ok(Lookup::Hit(item.clone()))
+                }
+            }
             Some(Entry { value: None, .. }) => Ok(Lookup::Busy),
             None => {
                 let cas = self.inner.cas();
@@ -109,6 +122,7 @@ impl Store for MemoryStore {
                     value: None,
                     cas,
                     expires: now + lease_ttl,
+                    refresh_sent: false,
                 };
                 shard.insert(key.as_str(), stub, now);
                 Ok(Lookup::Won(Lease { cas, node: 0 }))
@@ -137,6 +151,7 @@ impl Store for MemoryStore {
                     }),
                     cas,
                     expires: now + expire,
+                    refresh_sent: false,
                 };
                 Ok(Fill::Stored)
             }
@@ -186,7 +201,7 @@ mod tests {
         let k = key("a");
         let lease = won(&store, &k).await;
         assert!(matches!(
-            store.lookup(&k, LEASE, far()).await,
+            store.lookup(&k, LEASE, Duration::ZERO, far()).await,
             Ok(Lookup::Busy)
         ));
         let data = Bytes::from_static(b"1");
@@ -194,7 +209,11 @@ mod tests {
             store.fill(&k, lease, &data, 7, EXPIRE).await.unwrap(),
             Fill::Stored
         );
-        let Lookup::Hit(item) = store.lookup(&k, LEASE, far()).await.unwrap() else {
+        let Lookup::Hit(item) = store
+            .lookup(&k, LEASE, Duration::ZERO, far())
+            .await
+            .unwrap()
+        else {
             panic!("expected a hit")
         };
         assert_eq!((&item.data[..], item.flags), (&b"1"[..], 7));
@@ -210,6 +229,16 @@ mod tests {
         tokio::time::advance(LEASE).await;
         let fresh = won(&store, &k).await;
         contract::a_late_fill_is_refused(&store, &k, late, fresh, LEASE).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_value_near_its_end_is_refreshed_by_one() {
+        contract::a_value_near_its_end_is_refreshed_by_one(
+            &MemoryStore::default(),
+            &key("r"),
+            LEASE,
+        )
+        .await;
     }
 
     #[tokio::test(start_paused = true)]

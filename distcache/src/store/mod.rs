@@ -45,6 +45,10 @@ pub(crate) enum Lookup {
     Won(Lease),
     /// No value, and someone else holds the lease: wait, then look again.
     Busy,
+    /// A value with less than the lookup's refresh window left to live, and this caller is the
+    /// first to be told: return it, and compute its successor, to be filled with the item's
+    /// version as the lease. Every other lookup meanwhile finds a plain hit.
+    Refresh(Item),
 }
 
 /// What a fill did.
@@ -103,12 +107,15 @@ impl StoreError {
 /// Implementations are cheap handles (`Clone` shares the store), so that a lease dropped
 /// with a cancelled call can still be handed back from a spawned task.
 pub(crate) trait Store: Clone + Send + Sync + 'static {
-    /// Reads `key`; on a miss, takes the lease for `lease_ttl` if nobody holds it. Fails with
-    /// [`StoreErrorKind::Deadline`] at `deadline`, which says nothing of the store's health.
+    /// Reads `key`; on a miss, takes the lease for `lease_ttl` if nobody holds it. A value with
+    /// less than `refresh` left to live is a [`Lookup::Refresh`] for the first caller to see it
+    /// so (zero: never). Fails with [`StoreErrorKind::Deadline`] at `deadline`, which says
+    /// nothing of the store's health.
     fn lookup(
         &self,
         key: &WireKey,
         lease_ttl: Duration,
+        refresh: Duration,
         deadline: Instant,
     ) -> impl Future<Output = Result<Lookup, StoreError>> + Send;
 

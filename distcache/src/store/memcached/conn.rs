@@ -457,7 +457,11 @@ mod tests {
     }
 
     fn get<'a>(k: &'a WireKey) -> Request<'a> {
-        Request::GetOrLease { key: k, lease: 1 }
+        Request::GetOrLease {
+            key: k,
+            lease: 1,
+            refresh: 0,
+        }
     }
 
     fn meta(reply: Result<ReplySlot, oneshot::error::RecvError>) -> Meta {

@@ -146,11 +146,14 @@ impl Store for Cluster {
         &self,
         key: &WireKey,
         lease_ttl: Duration,
+        refresh: Duration,
         deadline: Instant,
     ) -> Result<Lookup, StoreError> {
         let request = Request::GetOrLease {
             key,
             lease: ttl_seconds(lease_ttl),
+            // memcached counts TTLs in whole seconds: a window under a second asks for nothing.
+            refresh: u32::try_from(refresh.as_secs()).unwrap_or(u32::MAX),
         };
         let (node, reply) = self
             .on_key_node("lookup", key, request, Some(deadline))
@@ -161,15 +164,22 @@ impl Store for Cluster {
             cas: meta.cas.unwrap_or_default(),
             node,
         };
+        let item = |meta: Meta| Item {
+            data: meta.data,
+            flags: meta.client_flags.unwrap_or_default(),
+            version,
+        };
         match meta.code {
             // A stale item (X) carries a value nobody should read; W and Z say who recomputes.
-            Code::Value if meta.win => Ok(Lookup::Won(version)),
-            Code::Value if meta.won_elsewhere || meta.stale => Ok(Lookup::Busy),
-            Code::Value => Ok(Lookup::Hit(Item {
-                data: meta.data,
-                flags: meta.client_flags.unwrap_or_default(),
-                version,
-            })),
+            Code::Value if meta.stale && meta.win => Ok(Lookup::Won(version)),
+            Code::Value if meta.stale => Ok(Lookup::Busy),
+            // The empty stub of a lease (`N`): ours (W) or someone else's (Z).
+            Code::Value if meta.data.is_empty() && meta.win => Ok(Lookup::Won(version)),
+            Code::Value if meta.data.is_empty() && meta.won_elsewhere => Ok(Lookup::Busy),
+            // A value near its end (`R`): ours to refresh (W); someone else's (Z) leaves it a
+            // plain hit.
+            Code::Value if meta.win => Ok(Lookup::Refresh(item(meta))),
+            Code::Value => Ok(Lookup::Hit(item(meta))),
             // With N, a miss creates the stub; a plain miss means memcached could not (out of
             // memory): the store cannot hand out the lease.
             other => Err(StoreError {
@@ -264,7 +274,11 @@ mod tests {
     }
 
     async fn hit(cluster: &Cluster, k: &WireKey) -> Item {
-        match cluster.lookup(k, LEASE, far()).await.unwrap() {
+        match cluster
+            .lookup(k, LEASE, Duration::ZERO, far())
+            .await
+            .unwrap()
+        {
             Lookup::Hit(item) => item,
             other => panic!("expected a hit, got {other:?}"),
         }
@@ -277,7 +291,10 @@ mod tests {
         let k = key("k");
         let lease = won(&a, &k).await;
         assert!(
-            matches!(b.lookup(&k, LEASE, far()).await.unwrap(), Lookup::Busy),
+            matches!(
+                b.lookup(&k, LEASE, Duration::ZERO, far()).await.unwrap(),
+                Lookup::Busy
+            ),
             "another client waits"
         );
         let data = Bytes::from_static(b"\"v\"");
@@ -304,16 +321,29 @@ mod tests {
         // memcached has no event for an expiring stub: look until the lease can be won again.
         let fresh = tokio::time::timeout(Duration::from_secs(5), async {
             loop {
-                match cluster.lookup(&k, LEASE, far()).await.unwrap() {
+                match cluster
+                    .lookup(&k, LEASE, Duration::ZERO, far())
+                    .await
+                    .unwrap()
+                {
                     Lookup::Won(lease) => break lease,
                     Lookup::Busy => tokio::time::sleep(Duration::from_millis(20)).await,
-                    Lookup::Hit(item) => panic!("nobody filled it: {item:?}"),
+                    Lookup::Hit(item) | Lookup::Refresh(item) => {
+                        panic!("nobody filled it: {item:?}")
+                    }
                 }
             }
         })
         .await
         .expect("a one-second lease expires within 5 s");
         contract::a_late_fill_is_refused(&cluster, &k, late, fresh, LEASE).await;
+    }
+
+    #[tokio::test]
+    async fn a_value_near_its_end_is_refreshed_by_one() {
+        let server = Memcached::start().await;
+        contract::a_value_near_its_end_is_refreshed_by_one(&cluster(&[&server]), &key("n"), LEASE)
+            .await;
     }
 
     #[tokio::test]
@@ -361,7 +391,10 @@ mod tests {
         won(&cluster, &key("s")).await;
         assert!(
             matches!(
-                cluster.lookup(&key("s"), LEASE, far()).await.unwrap(),
+                cluster
+                    .lookup(&key("s"), LEASE, Duration::ZERO, far())
+                    .await
+                    .unwrap(),
                 Lookup::Busy
             ),
             "the stale value is not served"

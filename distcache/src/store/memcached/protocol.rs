@@ -19,11 +19,17 @@ pub(crate) const MAX_RELATIVE_TTL: u64 = 60 * 60 * 24 * 30;
 /// A request, built from typed values.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Request<'a> {
-    /// `mg <key> v c f k N<lease> O<op>`: the value with its CAS and client flags, or, on a miss,
-    /// an empty stub that lives `lease` seconds and makes us the winner (`W`); a stub someone
-    /// else won answers `Z`. The key is echoed (`k`) so that a won lease whose caller is gone can
-    /// be handed back from the reply alone.
-    GetOrLease { key: &'a WireKey, lease: u32 },
+    /// `mg <key> v c f k N<lease> [R<refresh>] O<op>`: the value with its CAS and client flags,
+    /// or, on a miss, an empty stub that lives `lease` seconds and makes us the winner (`W`); a
+    /// stub someone else won answers `Z`. With `refresh` > 0, a value with less than `refresh`
+    /// seconds left answers `W` to the first lookup that sees it so, and `Z` to the others. The
+    /// key is echoed (`k`) so that a won lease whose caller is gone can be handed back from the
+    /// reply alone.
+    GetOrLease {
+        key: &'a WireKey,
+        lease: u32,
+        refresh: u32,
+    },
     /// `ms <key> <len> T<ttl> C<cas> F<flags> O<op>`: store, only if the item's CAS is still
     /// `cas` (our lease's stub).
     SetIfCas {
@@ -46,10 +52,17 @@ impl Request<'_> {
             out.extend_from_slice(number.format(value).as_bytes());
         };
         match *self {
-            Request::GetOrLease { key, lease } => {
+            Request::GetOrLease {
+                key,
+                lease,
+                refresh,
+            } => {
                 out.extend_from_slice(b"mg ");
                 out.extend_from_slice(key.as_bytes());
                 flag(out, b" v c f k N", lease.into());
+                if refresh > 0 {
+                    flag(out, b" R", refresh.into());
+                }
             }
             Request::SetIfCas {
                 key,
@@ -297,8 +310,20 @@ mod tests {
     fn requests_are_built_from_typed_values() {
         let k = key("user:1");
         assert_eq!(
-            encoded(Request::GetOrLease { key: &k, lease: 3 }),
+            encoded(Request::GetOrLease {
+                key: &k,
+                lease: 3,
+                refresh: 0
+            }),
             "mg user:1 v c f k N3 O7\r\n"
+        );
+        assert_eq!(
+            encoded(Request::GetOrLease {
+                key: &k,
+                lease: 3,
+                refresh: 20
+            }),
+            "mg user:1 v c f k N3 R20 O7\r\n"
         );
         assert_eq!(
             encoded(Request::SetIfCas {
@@ -326,7 +351,11 @@ mod tests {
     #[test]
     fn a_hostile_key_cannot_inject_a_command() {
         let k = key("x v\r\nflush_all\r\nmg y");
-        let line = encoded(Request::GetOrLease { key: &k, lease: 1 });
+        let line = encoded(Request::GetOrLease {
+            key: &k,
+            lease: 1,
+            refresh: 0,
+        });
         assert_eq!(line.matches("\r\n").count(), 1, "{line:?}");
         assert_eq!(line.split(' ').count(), 8, "one key token: {line:?}");
     }
