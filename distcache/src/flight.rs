@@ -566,6 +566,7 @@ impl<S: Store> Call<'_, S> {
     }
 
     /// How near its end a value is refreshed ahead (zero: never), from `refresh_ahead`.
+    #[inline]
     fn refresh_window(&self) -> Duration {
         let fraction = self.core.config.refresh_ahead;
         if fraction > 0.0 {

@@ -108,7 +108,7 @@ impl Store for MemoryStore {
                 refresh_sent,
                 ..
             }) => {
-                if !*refresh_sent && *expires - now < refresh {
+                if !refresh.is_zero() && !*refresh_sent && *expires - now < refresh {
                     *refresh_sent = true;
                     Ok(Lookup::Refresh(item.clone()))
                 } else {
