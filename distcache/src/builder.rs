@@ -135,14 +135,15 @@ impl CacheBuilder {
     /// `fraction` of its `expire` left to live, and is the first to, runs the getter, stores the
     /// new value and returns it; every other caller, in any process, keeps reading the current
     /// value meanwhile. A key that is read all the time then never expires under its readers, and
-    /// none of them waits for its getter. The price: for such keys the getter runs about once per
-    /// `(1 - fraction) * expire` instead of once per `expire`, by one caller, which waits for it as
-    /// on a miss. If that getter fails or runs out of time, its caller gets the current value,
-    /// which stays until it expires. Keys nobody reads near their end expire as usual.
+    /// none of them waits for its getter. The price: for such keys the getter runs at most about
+    /// once per `(1 - fraction) * expire` instead of once per `expire`, by one caller, which waits
+    /// for it as on a miss. If that getter fails, panics or runs out of time, its caller gets the
+    /// current value, which stays until it expires (the failure is counted and logged, not
+    /// returned). Keys nobody reads near their end expire as usual.
     ///
     /// memcached counts lifetimes in whole seconds: the window is rounded down to them, so a
     /// window under a second (`expire` under `1 / fraction` seconds) refreshes nothing on
-    /// memcached. Between 0 and 1 (exclusive); default: 0, off.
+    /// memcached, and windows are capped at 30 days. Between 0 and 1 (exclusive); default: 0, off.
     ///
     /// ```
     /// // Values of a 60 s expire are refreshed by the first call in their last 6 s.

@@ -86,6 +86,11 @@ impl Cache {
         CacheBuilder::default()
     }
 
+    #[cfg(test)]
+    pub(crate) fn refresh_ahead(&self) -> f64 {
+        self.inner.core.config.refresh_ahead
+    }
+
     pub(crate) fn from_parts(core: Core, store: AnyStore) -> Self {
         Cache {
             inner: Arc::new(Inner { core, store }),
@@ -103,7 +108,8 @@ impl Cache {
     ///   run CPU-bound work in [`tokio::task::spawn_blocking`].
     /// - **Failures.** The getter's own error reaches its own caller unchanged; callers waiting
     ///   on it try again, and one of them runs the getter next. A panic in the getter is caught
-    ///   and becomes [`Error::GetterPanicked`].
+    ///   and becomes [`Error::GetterPanicked`]. A refresh ahead (below) is the exception: its
+    ///   caller gets the current value instead of the getter's error, panic or timeout.
     /// - **Values.** Stored as JSON. A value that cannot be stored (over the size limit, not
     ///   serializable) is still returned to its caller, and counted. Stored bytes that do not
     ///   decode as `T` are a miss: the value is recomputed.

@@ -387,7 +387,10 @@ impl<S: Store> Call<'_, S> {
         stats.refreshes.incr();
         let value = match self.try_getter(getter).await {
             Ok(value) => value,
-            Err(_) => {
+            Err(failed) => {
+                if matches!(failed, Failed::TimedOut) {
+                    stats.timeouts.incr();
+                }
                 debug!(
                     key = self.key,
                     "refreshing the value failed; returned the current one, which stays until it expires"

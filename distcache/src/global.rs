@@ -35,7 +35,9 @@ pub fn set_default(cache: Cache) -> Result<(), Cache> {
 ///   [`CacheBuilder::server`](crate::CacheBuilder::server) takes it
 ///   (`10.0.0.1:11211,10.0.0.2:11211:2`); unset or empty, values are kept in this process (the
 ///   in-process store); a log line says which;
-/// - `DISTCACHE_NAMESPACE`: the [namespace](crate::CacheBuilder::namespace), default none.
+/// - `DISTCACHE_NAMESPACE`: the [namespace](crate::CacheBuilder::namespace), default none;
+/// - `DISTCACHE_REFRESH_AHEAD`: the [refresh-ahead fraction](crate::CacheBuilder::refresh_ahead),
+///   a number from 0 (the default: off) to under 1.
 ///
 /// A configuration that does not build fails every call through the default cache with
 /// [`Error::DefaultCache`], so that it is fixed rather than silently ignored.
@@ -47,14 +49,25 @@ pub fn default_cache() -> Result<&'static Cache, Error> {
 }
 
 fn from_env() -> Result<Cache, BuildError> {
-    let var = |name| {
-        std::env::var(name)
-            .ok()
-            .filter(|v: &String| !v.trim().is_empty())
-    };
+    from_vars(|name| std::env::var(name).ok())
+}
+
+/// The default cache from variables read by `env`.
+fn from_vars(env: impl Fn(&str) -> Option<String>) -> Result<Cache, BuildError> {
+    let var = |name| env(name).filter(|v: &String| !v.trim().is_empty());
     let mut builder = Cache::builder();
     if let Some(namespace) = var("DISTCACHE_NAMESPACE") {
         builder = builder.namespace(namespace);
+    }
+    if let Some(fraction) = var("DISTCACHE_REFRESH_AHEAD") {
+        let fraction = fraction
+            .trim()
+            .parse()
+            .map_err(|_| BuildError::InvalidSetting {
+                setting: "refresh_ahead",
+                reason: format!("DISTCACHE_REFRESH_AHEAD={fraction:?} is not a number"),
+            })?;
+        builder = builder.refresh_ahead(fraction);
     }
     match var("DISTCACHE_SERVERS") {
         Some(servers) => {
@@ -70,6 +83,44 @@ fn from_env() -> Result<Cache, BuildError> {
                 "distcache: DISTCACHE_SERVERS is unset: the default cache keeps values in this process"
             );
             Ok(cache)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(vars: &[(&str, &str)]) -> Result<Cache, BuildError> {
+        from_vars(|name| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    #[test]
+    fn refresh_ahead_comes_from_the_environment_and_a_bad_one_is_a_typed_error() {
+        let refresh = |cache: Cache| cache.refresh_ahead();
+        assert_eq!(with(&[]).map(refresh).unwrap(), 0.0);
+        assert_eq!(
+            with(&[("DISTCACHE_REFRESH_AHEAD", " 0.25 ")])
+                .map(refresh)
+                .unwrap(),
+            0.25
+        );
+        for bad in ["soon", "1", "-0.5"] {
+            let err = with(&[("DISTCACHE_REFRESH_AHEAD", bad)]).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    BuildError::InvalidSetting {
+                        setting: "refresh_ahead",
+                        ..
+                    }
+                ),
+                "{bad}: {err}"
+            );
         }
     }
 }

@@ -47,7 +47,9 @@
 //! - **Once per window.** In normal conditions (the store reachable, the getter succeeding within
 //!   `exec_limit`) the getter runs once per key per `expire` window across every caller sharing the
 //!   store. Within a process, concurrent callers of a key share one request to the store; across
-//!   processes, the store's lease decides who computes.
+//!   processes, the store's lease decides who computes. With
+//!   [`refresh_ahead`](CacheBuilder::refresh_ahead) (off by default) a key read near the end of its
+//!   value is recomputed early, and so somewhat more often.
 //! - **Bounded.** A call returns within `exec_limit`, waiting included, plus at most one store
 //!   operation (storing a value computed just in time, or handing a lease back). A getter still running at the limit is dropped, the call fails with
 //!   [`Error::Timeout`], and the next caller may compute at once.

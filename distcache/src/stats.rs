@@ -27,11 +27,15 @@ pub struct Stats {
     pub wait_lookups: u64,
     /// Getter invocations.
     pub getter_runs: u64,
-    /// Getters that returned an error (passed to their caller unchanged).
+    /// Getters that returned an error (passed to their caller unchanged, except in a refresh
+    /// ahead, whose caller gets the current value).
     pub getter_errors: u64,
-    /// Getters that panicked (caught; their caller got [`Error::GetterPanicked`](crate::Error::GetterPanicked)).
+    /// Getters that panicked (caught; their caller got
+    /// [`Error::GetterPanicked`](crate::Error::GetterPanicked), or the current value in a refresh
+    /// ahead).
     pub getter_panics: u64,
-    /// Calls that failed with [`Error::Timeout`](crate::Error::Timeout).
+    /// Calls that failed with [`Error::Timeout`](crate::Error::Timeout), and refreshes ahead whose
+    /// getter ran out of time (their caller got the current value).
     pub timeouts: u64,
     /// Stored items that did not decode as the requested type, or were written by something
     /// else: treated as a miss and recomputed.

@@ -332,6 +332,7 @@ async fn a_failed_refresh_returns_the_current_value_which_stays_until_it_expires
         .get::<u64, Error, _, _>("f", MINUTE, expire, || async { panic!("refreshed twice") })
         .await;
     assert_eq!(panicking.unwrap(), 1, "one refresh per value");
+    assert_eq!(cache.stats().refreshes, 1, "one refresh per value");
     tokio::time::advance(Duration::from_secs(1)).await;
     let value: Result<u64, AppError> = cache.get("f", MINUTE, expire, || async { Ok(3) }).await;
     assert_eq!(value, Ok(3), "expired as usual, then recomputed");
@@ -340,6 +341,34 @@ async fn a_failed_refresh_returns_the_current_value_which_stays_until_it_expires
         (stats.refreshes, stats.getter_errors, stats.getter_panics),
         (1, 1, 0)
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_that_runs_out_of_time_returns_the_current_value() {
+    let cache = Cache::builder().refresh_ahead(0.2).build().unwrap();
+    let expire = Duration::from_secs(10);
+    let limit = Duration::from_secs(1);
+    let value: u64 = cache
+        .get::<u64, Error, _, _>("t", limit, expire, || async { Ok(1) })
+        .await
+        .unwrap();
+    assert_eq!(value, 1);
+    tokio::time::advance(Duration::from_secs(9)).await;
+    let started = Instant::now();
+    let value = cache
+        .get::<u64, Error, _, _>("t", limit, expire, || async {
+            tokio::time::sleep(MINUTE).await;
+            Ok(2)
+        })
+        .await;
+    assert_eq!(
+        value.unwrap(),
+        1,
+        "cut off at exec_limit: the current value"
+    );
+    assert_eq!(started.elapsed(), limit, "bounded by exec_limit");
+    let stats = cache.stats();
+    assert_eq!((stats.refreshes, stats.timeouts), (1, 1));
 }
 
 #[test]

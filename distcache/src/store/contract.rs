@@ -104,6 +104,13 @@ pub(crate) async fn a_value_near_its_end_is_refreshed_by_one<S: Store>(
     let expire = Duration::from_secs(60);
     let (short, long) = (Duration::from_secs(10), Duration::from_secs(120));
     let lease = won(store, k, lease_ttl).await;
+    assert!(
+        matches!(
+            store.lookup(k, lease_ttl, long, far()).await.unwrap(),
+            Lookup::Busy
+        ),
+        "a lease held elsewhere is no value to refresh"
+    );
     let first = Bytes::from_static(b"1");
     assert_eq!(
         store.fill(k, lease, &first, 0, expire).await.unwrap(),

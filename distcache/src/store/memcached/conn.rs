@@ -9,8 +9,10 @@
 //!
 //! A caller that gives up (its future dropped) leaves its waiter behind: the reader still consumes
 //! its reply and drops it, so the connection stays in step and is safe to keep using. If that
-//! reply won a lease (`W`), nobody would ever fill it, and every caller of the key would wait for
-//! it to expire: the connection hands it back itself (`md <key> C<cas>`).
+//! reply won a lease (`W` on an empty stub, or on a stale item), nobody would ever fill it, and
+//! every caller of the key would wait for it to expire: the connection hands it back itself
+//! (`md <key> C<cas>`). A `W` on a live value (refresh-ahead, `R`) is left to lapse: handing it
+//! back would delete a value everyone is reading.
 //!
 //! Why not async-memcached: its `Client` takes `&mut self` for every command (one request in flight
 //! per connection), a dropped request future closes the client, it cannot connect to IPv6 servers,
@@ -96,8 +98,8 @@ struct Waiter {
 
 type ReplySlot = Result<Reply, ConnError>;
 
-/// A reply on its way. Dropped before it is read, it hands back a lease the reply won: the
-/// caller is gone, and nobody else would fill or release it.
+/// A reply on its way. Dropped before it is read, it hands back a lease the reply won (not a
+/// right to refresh a live value): the caller is gone, and nobody else would fill or release it.
 #[derive(Debug)]
 pub(crate) struct PendingReply {
     rx: Option<oneshot::Receiver<ReplySlot>>,
@@ -253,9 +255,11 @@ impl Shared {
     }
 
     /// Hands back the lease `meta` won, if it won one, for a lookup whose caller is gone; the
-    /// release's own reply is of no interest.
+    /// release's own reply is of no interest. A win on a live value (refresh-ahead) is not a
+    /// lease: deleting would take the value from everyone, so it is left to lapse.
     fn release_won(&self, meta: &Meta) {
-        let (true, Some(key), Some(cas)) = (meta.win, &meta.key, meta.cas) else {
+        let lease = meta.win && (meta.stale || meta.data.is_empty());
+        let (true, Some(key), Some(cas)) = (lease, &meta.key, meta.cas) else {
             return;
         };
         let (nobody, _) = oneshot::channel();

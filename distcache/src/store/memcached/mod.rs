@@ -141,6 +141,17 @@ pub(crate) fn ttl_seconds(ttl: Duration) -> u32 {
     u32::try_from(now.saturating_add(secs)).unwrap_or(u32::MAX)
 }
 
+/// The `R` token for a refresh window: memcached answers `W` while fewer than `R` whole seconds
+/// of the item's life are left, which is at most `R - 1` of them (checked against 1.6.18), so a
+/// window of `n` whole seconds (rounded down) is `R = n + 1`, and a window under a second asks for
+/// nothing. Tokens over 30 days would be read as absolute times: the window is capped there.
+fn refresh_token(window: Duration) -> u32 {
+    match window.as_secs() {
+        0 => 0,
+        secs => secs.saturating_add(1).min(MAX_RELATIVE_TTL) as u32,
+    }
+}
+
 impl Store for Cluster {
     async fn lookup(
         &self,
@@ -152,8 +163,7 @@ impl Store for Cluster {
         let request = Request::GetOrLease {
             key,
             lease: ttl_seconds(lease_ttl),
-            // memcached counts TTLs in whole seconds: a window under a second asks for nothing.
-            refresh: u32::try_from(refresh.as_secs()).unwrap_or(u32::MAX),
+            refresh: refresh_token(refresh),
         };
         let (node, reply) = self
             .on_key_node("lookup", key, request, Some(deadline))
@@ -254,13 +264,17 @@ mod tests {
     const EXPIRE: Duration = Duration::from_secs(60);
 
     fn cluster(servers: &[&Memcached]) -> Cluster {
+        cluster_of(servers, 2)
+    }
+
+    fn cluster_of(servers: &[&Memcached], connections: usize) -> Cluster {
         let ring = Ring::new(servers.iter().map(|s| s.addr().parse().unwrap())).unwrap();
         let config = NodeConfig {
             connect_timeout: Duration::from_secs(1),
             io_timeout: Duration::from_secs(1),
             retry_interval: Duration::from_secs(1),
             failure_threshold: 2,
-            connections: 2,
+            connections,
         };
         Cluster::new(ring, &config)
     }
@@ -344,6 +358,56 @@ mod tests {
         let server = Memcached::start().await;
         contract::a_value_near_its_end_is_refreshed_by_one(&cluster(&[&server]), &key("n"), LEASE)
             .await;
+    }
+
+    #[tokio::test]
+    async fn a_refresh_whose_caller_gave_up_leaves_the_value() {
+        let server = Memcached::start().await;
+        // One connection: its requests are answered in the order sent.
+        let cluster = cluster_of(&[&server], 1);
+        let k = key("gave-up");
+        let lease = won(&cluster, &k).await;
+        let data = Bytes::from_static(b"1");
+        assert_eq!(
+            cluster.fill(&k, lease, &data, 0, EXPIRE).await.unwrap(),
+            Fill::Stored
+        );
+        let window = EXPIRE * 2;
+        {
+            // Sent on its first poll, then dropped: its reply (a win on the live value) comes to
+            // a connection whose caller is gone.
+            let mut lookup = std::pin::pin!(cluster.lookup(&k, LEASE, window, far()));
+            tokio::select! {
+                biased;
+                _ = &mut lookup => panic!("answered before its request could be read"),
+                () = std::future::ready(()) => {}
+            }
+        }
+        // This reply comes after the abandoned one was handled, so anything the connection sent
+        // about that one is answered before the next lookup.
+        assert!(
+            matches!(
+                cluster.lookup(&k, LEASE, window, far()).await.unwrap(),
+                Lookup::Hit(_)
+            ),
+            "the abandoned lookup was sent and told to refresh"
+        );
+        assert_eq!(
+            &hit(&cluster, &k).await.data[..],
+            b"1",
+            "the value is still there for everyone"
+        );
+    }
+
+    #[test]
+    fn refresh_windows_are_whole_seconds_plus_one_capped_at_thirty_days() {
+        assert_eq!(refresh_token(Duration::ZERO), 0);
+        assert_eq!(refresh_token(Duration::from_millis(999)), 0);
+        assert_eq!(refresh_token(Duration::from_millis(2900)), 3);
+        assert_eq!(
+            refresh_token(Duration::from_secs(40 * 86400)),
+            MAX_RELATIVE_TTL as u32
+        );
     }
 
     #[tokio::test]
