@@ -135,7 +135,9 @@ impl CacheBuilder {
     /// `fraction` of its `expire` left to live, and is the first to, runs the getter, stores the
     /// new value and returns it; every other caller, in any process, keeps reading the current
     /// value meanwhile. A key that is read all the time then never expires under its readers, and
-    /// none of them waits for its getter. The price: for such keys the getter runs at most about
+    /// none of them waits for its getter, as long as the getter finishes within the window: choose
+    /// `fraction * expire` well above its run time (plus a second on memcached); a slower refresh
+    /// lets the value expire, and its own value is then returned but not stored. The price: for such keys the getter runs at most about
     /// once per `(1 - fraction) * expire` instead of once per `expire`, by one caller, which waits
     /// for it as on a miss. If that getter fails, panics or runs out of time, its caller gets the
     /// current value, which stays until it expires (the failure is counted and logged, not

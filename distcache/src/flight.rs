@@ -375,7 +375,7 @@ impl<S: Store> Call<'_, S> {
 
     /// The value is near its end and ours to refresh: run the getter and store its value under
     /// the item's version (a fill refused because the item changed meanwhile is only counted).
-    /// If the getter fails, the current value, still valid until it expires, is the answer.
+    /// If the getter fails, the current value (left in the store to expire) is the answer.
     async fn refresh<T, E, F, Fut>(&self, version: Lease, current: T, getter: F) -> T
     where
         T: Serialize + DeserializeOwned,

@@ -60,14 +60,17 @@ fn from_vars(env: impl Fn(&str) -> Option<String>) -> Result<Cache, BuildError> 
         builder = builder.namespace(namespace);
     }
     if let Some(fraction) = var("DISTCACHE_REFRESH_AHEAD") {
-        let fraction = fraction
-            .trim()
-            .parse()
-            .map_err(|_| BuildError::InvalidSetting {
-                setting: "refresh_ahead",
-                reason: format!("DISTCACHE_REFRESH_AHEAD={fraction:?} is not a number"),
-            })?;
-        builder = builder.refresh_ahead(fraction);
+        let invalid = || BuildError::InvalidSetting {
+            setting: "refresh_ahead",
+            reason: format!(
+                "DISTCACHE_REFRESH_AHEAD={fraction:?} is not a number from 0 to under 1"
+            ),
+        };
+        let value: f64 = fraction.trim().parse().map_err(|_| invalid())?;
+        if !(0.0..1.0).contains(&value) {
+            return Err(invalid());
+        }
+        builder = builder.refresh_ahead(value);
     }
     match var("DISTCACHE_SERVERS") {
         Some(servers) => {

@@ -44,7 +44,8 @@ pub struct Stats {
     /// as JSON, or refused by the server.
     pub unstorable_values: u64,
     /// Values computed by a lease holder whose lease had been taken over before it could store
-    /// them (its lease expired, or the key was invalidated meanwhile): returned, not stored.
+    /// them (its lease expired, or the key was invalidated meanwhile), or by a refresh ahead whose
+    /// value had changed, expired or been invalidated meanwhile: returned, not stored.
     pub lost_fills: u64,
     /// Calls that ran the getter without the store, because the store could not be reached.
     pub degraded_calls: u64,
@@ -53,7 +54,8 @@ pub struct Stats {
     /// Calls that found a value near its end (see
     /// [`CacheBuilder::refresh_ahead`](crate::CacheBuilder::refresh_ahead)), were the first to
     /// do so, and ran the getter to replace it: they return the new value, or the current one if
-    /// the getter failed. Also counted in `hits`.
+    /// the getter failed. Usually also counted in `hits` (in `misses` if the call waited for a
+    /// lease first).
     pub refreshes: u64,
 }
 

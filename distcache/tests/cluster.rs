@@ -27,9 +27,10 @@ async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
         .expect("within 30 s")
 }
 
-/// memcached counts lifetimes in whole seconds, so this test takes real ones: it reads one key
-/// from two caches every 50 ms for 4.5 s, across the 3 s `expire` of its first value.
-#[tokio::test]
+/// memcached counts lifetimes in whole seconds, so this test takes real ones: two caches (two
+/// processes) read one key every 50 ms for 4.5 s, across the 3 s `expire` of its first value; the
+/// getter takes 300 ms, so the other cache reads while a refresh runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_read_all_the_time_is_refreshed_and_never_expires_under_its_readers() {
     let server = Memcached::start().await;
     // A window of 70% of 3 s: the last 2 whole seconds of a value's life.
@@ -37,25 +38,41 @@ async fn a_key_read_all_the_time_is_refreshed_and_never_expires_under_its_reader
         cache_on(&[&server]).refresh_ahead(0.7).build().unwrap(),
         cache_on(&[&server]).refresh_ahead(0.7).build().unwrap(),
     ];
-    let expire = Duration::from_secs(3);
-    let runs = AtomicUsize::new(0);
-    let mut last = 0;
-    let started = Instant::now();
-    let mut reads = 0;
-    while started.elapsed() < Duration::from_millis(4500) {
-        let cache = &caches[reads % 2];
-        let value: usize = within(cache.get("hot", MINUTE, expire, || async {
+    async fn read(cache: Cache, runs: Arc<AtomicUsize>) -> usize {
+        let expire = Duration::from_secs(3);
+        within(cache.get("hot", MINUTE, expire, || async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
             Ok::<_, Error>(runs.fetch_add(1, Ordering::SeqCst) + 1)
         }))
         .await
-        .unwrap();
-        assert!(
-            value >= last,
-            "values only move forward: {last} then {value}"
-        );
-        last = value;
-        reads += 1;
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        .unwrap()
+    }
+    let runs = Arc::new(AtomicUsize::new(0));
+    let first: usize = read(caches[0].clone(), runs.clone()).await;
+    assert_eq!(first, 1);
+    let readers: Vec<_> = caches
+        .iter()
+        .map(|cache| {
+            let (cache, runs) = (cache.clone(), runs.clone());
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let mut last = first;
+                while started.elapsed() < Duration::from_millis(4500) {
+                    let value = read(cache.clone(), runs.clone()).await;
+                    assert!(
+                        value >= last,
+                        "values only move forward: {last} then {value}"
+                    );
+                    last = value;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                last
+            })
+        })
+        .collect();
+    let mut newest = 0;
+    for reader in readers {
+        newest = newest.max(reader.await.unwrap());
     }
     let [a, b] = caches.map(|c| c.stats());
     assert_eq!(
@@ -63,14 +80,18 @@ async fn a_key_read_all_the_time_is_refreshed_and_never_expires_under_its_reader
         1,
         "only the first read missed: {a:?} {b:?}"
     );
-    assert_eq!(a.lease_waits + b.lease_waits, 0, "nobody waited");
+    assert_eq!(
+        a.lease_waits + b.lease_waits,
+        0,
+        "nobody waited, not even while a refresh ran: {a:?} {b:?}"
+    );
     let refreshes = a.refreshes + b.refreshes;
     assert!(refreshes >= 1, "refreshed before it expired: {a:?} {b:?}");
     assert_eq!(runs.load(Ordering::SeqCst) as u64, 1 + refreshes);
     assert_eq!(
-        last as u64,
+        newest as u64,
         1 + refreshes,
-        "the last read saw the newest value"
+        "the readers saw the newest value"
     );
 }
 

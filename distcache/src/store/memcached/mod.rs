@@ -399,6 +399,25 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_window_as_long_as_the_values_life_refreshes_it_at_once() {
+        // memcached answers `W` while fewer than `R` whole seconds are left: a 60 s window must
+        // be sent as R61 to cover a value stored for 60 s.
+        let server = Memcached::start().await;
+        let cluster = cluster(&[&server]);
+        let k = key("whole");
+        let lease = won(&cluster, &k).await;
+        let data = Bytes::from_static(b"1");
+        assert_eq!(
+            cluster.fill(&k, lease, &data, 0, EXPIRE).await.unwrap(),
+            Fill::Stored
+        );
+        assert!(matches!(
+            cluster.lookup(&k, LEASE, EXPIRE, far()).await.unwrap(),
+            Lookup::Refresh(_)
+        ));
+    }
+
     #[test]
     fn refresh_windows_are_whole_seconds_plus_one_capped_at_thirty_days() {
         assert_eq!(refresh_token(Duration::ZERO), 0);
