@@ -7,11 +7,12 @@
 //!
 //! Every call goes through here, hits included, so that concurrent reads of a hot key cost one
 //! request to its server. It is built to cost little: the key is hashed once (foldhash, seeded
-//! per process), a flight is one allocation, and a leader without followers wakes nobody.
+//! per process) and copied into the map's slot, and the shared part of a flight (one allocation)
+//! is made only when a first follower joins: a leader without followers allocates nothing and
+//! wakes nobody.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -22,8 +23,16 @@ use crate::key::WireKey;
 const SHARDS: usize = 16;
 
 /// In-flight keys by the hash of their wire key. Two keys with the same 64-bit hash are
-/// astronomically rare: the second simply is not coalesced (see [`Join::Alone`]).
-type Shard = HashMap<u64, Arc<Flight>, BuildHasherDefault<Prehashed>>;
+/// astronomically rare: the second simply is not coalesced (its leader leads alone).
+type Shard = HashMap<u64, Slot, BuildHasherDefault<Prehashed>>;
+
+/// A key in flight: the key itself, to tell a hash collision, and the followers' part of the
+/// flight, made when the first follower joins.
+#[derive(Debug)]
+struct Slot {
+    key: WireKey,
+    flight: Option<Arc<Flight>>,
+}
 
 #[derive(Debug, Default)]
 pub(crate) struct Flights {
@@ -31,10 +40,9 @@ pub(crate) struct Flights {
     hasher: foldhash::fast::RandomState,
 }
 
+/// What the followers of a flight wait on.
 #[derive(Debug)]
 struct Flight {
-    key: WireKey,
-    followers: AtomicUsize,
     outcome: Mutex<Outcome>,
     done: Notify,
 }
@@ -65,35 +73,39 @@ impl Flights {
     pub(crate) fn join<'a>(&'a self, key: &WireKey) -> Join<'a> {
         let hash = self.hasher.hash_one(key.as_bytes());
         let mut shard = self.shard(hash);
-        match shard.get(&hash) {
-            Some(flight) if flight.key.as_bytes() == key.as_bytes() => {
-                flight.followers.fetch_add(1, Ordering::Relaxed);
-                return Join::Follower(Follower {
-                    flight: flight.clone(),
+        match shard.get_mut(&hash) {
+            Some(slot) if slot.key.as_bytes() == key.as_bytes() => {
+                let flight = slot.flight.get_or_insert_with(|| {
+                    Arc::new(Flight {
+                        outcome: Mutex::new(Outcome::Running),
+                        done: Notify::new(),
+                    })
                 });
+                Join::Follower(Follower {
+                    flight: flight.clone(),
+                })
             }
             // Another key with the same hash is in flight: lead this one alone.
-            Some(_) => {
-                return Join::Leader(Leader {
+            Some(_) => Join::Leader(Leader {
+                flights: self,
+                hash,
+                registered: false,
+            }),
+            None => {
+                shard.insert(
+                    hash,
+                    Slot {
+                        key: key.clone(),
+                        flight: None,
+                    },
+                );
+                Join::Leader(Leader {
                     flights: self,
                     hash,
-                    flight: None,
-                });
+                    registered: true,
+                })
             }
-            None => {}
         }
-        let flight = Arc::new(Flight {
-            key: key.clone(),
-            followers: AtomicUsize::new(0),
-            outcome: Mutex::new(Outcome::Running),
-            done: Notify::new(),
-        });
-        shard.insert(hash, flight.clone());
-        Join::Leader(Leader {
-            flights: self,
-            hash,
-            flight: Some(flight),
-        })
     }
 }
 
@@ -102,8 +114,9 @@ impl Flights {
 pub(crate) struct Leader<'a> {
     flights: &'a Flights,
     hash: u64,
-    /// `None` when not registered (a hash collision): nobody follows.
-    flight: Option<Arc<Flight>>,
+    /// Whether the slot at `hash` is this leader's: false for a hash collision (nobody follows).
+    /// While it is, no other slot can take its place, so the slot at `hash` is its own.
+    registered: bool,
 }
 
 impl Leader<'_> {
@@ -113,23 +126,16 @@ impl Leader<'_> {
     }
 
     fn finish(&mut self, outcome: Outcome) {
-        let Some(flight) = self.flight.take() else {
+        if !std::mem::take(&mut self.registered) {
             return;
-        };
+        }
         // Leave the map first: a caller arriving now reads the store, which already holds the
         // value, instead of joining a flight that is over. After this, no follower can join.
-        {
-            let mut shard = self.flights.shard(self.hash);
-            if shard
-                .get(&self.hash)
-                .is_some_and(|f| Arc::ptr_eq(f, &flight))
-            {
-                shard.remove(&self.hash);
-            }
-        }
-        if flight.followers.load(Ordering::Acquire) == 0 {
+        let slot = self.flights.shard(self.hash).remove(&self.hash);
+        // No flight: nobody followed.
+        let Some(flight) = slot.and_then(|slot| slot.flight) else {
             return;
-        }
+        };
         *flight.outcome.lock().unwrap_or_else(|p| p.into_inner()) = outcome;
         flight.done.notify_waiters();
     }
@@ -227,6 +233,24 @@ mod tests {
         drop(leader);
         assert_eq!(follower.wait().await, None);
         assert!(matches!(flights.join(&k), Join::Leader(_)));
+    }
+
+    #[test]
+    fn the_followers_part_is_made_only_when_one_joins() {
+        let flights = Flights::default();
+        let k = key("k");
+        let flight_made = |flights: &Flights| {
+            flights
+                .shards
+                .iter()
+                .any(|s| s.lock().unwrap().values().any(|slot| slot.flight.is_some()))
+        };
+        let leader = flights.join(&k);
+        assert!(!flight_made(&flights), "a leader alone allocates nothing");
+        let follower = flights.join(&k);
+        assert!(matches!(follower, Join::Follower(_)));
+        assert!(flight_made(&flights), "made for the first follower");
+        drop((leader, follower));
     }
 
     #[test]
