@@ -8,10 +8,12 @@
 //! Every call goes through here, hits included, so that concurrent reads of a hot key cost one
 //! request to its server. It is built to cost little: the key is hashed once (foldhash, seeded
 //! per process) and copied into the map's slot, and the shared part of a flight (one allocation)
-//! is made only when a first follower joins: a leader without followers allocates nothing and
-//! wakes nobody.
+//! is made only when a first follower joins: a leader without followers allocates nothing (once
+//! the map has grown to the keys in flight) and wakes nobody. A map that grew in a burst of keys
+//! in flight is shrunk when most of it is empty again, so that a burst's memory is given back.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -21,6 +23,8 @@ use tokio::sync::Notify;
 use crate::key::WireKey;
 
 const SHARDS: usize = 16;
+/// A shard's map is shrunk past this capacity when under an eighth full: slots are 272 bytes.
+const SHRINK_PAST: usize = 256;
 
 /// In-flight keys by the hash of their wire key. Two keys with the same 64-bit hash are
 /// astronomically rare: the second simply is not coalesced (its leader leads alone).
@@ -61,8 +65,8 @@ pub(crate) enum Join<'a> {
 
 impl Flights {
     fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
-        // Every mutation under this lock is a single insert or remove: a poisoned lock is
-        // still consistent.
+        // Every mutation under this lock is a single insert, remove, shrink or assignment of a
+        // slot's flight: a poisoned lock is still consistent.
         // The high half picks the shard: the map inside uses the low bits for its buckets.
         self.shards[((hash >> 32) % SHARDS as u64) as usize]
             .lock()
@@ -73,9 +77,9 @@ impl Flights {
     pub(crate) fn join<'a>(&'a self, key: &WireKey) -> Join<'a> {
         let hash = self.hasher.hash_one(key.as_bytes());
         let mut shard = self.shard(hash);
-        match shard.get_mut(&hash) {
-            Some(slot) if slot.key.as_bytes() == key.as_bytes() => {
-                let flight = slot.flight.get_or_insert_with(|| {
+        match shard.entry(hash) {
+            Entry::Occupied(mut slot) if slot.get().key.as_bytes() == key.as_bytes() => {
+                let flight = slot.get_mut().flight.get_or_insert_with(|| {
                     Arc::new(Flight {
                         outcome: Mutex::new(Outcome::Running),
                         done: Notify::new(),
@@ -86,19 +90,16 @@ impl Flights {
                 })
             }
             // Another key with the same hash is in flight: lead this one alone.
-            Some(_) => Join::Leader(Leader {
+            Entry::Occupied(_) => Join::Leader(Leader {
                 flights: self,
                 hash,
                 registered: false,
             }),
-            None => {
-                shard.insert(
-                    hash,
-                    Slot {
-                        key: key.clone(),
-                        flight: None,
-                    },
-                );
+            Entry::Vacant(vacant) => {
+                vacant.insert(Slot {
+                    key: key.clone(),
+                    flight: None,
+                });
                 Join::Leader(Leader {
                     flights: self,
                     hash,
@@ -131,9 +132,21 @@ impl Leader<'_> {
         }
         // Leave the map first: a caller arriving now reads the store, which already holds the
         // value, instead of joining a flight that is over. After this, no follower can join.
-        let slot = self.flights.shard(self.hash).remove(&self.hash);
+        let flight = {
+            let mut shard = self.flights.shard(self.hash);
+            let slot = shard.remove(&self.hash);
+            debug_assert!(
+                slot.is_some(),
+                "a registered leader's slot stays until it finishes"
+            );
+            let flight = slot.and_then(|slot| slot.flight);
+            if shard.capacity() > SHRINK_PAST {
+                shrink(&mut shard);
+            }
+            flight
+        };
         // No flight: nobody followed.
-        let Some(flight) = slot.and_then(|slot| slot.flight) else {
+        let Some(flight) = flight else {
             return;
         };
         *flight.outcome.lock().unwrap_or_else(|p| p.into_inner()) = outcome;
@@ -172,6 +185,16 @@ impl Follower {
             }
             notified.await;
         }
+    }
+}
+
+/// Gives back most of a shard's map when it is under an eighth full: after a burst of keys in
+/// flight. Out of line: it never runs on a hit's path.
+#[cold]
+#[inline(never)]
+fn shrink(shard: &mut Shard) {
+    if shard.len() * 8 < shard.capacity() {
+        shard.shrink_to((shard.len() * 2).max(SHRINK_PAST / 2));
     }
 }
 
@@ -251,6 +274,77 @@ mod tests {
         assert!(matches!(follower, Join::Follower(_)));
         assert!(flight_made(&flights), "made for the first follower");
         drop((leader, follower));
+    }
+
+    #[tokio::test]
+    async fn every_follower_shares_the_first_followers_flight() {
+        let flights = Flights::default();
+        let k = key("k");
+        let Join::Leader(leader) = flights.join(&k) else {
+            panic!("the first caller leads")
+        };
+        let followers: Vec<_> = (0..3)
+            .map(|_| match flights.join(&k) {
+                Join::Follower(follower) => tokio::spawn(follower.wait()),
+                Join::Leader(_) => panic!("later callers follow"),
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        leader.publish(Bytes::from_static(b"7"));
+        for follower in followers {
+            let got = tokio::time::timeout(std::time::Duration::from_secs(10), follower)
+                .await
+                .expect("no follower is left waiting")
+                .unwrap();
+            assert_eq!(got.as_deref(), Some(&b"7"[..]));
+        }
+    }
+
+    #[test]
+    fn a_key_whose_hash_collides_leads_alone_and_leaves_the_other_in_flight() {
+        let flights = Flights::default();
+        let (k, other) = (key("k"), key("other"));
+        let hash = flights.hasher.hash_one(k.as_bytes());
+        flights.shard(hash).insert(
+            hash,
+            Slot {
+                key: other.clone(),
+                flight: None,
+            },
+        );
+        let Join::Leader(leader) = flights.join(&k) else {
+            panic!("a colliding key leads")
+        };
+        leader.publish(Bytes::from_static(b"1"));
+        let shard = flights.shard(hash);
+        assert_eq!(
+            shard.get(&hash).map(|slot| slot.key.as_str()),
+            Some(other.as_str()),
+            "the other key's flight is untouched"
+        );
+    }
+
+    #[test]
+    fn a_burst_of_keys_in_flight_gives_its_memory_back() {
+        let flights = Flights::default();
+        let keys: Vec<_> = (0..20_000).map(|i| key(&format!("k{i}"))).collect();
+        let leaders: Vec<_> = keys.iter().map(|k| flights.join(k)).collect();
+        let grown: usize = flights
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap().capacity())
+            .sum();
+        drop(leaders);
+        let after: usize = flights
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap().capacity())
+            .sum();
+        assert!(grown >= 20_000, "{grown}");
+        assert!(
+            after <= SHARDS * SHRINK_PAST,
+            "{grown} slots shrunk to {after}"
+        );
     }
 
     #[test]
