@@ -331,7 +331,6 @@ impl<S: Store> Call<'_, S> {
                 return Err(err);
             }
         };
-        let stats = &self.core.stats;
         let json = match codec::encode(&value, self.core.config.max_value_bytes) {
             Ok(json) => json,
             Err(err) => {
@@ -339,38 +338,45 @@ impl<S: Store> Call<'_, S> {
                 return Ok(self.unstorable(leader, value, err));
             }
         };
-        match self
+        let filled = self
             .store
             .fill(&self.wire, lease, &json, JSON_FLAGS, self.expire)
-            .await
-        {
-            Ok(Fill::Stored) => held.disarm(),
+            .await;
+        self.record_fill(&filled, json.len());
+        // The lease is spent, except when the server refused the value's size: then `held`
+        // hands it back from a spawned task when it drops (the call has had its one store
+        // operation past the getter).
+        if !matches!(filled, Ok(Fill::TooLarge)) {
+            held.disarm();
+        }
+        leader.publish(json);
+        Ok(value)
+    }
+
+    /// Counts and logs how storing a computed value ended, if not stored.
+    fn record_fill(&self, filled: &Result<Fill, StoreError>, size: usize) {
+        let stats = &self.core.stats;
+        match filled {
+            Ok(Fill::Stored) => {}
             Ok(Fill::LeaseLost) => {
-                held.disarm();
                 stats.lost_fills.incr();
                 debug!(
                     key = self.key,
-                    "the lease was taken over before the value was stored; returned, not stored"
+                    "the lease was taken over, or the refreshed value changed, before the value was stored; returned, not stored"
                 );
             }
             Ok(Fill::TooLarge) => {
-                // `held` hands the lease back from a spawned task when it drops: the call has had
-                // its one store operation past the getter.
                 stats.unstorable_values.incr();
                 warn!(
                     key = self.key,
-                    size = json.len(),
-                    "the server refused the value's size; returned, not stored"
+                    size, "the server refused the value's size; returned, not stored"
                 );
             }
             Err(err) => {
-                held.disarm();
                 stats.store_errors.incr();
                 warn!(key = self.key, error = %err, "storing the value failed; returned, not stored");
             }
         }
-        leader.publish(json);
-        Ok(value)
     }
 
     /// The value is near its end and ours to refresh: run the getter and store its value under
@@ -406,32 +412,11 @@ impl<S: Store> Call<'_, S> {
                 return value;
             }
         };
-        match self
+        let filled = self
             .store
             .fill(&self.wire, version, &json, JSON_FLAGS, self.expire)
-            .await
-        {
-            Ok(Fill::Stored) => {}
-            Ok(Fill::LeaseLost) => {
-                stats.lost_fills.incr();
-                debug!(
-                    key = self.key,
-                    "the value changed before its refresh was stored; returned, not stored"
-                );
-            }
-            Ok(Fill::TooLarge) => {
-                stats.unstorable_values.incr();
-                warn!(
-                    key = self.key,
-                    size = json.len(),
-                    "the server refused the refreshed value's size; returned, not stored"
-                );
-            }
-            Err(err) => {
-                stats.store_errors.incr();
-                warn!(key = self.key, error = %err, "storing the refreshed value failed; returned, not stored");
-            }
-        }
+            .await;
+        self.record_fill(&filled, json.len());
         value
     }
 
