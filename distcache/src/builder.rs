@@ -137,11 +137,12 @@ impl CacheBuilder {
     /// value meanwhile. A key that is read all the time then never expires under its readers, and
     /// none of them waits for its getter, as long as the getter finishes within the window: choose
     /// `fraction * expire` well above its run time (plus a second on memcached); a slower refresh
-    /// lets the value expire, and its own value is then returned but not stored. The price: for such keys the getter runs at most about
-    /// once per `(1 - fraction) * expire` instead of once per `expire`, by one caller, which waits
-    /// for it as on a miss. If that getter fails, panics or runs out of time, its caller gets the
-    /// current value, which stays until it expires (the failure is counted and logged, not
-    /// returned). Keys nobody reads near their end expire as usual.
+    /// lets the value expire, and its own value is then returned but not stored. The price: for
+    /// such keys the getter runs at most about once per `(1 - fraction) * expire` instead of once
+    /// per `expire`, by one caller, which waits for it as on a miss. If that getter fails, panics
+    /// or runs out of time, its caller gets the value it found (the failure is counted and
+    /// logged, not returned), which is left in the store to expire as usual; it may have expired
+    /// by then, if the getter ran past it. Keys nobody reads near their end expire as usual.
     ///
     /// memcached counts lifetimes in whole seconds: the window is rounded down to them, so a
     /// window under a second (`expire` under `1 / fraction` seconds) refreshes nothing on

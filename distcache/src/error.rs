@@ -53,8 +53,8 @@ pub enum Error {
         reason: &'static str,
     },
 
-    /// The process-wide default cache could not be built from the environment
-    /// (`DISTCACHE_SERVERS`); every call through it fails until the configuration is fixed.
+    /// The process-wide default cache could not be built from the environment (the
+    /// `DISTCACHE_*` variables); every call through it fails until the configuration is fixed.
     #[error("the default cache could not be built: {0}")]
     DefaultCache(#[source] BuildError),
 }

@@ -80,7 +80,7 @@
 //! With no servers configured, a [`Cache`] keeps values in this process, with the same semantics:
 //! for development, tests and single-process services. The process-wide
 //! [default cache](default_cache) used by `#[distcached]` is configured from the environment
-//! (`DISTCACHE_SERVERS`).
+//! (`DISTCACHE_SERVERS`, `DISTCACHE_NAMESPACE`, `DISTCACHE_REFRESH_AHEAD`).
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
