@@ -258,8 +258,7 @@ impl Shared {
     /// release's own reply is of no interest. A win on a live value (refresh-ahead) is not a
     /// lease: deleting would take the value from everyone, so it is left to lapse.
     fn release_won(&self, meta: &Meta) {
-        let lease = meta.win && (meta.stale || meta.data.is_empty());
-        let (true, Some(key), Some(cas)) = (lease, &meta.key, meta.cas) else {
+        let (true, Some(key), Some(cas)) = (meta.won_lease(), &meta.key, meta.cas) else {
             return;
         };
         let (nobody, _) = oneshot::channel();

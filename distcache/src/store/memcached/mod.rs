@@ -180,11 +180,10 @@ impl Store for Cluster {
             version,
         };
         match meta.code {
-            // A stale item (X) carries a value nobody should read; W and Z say who recomputes.
-            Code::Value if meta.stale && meta.win => Ok(Lookup::Won(version)),
+            // A stale item (X) or the empty stub of a lease (`N`) carries a value nobody should
+            // read: the lease is ours (W), or someone else's (Z, or X alone).
+            Code::Value if meta.won_lease() => Ok(Lookup::Won(version)),
             Code::Value if meta.stale => Ok(Lookup::Busy),
-            // The empty stub of a lease (`N`): ours (W) or someone else's (Z).
-            Code::Value if meta.data.is_empty() && meta.win => Ok(Lookup::Won(version)),
             Code::Value if meta.data.is_empty() && meta.won_elsewhere => Ok(Lookup::Busy),
             // A value near its end (`R`): ours to refresh (W); someone else's (Z) leaves it a
             // plain hit.

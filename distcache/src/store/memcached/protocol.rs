@@ -151,6 +151,15 @@ pub(crate) struct Meta {
     pub(crate) stale: bool,
 }
 
+impl Meta {
+    /// Whether this reply won a lease: the right to compute a value nobody should read, the empty
+    /// stub of `N` or a stale item (`X`). A `W` on a live value is the right to refresh it, not
+    /// a lease: the value stays readable.
+    pub(crate) fn won_lease(&self) -> bool {
+        self.win && (self.stale || self.data.is_empty())
+    }
+}
+
 /// The bytes are not memcached's meta protocol as we speak it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
