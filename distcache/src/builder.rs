@@ -13,6 +13,11 @@ use crate::{BuildError, Cache};
 /// The largest `max_value_bytes`: memcached's own ceiling for its item size (`-I`) is 1 GiB.
 const MAX_VALUE_BYTES_CEILING: usize = 1024 * 1024 * 1024;
 
+/// Whether `fraction` is a `refresh_ahead` a cache accepts: at least 0 (off), under 1.
+pub(crate) fn refresh_ahead_in_range(fraction: f64) -> bool {
+    (0.0..1.0).contains(&fraction)
+}
+
 /// Configures a [`Cache`]. Nothing is checked or connected until [`build`](CacheBuilder::build).
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until .build() is called"]
@@ -183,7 +188,7 @@ impl CacheBuilder {
                 reason: format!("{:?} is not between 1ms and 60s", self.max_poll_interval),
             });
         }
-        if !(0.0..1.0).contains(&self.refresh_ahead) {
+        if !refresh_ahead_in_range(self.refresh_ahead) {
             return Err(BuildError::InvalidSetting {
                 setting: "refresh_ahead",
                 reason: format!("{} is not at least 0 and under 1", self.refresh_ahead),

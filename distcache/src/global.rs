@@ -4,6 +4,7 @@ use std::sync::OnceLock;
 
 use tracing::info;
 
+use crate::builder::refresh_ahead_in_range;
 use crate::{BuildError, Cache, Error};
 
 static DEFAULT: OnceLock<Result<Cache, BuildError>> = OnceLock::new();
@@ -67,7 +68,7 @@ fn from_vars(env: impl Fn(&str) -> Option<String>) -> Result<Cache, BuildError> 
             ),
         };
         let value: f64 = fraction.trim().parse().map_err(|_| invalid())?;
-        if !(0.0..1.0).contains(&value) {
+        if !refresh_ahead_in_range(value) {
             return Err(invalid());
         }
         builder = builder.refresh_ahead(value);
