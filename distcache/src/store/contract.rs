@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::{Fill, Lease, Lookup, Store};
+use super::{Fill, Item, Lease, Lookup, Store};
 use crate::key::WireKey;
 
 /// A deadline no test reaches.
@@ -23,6 +23,18 @@ pub(crate) async fn won<S: Store>(store: &S, k: &WireKey, lease_ttl: Duration) -
     {
         Lookup::Won(lease) => lease,
         other => panic!("expected to win the lease, got {other:?}"),
+    }
+}
+
+/// Looks `k` up, expecting a value.
+pub(crate) async fn hit<S: Store>(store: &S, k: &WireKey, lease_ttl: Duration) -> Item {
+    match store
+        .lookup(k, lease_ttl, Duration::ZERO, far())
+        .await
+        .unwrap()
+    {
+        Lookup::Hit(item) => item,
+        other => panic!("expected a hit, got {other:?}"),
     }
 }
 
@@ -83,14 +95,11 @@ pub(crate) async fn a_late_fill_is_refused<S: Store>(
         store.fill(k, late, &older, 0, expire).await.unwrap(),
         Fill::LeaseLost
     );
-    match store
-        .lookup(k, lease_ttl, Duration::ZERO, far())
-        .await
-        .unwrap()
-    {
-        Lookup::Hit(item) => assert_eq!(&item.data[..], b"new", "the newer value stays"),
-        other => panic!("expected a hit, got {other:?}"),
-    }
+    assert_eq!(
+        &hit(store, k, lease_ttl).await.data[..],
+        b"new",
+        "the newer value stays"
+    );
 }
 
 /// A value with less than the lookup's refresh window left is a refresh for the first lookup
@@ -147,8 +156,5 @@ pub(crate) async fn a_value_near_its_end_is_refreshed_by_one<S: Store>(
         Fill::LeaseLost,
         "a refresh of a value that changed meanwhile is refused"
     );
-    match lookup(Duration::ZERO).await.unwrap() {
-        Lookup::Hit(item) => assert_eq!(&item.data[..], b"2"),
-        other => panic!("expected a hit, got {other:?}"),
-    }
+    assert_eq!(&hit(store, k, lease_ttl).await.data[..], b"2");
 }

@@ -209,13 +209,7 @@ mod tests {
             store.fill(&k, lease, &data, 7, EXPIRE).await.unwrap(),
             Fill::Stored
         );
-        let Lookup::Hit(item) = store
-            .lookup(&k, LEASE, Duration::ZERO, far())
-            .await
-            .unwrap()
-        else {
-            panic!("expected a hit")
-        };
+        let item = contract::hit(&store, &k, LEASE).await;
         assert_eq!((&item.data[..], item.flags), (&b"1"[..], 7));
         tokio::time::advance(EXPIRE).await;
         won(&store, &k).await;

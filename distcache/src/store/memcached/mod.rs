@@ -287,14 +287,7 @@ mod tests {
     }
 
     async fn hit(cluster: &Cluster, k: &WireKey) -> Item {
-        match cluster
-            .lookup(k, LEASE, Duration::ZERO, far())
-            .await
-            .unwrap()
-        {
-            Lookup::Hit(item) => item,
-            other => panic!("expected a hit, got {other:?}"),
-        }
+        contract::hit(cluster, k, LEASE).await
     }
 
     #[tokio::test]
