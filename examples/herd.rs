@@ -353,6 +353,9 @@ async fn coordinate(mut args: Args) {
             }
         }
     }
+    // Each sample sorted once, for its percentiles.
+    handoffs.sort_by(f64::total_cmp);
+    across.sort_by(f64::total_cmp);
     if !across.is_empty() {
         eprintln!(
             "herd: {} handoffs, {} across processes: p50 {} ms, p90 {} ms, p99 {} ms, max {} ms",
@@ -364,10 +367,12 @@ async fn coordinate(mut args: Args) {
             percentile(&across, 100.0)
         );
     }
-    let cold: Vec<f64> = calls
+    let mut cold: Vec<f64> = calls
         .iter()
         .map(|c| (c.end - c.start) as f64 / 1e3)
         .collect();
+    cold.sort_by(f64::total_cmp);
+    warm.sort_by(f64::total_cmp);
     let warm_wall = (warm_end.saturating_sub(warm_start)) as f64 / 1e6;
     let line = json!({
         "system": args.system,
@@ -405,12 +410,12 @@ fn round(x: f64, digits: i32) -> f64 {
     (x * scale).round() / scale
 }
 
-fn percentile(values: &[f64], p: f64) -> f64 {
-    if values.is_empty() {
+/// The `p`th percentile of `sorted` (ascending), by the nearest rank.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    debug_assert!(sorted.is_sorted_by(|a, b| a.total_cmp(b).is_le()));
+    if sorted.is_empty() {
         return 0.0;
     }
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     round(sorted[rank.clamp(1, sorted.len()) - 1], 3)
 }
