@@ -104,6 +104,15 @@ type ReplySlot = Result<Reply, ConnError>;
 pub(crate) struct PendingReply {
     rx: Option<oneshot::Receiver<ReplySlot>>,
     shared: Arc<Shared>,
+    /// When the request was queued: the connection fails it `io_timeout` after this.
+    sent: Instant,
+}
+
+impl PendingReply {
+    /// When the request was queued: the connection fails it unanswered `io_timeout` after this.
+    pub(crate) fn sent(&self) -> Instant {
+        self.sent
+    }
 }
 
 impl Future for PendingReply {
@@ -185,17 +194,18 @@ impl Connection {
     pub(crate) fn send(&self, request: &Request<'_>) -> Result<PendingReply, ConnError> {
         let (tx, rx) = oneshot::channel();
         let shared = &self.handle.shared;
-        {
+        let sent = {
             let mut state = shared.lock();
             if let Some(err) = &state.closed {
                 return Err(err.clone());
             }
-            state.push(request, tx);
-        }
+            state.push(request, tx)
+        };
         shared.writer.notify_one();
         Ok(PendingReply {
             rx: Some(rx),
             shared: shared.clone(),
+            sent,
         })
     }
 
@@ -210,15 +220,18 @@ impl Connection {
 }
 
 impl State {
-    fn push(&mut self, request: &Request<'_>, reply: oneshot::Sender<ReplySlot>) {
+    /// Queues `request`; returns when, the instant its I/O timeout counts from.
+    fn push(&mut self, request: &Request<'_>, reply: oneshot::Sender<ReplySlot>) -> Instant {
         let opaque = self.next_opaque;
         self.next_opaque = opaque.wrapping_add(1);
         request.encode(opaque, &mut self.out);
+        let sent = Instant::now();
         self.waiters.push_back(Waiter {
             opaque,
-            sent: Instant::now(),
+            sent,
             reply,
         });
+        sent
     }
 }
 

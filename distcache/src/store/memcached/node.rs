@@ -160,10 +160,11 @@ impl Node {
             Some(sent) => sent.map_err(|err| StoreErrorKind::Connection(err.to_string()))?,
             None => self.send_pooled(request, deadline).await?,
         };
-        // The connection fails a request unanswered for the I/O timeout (one timer per
-        // connection); a timer of our own is needed only when the deadline comes sooner.
+        // The connection fails a request unanswered for the I/O timeout from when it was queued
+        // (one timer per connection); a timer of our own is needed only when the deadline comes
+        // sooner.
         let reply = match deadline {
-            Some(deadline) if deadline < Instant::now() + self.io_timeout => {
+            Some(deadline) if deadline < reply.sent() + self.io_timeout => {
                 // Our reply is abandoned at the deadline; the connection consumes it when it comes.
                 tokio::time::timeout_at(deadline, reply)
                     .await
