@@ -174,8 +174,16 @@ impl Connection {
             closed: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
         });
-        let reader = tokio::spawn(read_replies(shared.clone(), read));
-        let writer = tokio::spawn(write_requests(shared.clone(), write));
+        let reader = tokio::spawn(read_replies(
+            shared.clone(),
+            read,
+            ClosesOnDrop(shared.clone()),
+        ));
+        let writer = tokio::spawn(write_requests(
+            shared.clone(),
+            write,
+            ClosesOnDrop(shared.clone()),
+        ));
         shared
             .tasks
             .lock()
@@ -344,7 +352,21 @@ impl Shared {
     }
 }
 
-async fn write_requests(shared: Arc<Shared>, mut write: OwnedWriteHalf) {
+/// Held by each of a connection's tasks: a task that ends, however it ends, closes the
+/// connection. A task is dropped unfinished when its runtime shuts down (a `static` cache used from
+/// a `#[tokio::test]`, then from the next one): without this, the connection would still look open,
+/// and requests would queue on it with nobody to write them, read their replies or time them out.
+struct ClosesOnDrop(Arc<Shared>);
+
+impl Drop for ClosesOnDrop {
+    fn drop(&mut self) {
+        self.0
+            .close("the connection's tasks ended (their runtime shut down)");
+    }
+}
+
+/// `_closes`, an argument, is dropped with the task's future even if it never ran.
+async fn write_requests(shared: Arc<Shared>, mut write: OwnedWriteHalf, _closes: ClosesOnDrop) {
     loop {
         let pending = shared.lock().out.len();
         if pending == 0 {
@@ -385,7 +407,7 @@ async fn write_requests(shared: Arc<Shared>, mut write: OwnedWriteHalf) {
     }
 }
 
-async fn read_replies(shared: Arc<Shared>, mut read: OwnedReadHalf) {
+async fn read_replies(shared: Arc<Shared>, mut read: OwnedReadHalf, _closes: ClosesOnDrop) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let watch = tokio::time::sleep(shared.io_timeout);
     tokio::pin!(watch);
@@ -644,6 +666,31 @@ mod tests {
             "the I/O timeout, from the send"
         );
         assert!(conn.is_closed());
+    }
+
+    #[test]
+    fn a_connection_whose_runtime_shut_down_is_closed() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addrs = [listener.local_addr().unwrap()];
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let conn = runtime
+            .block_on(Connection::connect(
+                &addrs,
+                Duration::from_secs(1),
+                Duration::from_secs(5),
+            ))
+            .unwrap();
+        let _peer = listener.accept().unwrap();
+        assert!(!conn.is_closed());
+        drop(runtime);
+        assert!(conn.is_closed(), "its reader and writer are gone");
+        assert!(
+            conn.send(&get(&key("k"))).is_err(),
+            "no request is queued where nobody would write it or time it out"
+        );
     }
 
     #[tokio::test]

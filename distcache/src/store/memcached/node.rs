@@ -136,7 +136,7 @@ impl Node {
         if ready.len() < self.ready.wanted && !self.ready.growing.swap(true, Ordering::AcqRel) {
             tokio::spawn(grow(
                 self.pool.clone(),
-                self.ready.clone(),
+                Growing(self.ready.clone()),
                 self.connect_timeout,
                 self.health.retry_interval,
             ));
@@ -269,10 +269,11 @@ impl Ready {
 /// more connections is not asked at every request.
 async fn grow(
     pool: Pool<Manager>,
-    ready: Arc<Ready>,
+    growing: Growing,
     connect_timeout: Duration,
     retry_interval: Duration,
 ) {
+    let ready = &growing.0;
     let timeouts = Timeouts {
         wait: Some(Duration::ZERO),
         create: Some(connect_timeout),
@@ -290,7 +291,17 @@ async fn grow(
     if ready.len() < ready.wanted {
         tokio::time::sleep(retry_interval).await;
     }
-    ready.growing.store(false, Ordering::Release);
+}
+
+/// The right to grow a node's ready connections, given up when dropped, however the task that
+/// holds it ends: a task dropped with its runtime (even before it first ran) must not leave the
+/// node unable to grow on the next runtime.
+struct Growing(Arc<Ready>);
+
+impl Drop for Growing {
+    fn drop(&mut self) {
+        self.0.growing.store(false, Ordering::Release);
+    }
 }
 
 /// How a request was admitted to a node.
