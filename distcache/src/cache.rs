@@ -15,7 +15,7 @@ use crate::error::Error;
 use crate::flight;
 use crate::key::{KeyEncoder, WireKey};
 use crate::schedule::{Estimates, Site, site_of};
-use crate::stats::{Counters, Stats};
+use crate::stats::{Counters, NodeStats, Stats};
 use crate::store::memcached::{Cluster, Server};
 use crate::store::memory::MemoryStore;
 use crate::store::{Fill, Lease, Lookup, Store, StoreError};
@@ -276,6 +276,22 @@ impl Cache {
     /// This cache's counters since it was built (shared by its clones).
     pub fn stats(&self) -> Stats {
         self.inner.core.stats.snapshot()
+    }
+
+    /// Each memcached server's health: whether it is marked down now, and how many times it was
+    /// marked down and brought back. Empty for the in-process store. No I/O.
+    ///
+    /// ```
+    /// let cache = distcache::Cache::builder().server("127.0.0.1:11211").build()?;
+    /// let nodes = cache.node_stats();
+    /// assert_eq!((nodes.len(), nodes[0].marked_down), (1, 0));
+    /// # Ok::<(), distcache::BuildError>(())
+    /// ```
+    pub fn node_stats(&self) -> Vec<NodeStats> {
+        match &self.inner.store {
+            AnyStore::Memory(_) => Vec::new(),
+            AnyStore::Memcached(cluster) => cluster.node_stats(),
+        }
     }
 }
 

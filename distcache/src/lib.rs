@@ -136,7 +136,7 @@ pub use builder::CacheBuilder;
 pub use cache::{Cache, OnUnavailable};
 pub use error::{BoxError, BuildError, Error};
 pub use global::{default_cache, set_default};
-pub use stats::Stats;
+pub use stats::{NodeStats, Stats};
 pub use store::memcached::Server;
 pub use store::memcached::ring::Ring;
 

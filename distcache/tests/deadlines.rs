@@ -77,3 +77,160 @@ fn a_cache_used_from_three_runtimes_one_after_another_answers_within_the_bound()
         "every round used the store: {stats:?}"
     );
 }
+
+/// Records the names of the `tracing` events emitted on this thread.
+#[derive(Clone, Default)]
+struct EventNames(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for EventNames {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let name = event.metadata().name();
+        if name.starts_with("distcache.") {
+            self.0.lock().unwrap().push(name.to_owned());
+        }
+    }
+}
+
+/// Calls `key` every `period` with `exec_limit` until `calls` calls are made; returns how many
+/// failed before the first success, and checks that every call returned within its bound and
+/// that none failed after the first success.
+async fn failures_before_success(
+    cache: &Cache,
+    key: &str,
+    exec_limit: Duration,
+    period: Duration,
+    calls: usize,
+) -> usize {
+    let mut failed = 0;
+    let mut succeeded = false;
+    for i in 0..calls {
+        let started = Instant::now();
+        let result: Result<String, Error> = cache
+            .get(key, exec_limit, MINUTE, || async {
+                Ok("computed".to_owned())
+            })
+            .await;
+        let took = started.elapsed();
+        assert!(
+            took < exec_limit + SLACK,
+            "call {i} took {took:?}, over its exec_limit of {exec_limit:?}"
+        );
+        match result {
+            Ok(value) => {
+                assert_eq!(value, "computed");
+                succeeded = true;
+            }
+            Err(err) => {
+                assert!(
+                    !succeeded,
+                    "call {i} failed after calls had succeeded: {err}"
+                );
+                assert!(err.is_timeout(), "{err}");
+                failed += 1;
+            }
+        }
+        // A caller that calls once a `period`: long enough for a connection's own timer to
+        // fire between two calls, with no caller left waiting on it.
+        tokio::time::sleep(period.saturating_sub(took)).await;
+    }
+    assert!(succeeded, "no call succeeded in {calls}");
+    failed
+}
+
+/// F4b: a node that hangs (SIGSTOP) while callers' `exec_limit` is shorter than `io_timeout`.
+/// Each caller gives up at its deadline before the connection's own timer fires, so the requests
+/// tell the node's health nothing; the connection's timeout must, or the node's keys fail for as
+/// long as it hangs instead of degrading.
+#[tokio::test]
+async fn a_hung_node_is_marked_down_though_every_caller_gives_up_before_io_timeout() {
+    let events = EventNames::default();
+    let _subscriber = tracing::subscriber::set_default({
+        use tracing_subscriber::layer::SubscriberExt;
+        tracing_subscriber::registry().with(events.clone())
+    });
+    let servers = Memcached::start_many::<2>().await;
+    let cache = Cache::builder()
+        .servers(servers.iter().map(Memcached::addr))
+        .io_timeout(IO_TIMEOUT)
+        .failure_threshold(2)
+        .retry_interval(MINUTE)
+        .build()
+        .unwrap();
+    let hung = servers[0].addr();
+    let key = (0..)
+        .map(|i| format!("hung:{i}"))
+        .find(|k| cache.server_for(k).unwrap().to_string() == hung)
+        .unwrap();
+    // A connection to it exists and works before it hangs.
+    let _: String = cache
+        .get("warm-up", MINUTE, MINUTE, || async {
+            Ok::<_, Error>("w".into())
+        })
+        .await
+        .unwrap();
+    servers[0].pause();
+
+    let exec_limit = Duration::from_millis(200);
+    let failed = failures_before_success(&cache, &key, exec_limit, Duration::from_secs(1), 5).await;
+    assert!(
+        failed <= 2,
+        "{failed} calls failed before the node's keys degraded"
+    );
+    assert_ne!(cache.server_for(&key).unwrap().to_string(), hung);
+    let node = &cache.node_stats()[0];
+    assert!(node.down && node.marked_down == 1, "{node:?}");
+    assert!(
+        events
+            .0
+            .lock()
+            .unwrap()
+            .contains(&"distcache.node.down".to_owned()),
+        "the named event was emitted: {:?}",
+        events.0.lock().unwrap()
+    );
+    servers[0].resume();
+}
+
+/// F4b, connecting: a host whose listen queue is full drops new connects (SYNs) without an answer,
+/// as a host behind a black-holing firewall does. With `exec_limit` shorter than
+/// `connect_timeout`, every caller gives up before the connect times out; the connect must still
+/// run to its own timeout and count, so that the node is marked down.
+#[tokio::test]
+async fn a_host_that_drops_connects_is_marked_down_though_every_caller_gives_up_first() {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Fill the listen queue (never accepted) until a connect no longer completes.
+    let mut queued = Vec::new();
+    loop {
+        match tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            Ok(stream) => queued.push(stream.unwrap()),
+            Err(_) => break,
+        }
+        assert!(queued.len() < 64, "the listen queue never filled");
+    }
+    let cache = Cache::builder()
+        .server(addr.to_string())
+        .connect_timeout(CONNECT_TIMEOUT)
+        .failure_threshold(1)
+        .retry_interval(MINUTE)
+        .build()
+        .unwrap();
+    let exec_limit = Duration::from_millis(200);
+    let period = CONNECT_TIMEOUT + Duration::from_millis(500);
+    let failed = failures_before_success(&cache, "k", exec_limit, period, 3).await;
+    assert!(
+        failed <= 1,
+        "{failed} calls failed before the node's keys degraded"
+    );
+    let stats = cache.stats();
+    assert!(stats.degraded_calls >= 1, "{stats:?}");
+    assert!(cache.node_stats()[0].down);
+    drop(listener);
+}

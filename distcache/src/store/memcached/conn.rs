@@ -36,7 +36,9 @@ use tokio::sync::{Notify, oneshot};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
+use super::health::{Health, Ticket};
 use super::protocol::{self, ErrorKind, Meta, Reply, Request};
+use crate::store::StoreErrorKind;
 
 const READ_CHUNK: usize = 64 * 1024;
 /// How many turns of the scheduler the writer waits for more requests before a write.
@@ -79,6 +81,9 @@ struct Shared {
     io_timeout: Duration,
     closed: AtomicBool,
     tasks: Mutex<Vec<AbortHandle>>,
+    /// The node's health, told of this connection's own timeout: the callers waiting on it may
+    /// all have given up at their deadlines, and would tell it nothing.
+    health: Option<Arc<Health>>,
 }
 
 #[derive(Debug, Default)]
@@ -146,11 +151,12 @@ impl Connection {
         addrs: &[SocketAddr],
         timeout: Duration,
         io_timeout: Duration,
+        health: Option<Arc<Health>>,
     ) -> io::Result<Self> {
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no address to connect to");
         for addr in addrs {
             match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => return Ok(Self::start(stream, io_timeout)),
+                Ok(Ok(stream)) => return Ok(Self::start(stream, io_timeout, health)),
                 Ok(Err(err)) => last = err,
                 Err(_) => {
                     last = io::Error::new(
@@ -163,7 +169,7 @@ impl Connection {
         Err(last)
     }
 
-    fn start(stream: TcpStream, io_timeout: Duration) -> Self {
+    fn start(stream: TcpStream, io_timeout: Duration, health: Option<Arc<Health>>) -> Self {
         // Small requests must not wait for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
         let (read, write) = stream.into_split();
@@ -173,6 +179,7 @@ impl Connection {
             io_timeout,
             closed: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
+            health,
         });
         let reader = tokio::spawn(read_replies(
             shared.clone(),
@@ -440,6 +447,9 @@ async fn read_replies(shared: Arc<Shared>, mut read: OwnedReadHalf, _closes: Clo
                 match shared.oldest() {
                     Some(sent) if sent + shared.io_timeout <= now => {
                         shared.close_with(ConnError::TimedOut(shared.io_timeout));
+                        if let Some(health) = &shared.health {
+                            health.failure(Ticket::Up, &StoreErrorKind::Timeout(shared.io_timeout));
+                        }
                         return;
                     }
                     Some(sent) => watch.as_mut().reset(sent + shared.io_timeout),
@@ -482,7 +492,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let addrs = [addr];
         let (conn, accepted) = tokio::join!(
-            Connection::connect(&addrs, Duration::from_secs(1), Duration::from_secs(5)),
+            Connection::connect(&addrs, Duration::from_secs(1), Duration::from_secs(5), None),
             listener.accept()
         );
         (conn.unwrap(), BufReader::new(accepted.unwrap().0))
@@ -681,6 +691,7 @@ mod tests {
                 &addrs,
                 Duration::from_secs(1),
                 Duration::from_secs(5),
+                None,
             ))
             .unwrap();
         let _peer = listener.accept().unwrap();

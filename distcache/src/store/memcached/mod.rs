@@ -16,6 +16,7 @@ use super::{Fill, Item, Lease, Lookup, Store, StoreError, StoreErrorKind};
 use crate::key::WireKey;
 
 mod conn;
+mod health;
 mod node;
 mod protocol;
 pub(crate) mod ring;
@@ -47,6 +48,23 @@ impl Cluster {
 
     pub(crate) fn servers(&self) -> &[Server] {
         self.inner.ring.servers()
+    }
+
+    /// Each node's health, in the order the servers were configured.
+    pub(crate) fn node_stats(&self) -> Vec<crate::NodeStats> {
+        self.inner
+            .nodes
+            .iter()
+            .map(|node| {
+                let (marked_down, back) = node.transitions();
+                crate::NodeStats {
+                    server: node.server.clone(),
+                    down: node.is_down(),
+                    marked_down,
+                    back,
+                }
+            })
+            .collect()
     }
 
     /// The server `key` goes to now: its own, or the next one up if its own is marked down.

@@ -1,26 +1,22 @@
-//! One server: a pool of pipelined connections, per-operation timeouts, and health.
-//!
-//! Health: consecutive failures (or one timeout) mark the node down for `retry_interval`, during
-//! which its keys go to the next server on the ring. After the interval, one request is let
-//! through as a probe; its success brings the node back, its failure keeps it down for another
-//! interval.
+//! One server: a pool of pipelined connections, per-operation timeouts, and its health
+//! (`health.rs`).
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::Poll;
 use std::time::Duration;
 
-use deadpool::managed::{self, Metrics, Pool, PoolError, RecycleError, RecycleResult, Timeouts};
-use tokio::time::Instant;
-use tracing::{info, warn};
-
 use super::conn::{ConnError, Connection, PendingReply};
+use super::health::Health;
+pub(crate) use super::health::Ticket;
 use super::protocol::{Reply, Request};
 use super::ring::Server;
 use crate::store::{StoreError, StoreErrorKind};
+use deadpool::managed::{self, Metrics, Pool, PoolError, RecycleError, RecycleResult, Timeouts};
+use tokio::time::Instant;
 
 /// The settings a node runs with.
 #[derive(Debug, Clone)]
@@ -39,7 +35,7 @@ pub(crate) struct Node {
     /// Clones of the pool's live connections, to pipeline on without a checkout: a request
     /// only needs a connection for the moment it is queued.
     ready: Arc<Ready>,
-    health: Health,
+    health: Arc<Health>,
     connect_timeout: Duration,
     io_timeout: Duration,
 }
@@ -47,10 +43,17 @@ pub(crate) struct Node {
 impl Node {
     /// A node that connects on first use.
     pub(crate) fn new(server: Server, config: &NodeConfig, epoch: Instant) -> Self {
+        let health = Arc::new(Health::new(
+            server.clone(),
+            epoch,
+            config.retry_interval,
+            config.failure_threshold,
+        ));
         let manager = Manager {
             server: server.clone(),
             connect_timeout: config.connect_timeout,
             io_timeout: config.io_timeout,
+            health: health.clone(),
         };
         let pool = Pool::builder(manager)
             .max_size(config.connections)
@@ -67,14 +70,7 @@ impl Node {
                 wanted: config.connections,
                 growing: AtomicBool::new(false),
             }),
-            health: Health {
-                epoch,
-                failures: AtomicU32::new(0),
-                down_until: AtomicU64::new(UP),
-                probing: AtomicBool::new(false),
-                retry_interval: config.retry_interval,
-                threshold: config.failure_threshold,
-            },
+            health,
             connect_timeout: config.connect_timeout,
             io_timeout: config.io_timeout,
         }
@@ -91,6 +87,11 @@ impl Node {
         self.health.is_down()
     }
 
+    /// How many times the node was marked down, and brought back.
+    pub(crate) fn transitions(&self) -> (u64, u64) {
+        self.health.transitions()
+    }
+
     /// Sends `request` and awaits its reply within the I/O timeout, or until `deadline` if that
     /// comes first; records the outcome in the node's health. A deadline is the caller's
     /// business, not a sign of trouble: it neither counts as a failure nor closes the connection.
@@ -103,7 +104,6 @@ impl Node {
     ) -> Result<Reply, StoreError> {
         let mut outcome = Outcome {
             health: &self.health,
-            server: &self.server,
             ticket,
             recorded: false,
         };
@@ -111,6 +111,9 @@ impl Node {
         match &result {
             Ok(_) => outcome.success(),
             Err(StoreErrorKind::Deadline) => outcome.abandoned(),
+            // The connect itself reported it (`Manager::create`), whether or not anybody was
+            // still waiting: counted once. A probe still ends here.
+            Err(StoreErrorKind::Io(_)) if ticket == Ticket::Up => outcome.abandoned(),
             Err(kind) => outcome.failure(kind),
         }
         result.map_err(|kind| StoreError {
@@ -138,7 +141,7 @@ impl Node {
                 self.pool.clone(),
                 Growing(self.ready.clone()),
                 self.connect_timeout,
-                self.health.retry_interval,
+                self.health.retry_interval(),
             ));
         }
         let conn = match ready.len() {
@@ -304,20 +307,10 @@ impl Drop for Growing {
     }
 }
 
-/// How a request was admitted to a node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Ticket {
-    /// The node is up.
-    Up,
-    /// The node is down and due for a retry: this request is the probe.
-    Probe,
-}
-
 /// Records a request's outcome exactly once, also when the request is dropped half-way: an
 /// abandoned probe must not leave the node waiting for a result that never comes.
 struct Outcome<'a> {
     health: &'a Health,
-    server: &'a Server,
     ticket: Ticket,
     recorded: bool,
 }
@@ -325,20 +318,17 @@ struct Outcome<'a> {
 impl Outcome<'_> {
     fn success(&mut self) {
         self.recorded = true;
-        self.health.success(self.server, self.ticket);
+        self.health.success(self.ticket);
     }
 
     fn failure(&mut self, error: &StoreErrorKind) {
         self.recorded = true;
-        self.health.failure(self.server, self.ticket, error);
+        self.health.failure(self.ticket, error);
     }
 
     fn abandoned(&mut self) {
         self.recorded = true;
-        if self.ticket == Ticket::Probe {
-            // Nothing was learnt: let the next request probe.
-            self.health.probing.store(false, Ordering::Release);
-        }
+        self.health.abandoned(self.ticket);
     }
 }
 
@@ -356,6 +346,7 @@ struct Manager {
     server: Server,
     connect_timeout: Duration,
     io_timeout: Duration,
+    health: Arc<Health>,
 }
 
 impl managed::Manager for Manager {
@@ -363,12 +354,42 @@ impl managed::Manager for Manager {
     type Error = io::Error;
 
     async fn create(&self) -> Result<Connection, io::Error> {
-        // Resolved at each connect, so that a server's new address is picked up.
-        let addrs: Vec<SocketAddr> =
-            tokio::net::lookup_host((self.server.host(), self.server.port()))
-                .await?
+        let (server, health) = (self.server.clone(), self.health.clone());
+        let (connect_timeout, io_timeout) = (self.connect_timeout, self.io_timeout);
+        // Spawned, so that a connect whose caller gave up at its deadline still runs to its own
+        // timeout and tells the node's health how it ended: with an `exec_limit` shorter than
+        // `connect_timeout`, a host that drops connects would otherwise never be marked down.
+        let connect = tokio::spawn(async move {
+            let connected = async {
+                // Resolved at each connect, so that a server's new address is picked up.
+                let addrs: Vec<SocketAddr> = tokio::time::timeout(
+                    connect_timeout,
+                    tokio::net::lookup_host((server.host(), server.port())),
+                )
+                .await
+                .map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("resolving {server} took over {connect_timeout:?}"),
+                    )
+                })??
                 .collect();
-        Connection::connect(&addrs, self.connect_timeout, self.io_timeout).await
+                Connection::connect(&addrs, connect_timeout, io_timeout, Some(health.clone())).await
+            }
+            .await;
+            if let Err(err) = &connected {
+                let kind = if err.kind() == io::ErrorKind::TimedOut {
+                    StoreErrorKind::Timeout(connect_timeout)
+                } else {
+                    StoreErrorKind::Io(io::Error::new(err.kind(), err.to_string()))
+                };
+                health.failure(Ticket::Up, &kind);
+            }
+            connected
+        });
+        connect
+            .await
+            .unwrap_or_else(|err| Err(io::Error::other(format!("the connect task ended: {err}"))))
     }
 
     async fn recycle(&self, conn: &mut Connection, _: &Metrics) -> RecycleResult<io::Error> {
@@ -376,78 +397,6 @@ impl managed::Manager for Manager {
             return Err(RecycleError::message("the connection is closed"));
         }
         Ok(())
-    }
-}
-
-/// `down_until` of a node that is up.
-const UP: u64 = 0;
-
-#[derive(Debug)]
-struct Health {
-    epoch: Instant,
-    failures: AtomicU32,
-    /// Milliseconds since `epoch` until which the node is down; `UP` when it is up.
-    down_until: AtomicU64,
-    /// A probe is under way.
-    probing: AtomicBool,
-    retry_interval: Duration,
-    threshold: u32,
-}
-
-impl Health {
-    fn now(&self) -> u64 {
-        // At least 1, so that no deadline equals `UP`.
-        self.epoch.elapsed().as_millis() as u64 + 1
-    }
-
-    fn is_down(&self) -> bool {
-        let until = self.down_until.load(Ordering::Acquire);
-        until != UP && self.now() < until
-    }
-
-    fn admit(&self) -> Option<Ticket> {
-        let until = self.down_until.load(Ordering::Acquire);
-        if until == UP {
-            return Some(Ticket::Up);
-        }
-        if self.now() < until {
-            return None;
-        }
-        self.probing
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-            .then_some(Ticket::Probe)
-    }
-
-    fn success(&self, server: &Server, ticket: Ticket) {
-        // Read first: a store at every request would move the cache line between the threads
-        // that make requests, for nothing while there are no failures.
-        if self.failures.load(Ordering::Acquire) != 0 {
-            self.failures.store(0, Ordering::Release);
-        }
-        // Only the probe brings a down node back: a request that was already under way when
-        // the node was marked down says little about it now.
-        if ticket == Ticket::Probe {
-            self.down_until.store(UP, Ordering::Release);
-            self.probing.store(false, Ordering::Release);
-            info!(node = %server, "memcached node is back: its keys return to it");
-        }
-    }
-
-    fn failure(&self, server: &Server, ticket: Ticket, error: &StoreErrorKind) {
-        let timed_out = matches!(error, StoreErrorKind::Timeout(_));
-        let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
-        if timed_out || failures >= self.threshold || ticket == Ticket::Probe {
-            let until = self.now() + self.retry_interval.as_millis() as u64;
-            let was = self.down_until.swap(until, Ordering::AcqRel);
-            if ticket == Ticket::Probe {
-                self.probing.store(false, Ordering::Release);
-            }
-            if was == UP {
-                warn!(node = %server, %error, retry_in = ?self.retry_interval,
-                    "memcached node marked down: its keys go to the next node on the ring");
-            }
-        }
     }
 }
 
@@ -605,25 +554,6 @@ mod tests {
         assert_eq!(lines, "md a O0\r\nmd b O1\r\n");
     }
 
-    fn health(threshold: u32) -> Health {
-        Health {
-            epoch: Instant::now(),
-            failures: AtomicU32::new(0),
-            down_until: AtomicU64::new(UP),
-            probing: AtomicBool::new(false),
-            retry_interval: Duration::from_secs(2),
-            threshold,
-        }
-    }
-
-    fn server() -> Server {
-        Server::new("127.0.0.1", 1).unwrap()
-    }
-
-    fn refused() -> StoreErrorKind {
-        StoreErrorKind::Io(io::Error::from(io::ErrorKind::ConnectionRefused))
-    }
-
     #[tokio::test]
     async fn waiting_for_a_busy_pool_is_bounded() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -666,78 +596,5 @@ mod tests {
             "connect_timeout: {:?}",
             started.elapsed()
         );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn consecutive_failures_mark_down_and_one_probe_brings_back() {
-        let (h, s) = (health(2), server());
-        h.failure(&s, Ticket::Up, &refused());
-        assert_eq!(h.admit(), Some(Ticket::Up), "one failure is not enough");
-        h.success(&s, Ticket::Up);
-        h.failure(&s, Ticket::Up, &refused());
-        assert_eq!(
-            h.admit(),
-            Some(Ticket::Up),
-            "a success in between resets the count"
-        );
-        h.failure(&s, Ticket::Up, &refused());
-        assert!(
-            h.is_down() && h.admit().is_none(),
-            "two in a row mark it down"
-        );
-        h.success(&s, Ticket::Up);
-        assert!(
-            h.is_down(),
-            "a request from before the mark-down does not bring it back"
-        );
-        tokio::time::advance(Duration::from_secs(2)).await;
-        assert_eq!(
-            h.admit(),
-            Some(Ticket::Probe),
-            "after the retry interval one request probes"
-        );
-        assert_eq!(h.admit(), None, "only one");
-        h.success(&s, Ticket::Probe);
-        assert_eq!(
-            h.admit(),
-            Some(Ticket::Up),
-            "a successful probe brings it back"
-        );
-        assert!(!h.is_down());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_timeout_or_a_failed_probe_marks_down_at_once() {
-        let (h, s) = (health(5), server());
-        h.failure(
-            &s,
-            Ticket::Up,
-            &StoreErrorKind::Timeout(Duration::from_millis(1)),
-        );
-        assert!(h.is_down());
-        tokio::time::advance(Duration::from_secs(2)).await;
-        assert_eq!(h.admit(), Some(Ticket::Probe));
-        h.failure(&s, Ticket::Probe, &refused());
-        assert!(h.is_down(), "the probe failed: down for another interval");
-        tokio::time::advance(Duration::from_millis(1999)).await;
-        assert_eq!(h.admit(), None);
-        tokio::time::advance(Duration::from_millis(1)).await;
-        assert_eq!(h.admit(), Some(Ticket::Probe));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn an_abandoned_probe_lets_the_next_request_probe() {
-        let (h, s) = (health(1), server());
-        h.failure(&s, Ticket::Up, &refused());
-        tokio::time::advance(Duration::from_secs(2)).await;
-        let probe = h.admit();
-        assert_eq!(probe, Some(Ticket::Probe));
-        drop(Outcome {
-            health: &h,
-            server: &s,
-            ticket: Ticket::Probe,
-            recorded: false,
-        });
-        assert_eq!(h.admit(), Some(Ticket::Probe), "not shut out for good");
     }
 }
