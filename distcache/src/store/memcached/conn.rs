@@ -23,7 +23,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -77,8 +77,12 @@ impl Drop for Handle {
 struct Shared {
     state: Mutex<State>,
     writer: Notify,
-    /// The longest the oldest request may wait for its reply.
+    /// The longest the connection may wait for the oldest request's reply with no bytes moving
+    /// either way.
     io_timeout: Duration,
+    /// When the connection was made, and nanoseconds after it that the writer last sent bytes.
+    epoch: Instant,
+    written_at: AtomicU64,
     closed: AtomicBool,
     tasks: Mutex<Vec<AbortHandle>>,
     /// The node's health, told of this connection's own timeout: the callers waiting on it may
@@ -177,6 +181,8 @@ impl Connection {
             state: Mutex::new(State::default()),
             writer: Notify::new(),
             io_timeout,
+            epoch: Instant::now(),
+            written_at: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
             health,
@@ -275,6 +281,17 @@ impl Shared {
             let _ = waiter.reply.send(Err(err.clone()));
         }
         self.abort_tasks();
+    }
+
+    fn note_written(&self) {
+        let since = self.epoch.elapsed().as_nanos();
+        self.written_at
+            .store(u64::try_from(since).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// When the writer last sent bytes.
+    fn last_written(&self) -> Instant {
+        self.epoch + Duration::from_nanos(self.written_at.load(Ordering::Relaxed))
     }
 
     /// When the oldest request still waiting was sent, if any.
@@ -401,9 +418,24 @@ async fn write_requests(shared: Arc<Shared>, mut write: OwnedWriteHalf, _closes:
             }
             state.out.split()
         };
-        if let Err(err) = write.write_all(&batch).await {
-            shared.close(&format!("write failed: {err}"));
-            return;
+        // Written piece by piece, each noted as progress: a large batch to a server that reads it
+        // steadily is not a server that stopped answering.
+        let mut written = 0;
+        while written < batch.len() {
+            match write.write(&batch[written..]).await {
+                Ok(0) => {
+                    shared.close("write failed: the server takes no more bytes");
+                    return;
+                }
+                Ok(n) => {
+                    written += n;
+                    shared.note_written();
+                }
+                Err(err) => {
+                    shared.close(&format!("write failed: {err}"));
+                    return;
+                }
+            }
         }
         // Give the buffer back, so that steady traffic does not allocate.
         batch.clear();
@@ -418,6 +450,7 @@ async fn read_replies(shared: Arc<Shared>, mut read: OwnedReadHalf, _closes: Clo
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let watch = tokio::time::sleep(shared.io_timeout);
     tokio::pin!(watch);
+    let mut last_read = shared.epoch;
     loop {
         loop {
             match protocol::parse(&mut buf) {
@@ -437,22 +470,29 @@ async fn read_replies(shared: Arc<Shared>, mut read: OwnedReadHalf, _closes: Clo
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK);
         }
-        // Watch the oldest request's age while reading, with one timer that is only re-armed
-        // when it fires: it never fires later than the oldest request's limit, since a request
-        // sent after the timer was armed has a later limit than the timer.
+        // Watch the oldest request while reading, with one timer that is only re-armed when it
+        // fires: the connection fails once the oldest request has waited `io_timeout` with no
+        // bytes moving either way since it was sent. The limit is counted from the last progress,
+        // not from the send, so that a deep queue answered steadily (a burst of large pipelined
+        // fills) is not taken for a server that stopped answering. The timer never fires later
+        // than that limit: a request sent, or bytes moved, after it was armed only move the
+        // limit later.
         let read = tokio::select! {
             read = read.read_buf(&mut buf) => read,
             () = &mut watch => {
                 let now = Instant::now();
                 match shared.oldest() {
-                    Some(sent) if sent + shared.io_timeout <= now => {
-                        shared.close_with(ConnError::TimedOut(shared.io_timeout));
-                        if let Some(health) = &shared.health {
-                            health.failure(Ticket::Up, &StoreErrorKind::Timeout(shared.io_timeout));
+                    Some(sent) => {
+                        let limit = sent.max(last_read).max(shared.last_written()) + shared.io_timeout;
+                        if limit <= now {
+                            shared.close_with(ConnError::TimedOut(shared.io_timeout));
+                            if let Some(health) = &shared.health {
+                                health.failure(Ticket::Up, &StoreErrorKind::Timeout(shared.io_timeout));
+                            }
+                            return;
                         }
-                        return;
+                        watch.as_mut().reset(limit);
                     }
-                    Some(sent) => watch.as_mut().reset(sent + shared.io_timeout),
                     None => watch.as_mut().reset(now + shared.io_timeout),
                 }
                 continue;
@@ -463,7 +503,7 @@ async fn read_replies(shared: Arc<Shared>, mut read: OwnedReadHalf, _closes: Clo
                 shared.close("the server closed the connection");
                 return;
             }
-            Ok(_) => {}
+            Ok(_) => last_read = Instant::now(),
             Err(err) => {
                 shared.close(&format!("read failed: {err}"));
                 return;
@@ -676,6 +716,44 @@ mod tests {
             "the I/O timeout, from the send"
         );
         assert!(conn.is_closed());
+    }
+
+    #[tokio::test]
+    async fn a_deep_queue_answered_steadily_is_not_timed_out() {
+        // Twenty requests queued at once, answered one every 50 ms: the last waits a second
+        // in all, twice the I/O timeout, but the server never falls silent for anywhere near it.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addrs = [listener.local_addr().unwrap()];
+        let io_timeout = Duration::from_millis(500);
+        let (conn, accepted) = tokio::join!(
+            Connection::connect(&addrs, Duration::from_secs(1), io_timeout, None),
+            listener.accept()
+        );
+        let (conn, mut peer) = (conn.unwrap(), BufReader::new(accepted.unwrap().0));
+        let keys: Vec<WireKey> = (0..20).map(|i| key(&format!("k{i}"))).collect();
+        let replies: Vec<_> = keys.iter().map(|k| conn.send(&get(k)).unwrap()).collect();
+        let answering = async {
+            for opaque in 0..20 {
+                read_line(&mut peer).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let reply = format!("EN O{opaque}\r\n");
+                peer.get_mut().write_all(reply.as_bytes()).await.unwrap();
+            }
+        };
+        let (_, got) = tokio::join!(answering, async {
+            let mut got = Vec::new();
+            for reply in replies {
+                got.push(within(reply).await);
+            }
+            got
+        });
+        for (i, reply) in got.into_iter().enumerate() {
+            assert!(
+                matches!(reply, Ok(Ok(Reply::Meta(_)))),
+                "request {i}: {reply:?}"
+            );
+        }
+        assert!(!conn.is_closed());
     }
 
     #[test]
