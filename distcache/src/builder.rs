@@ -257,6 +257,7 @@ impl CacheBuilder {
                     });
                 }
             },
+            max_value: self.max_value_bytes,
         };
         Ok(Cluster::new(ring, &config))
     }

@@ -37,7 +37,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::health::{Health, Ticket};
-use super::protocol::{self, ErrorKind, Meta, Reply, Request};
+use super::protocol::{ErrorKind, Meta, Parser, Reply, Request};
 use crate::store::StoreErrorKind;
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -53,6 +53,18 @@ pub(crate) enum ConnError {
     Closed(Arc<str>),
     #[error("no reply within {0:?}; the connection is closed")]
     TimedOut(Duration),
+}
+
+/// What a connection is made with.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnConfig {
+    pub(crate) connect_timeout: Duration,
+    /// How long the oldest request may wait with no bytes moving either way.
+    pub(crate) io_timeout: Duration,
+    /// The largest value kept from a reply (`max_value_bytes`); larger ones are skipped unread.
+    pub(crate) max_value: usize,
+    /// The node's health, told of the connection's own timeout.
+    pub(crate) health: Option<Arc<Health>>,
 }
 
 /// A handle to a connection; clones share it, and the last one to go closes it.
@@ -88,6 +100,7 @@ struct Shared {
     /// The node's health, told of this connection's own timeout: the callers waiting on it may
     /// all have given up at their deadlines, and would tell it nothing.
     health: Option<Arc<Health>>,
+    max_value: usize,
 }
 
 #[derive(Debug, Default)]
@@ -151,16 +164,12 @@ impl Connection {
     /// Connects to the first of `addrs` that accepts within `timeout`. A request unanswered for
     /// `io_timeout` closes the connection, failing every request on it with
     /// [`ConnError::TimedOut`]: one timer per connection, not one per request.
-    pub(crate) async fn connect(
-        addrs: &[SocketAddr],
-        timeout: Duration,
-        io_timeout: Duration,
-        health: Option<Arc<Health>>,
-    ) -> io::Result<Self> {
+    pub(crate) async fn connect(addrs: &[SocketAddr], config: &ConnConfig) -> io::Result<Self> {
+        let timeout = config.connect_timeout;
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no address to connect to");
         for addr in addrs {
             match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => return Ok(Self::start(stream, io_timeout, health)),
+                Ok(Ok(stream)) => return Ok(Self::start(stream, config)),
                 Ok(Err(err)) => last = err,
                 Err(_) => {
                     last = io::Error::new(
@@ -173,19 +182,20 @@ impl Connection {
         Err(last)
     }
 
-    fn start(stream: TcpStream, io_timeout: Duration, health: Option<Arc<Health>>) -> Self {
+    fn start(stream: TcpStream, config: &ConnConfig) -> Self {
         // Small requests must not wait for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
         let (read, write) = stream.into_split();
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             writer: Notify::new(),
-            io_timeout,
+            io_timeout: config.io_timeout,
             epoch: Instant::now(),
             written_at: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
-            health,
+            health: config.health.clone(),
+            max_value: config.max_value,
         });
         let reader = tokio::spawn(read_replies(
             shared.clone(),
@@ -341,12 +351,18 @@ impl Shared {
             return Err(format!("a reply nobody asked for: {reply:?}"));
         };
         let fatal = match &reply {
+            // Every request carries its token, and memcached echoes it in every meta reply: a
+            // reply without it cannot be proven to be the one its waiter expects.
             Reply::Meta(meta) => match meta.opaque {
-                Some(opaque) if opaque != waiter.opaque => Some(format!(
+                Some(opaque) if opaque == waiter.opaque => None,
+                Some(opaque) => Some(format!(
                     "reply for request {opaque} where {} was expected",
                     waiter.opaque
                 )),
-                _ => None,
+                None => Some(format!(
+                    "a reply without its request's token where {} was expected",
+                    waiter.opaque
+                )),
             },
             // After a command error memcached may be reading our next bytes as data: start over.
             Reply::Error {
@@ -448,12 +464,13 @@ async fn write_requests(shared: Arc<Shared>, mut write: OwnedWriteHalf, _closes:
 
 async fn read_replies(shared: Arc<Shared>, mut read: OwnedReadHalf, _closes: ClosesOnDrop) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut parser = Parser::new(shared.max_value);
     let watch = tokio::time::sleep(shared.io_timeout);
     tokio::pin!(watch);
     let mut last_read = shared.epoch;
     loop {
         loop {
-            match protocol::parse(&mut buf) {
+            match parser.parse(&mut buf) {
                 Ok(Some(reply)) => {
                     if let Err(reason) = shared.deliver(reply) {
                         shared.close(&reason);
@@ -467,7 +484,11 @@ async fn read_replies(shared: Arc<Shared>, mut read: OwnedReadHalf, _closes: Clo
                 }
             }
         }
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        if buf.is_empty() && buf.capacity() > 4 * READ_CHUNK {
+            // A large value made the buffer grow: give the memory back once it is handed out,
+            // rather than keep the peak for the connection's life.
+            buf = BytesMut::with_capacity(READ_CHUNK);
+        } else if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK);
         }
         // Watch the oldest request while reading, with one timer that is only re-armed when it
@@ -526,15 +547,24 @@ mod tests {
         KeyEncoder::new("").unwrap().encode(k)
     }
 
+    /// Values of up to 1 MB kept, no health to tell.
+    fn config(io_timeout: Duration) -> ConnConfig {
+        ConnConfig {
+            connect_timeout: Duration::from_secs(1),
+            io_timeout,
+            max_value: 1_000_000,
+            health: None,
+        }
+    }
+
     /// A peer on a free loopback port, and a connection to it.
     async fn peer() -> (Connection, BufReader<TcpStream>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let addrs = [addr];
-        let (conn, accepted) = tokio::join!(
-            Connection::connect(&addrs, Duration::from_secs(1), Duration::from_secs(5), None),
-            listener.accept()
-        );
+        let config = config(Duration::from_secs(5));
+        let (conn, accepted) =
+            tokio::join!(Connection::connect(&addrs, &config), listener.accept());
         (conn.unwrap(), BufReader::new(accepted.unwrap().0))
     }
 
@@ -681,6 +711,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_reply_without_its_token_closes_the_connection() {
+        let (conn, mut peer) = peer().await;
+        let k = key("k");
+        let reply = conn.send(&get(&k)).unwrap();
+        within(read_line(&mut peer)).await;
+        peer.get_mut().write_all(b"HD\r\n").await.unwrap();
+        assert!(matches!(within(reply).await, Ok(Err(ConnError::Closed(_)))));
+        assert!(conn.is_closed());
+    }
+
+    #[tokio::test]
+    async fn a_value_over_max_value_is_skipped_and_the_connection_stays_in_step() {
+        let (conn, mut peer) = peer().await;
+        let (big, small) = (key("big"), key("small"));
+        let first = conn.send(&get(&big)).unwrap();
+        let second = conn.send(&get(&small)).unwrap();
+        within(read_line(&mut peer)).await;
+        within(read_line(&mut peer)).await;
+        // 5 MB declared and sent, over the connection's 1 MB limit.
+        let mut wire = b"VA 5000000 c9 f7 O0\r\n".to_vec();
+        wire.extend(std::iter::repeat_n(b'x', 5_000_000));
+        wire.extend_from_slice(b"\r\nVA 2 c3 f7 O1\r\nok\r\n");
+        peer.get_mut().write_all(&wire).await.unwrap();
+        let skipped = meta(within(first).await);
+        assert!(skipped.skipped() && skipped.size == 5_000_000);
+        assert_eq!(&meta(within(second).await).data[..], b"ok");
+        assert!(!conn.is_closed());
+    }
+
+    #[tokio::test]
     async fn a_value_split_across_packets_is_assembled_without_loss() {
         let (conn, mut peer) = peer().await;
         let k = key("k");
@@ -725,10 +785,9 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addrs = [listener.local_addr().unwrap()];
         let io_timeout = Duration::from_millis(500);
-        let (conn, accepted) = tokio::join!(
-            Connection::connect(&addrs, Duration::from_secs(1), io_timeout, None),
-            listener.accept()
-        );
+        let config = config(io_timeout);
+        let (conn, accepted) =
+            tokio::join!(Connection::connect(&addrs, &config), listener.accept());
         let (conn, mut peer) = (conn.unwrap(), BufReader::new(accepted.unwrap().0));
         let keys: Vec<WireKey> = (0..20).map(|i| key(&format!("k{i}"))).collect();
         let replies: Vec<_> = keys.iter().map(|k| conn.send(&get(k)).unwrap()).collect();
@@ -765,12 +824,7 @@ mod tests {
             .build()
             .unwrap();
         let conn = runtime
-            .block_on(Connection::connect(
-                &addrs,
-                Duration::from_secs(1),
-                Duration::from_secs(5),
-                None,
-            ))
+            .block_on(Connection::connect(&addrs, &config(Duration::from_secs(5))))
             .unwrap();
         let _peer = listener.accept().unwrap();
         assert!(!conn.is_closed());

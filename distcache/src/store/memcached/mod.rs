@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio::time::Instant;
+use tracing::warn;
 
 use self::node::Node;
 pub(crate) use self::node::NodeConfig;
@@ -188,6 +189,12 @@ impl Store for Cluster {
             .await?;
         let server = &self.inner.nodes[node].server;
         let meta = meta("lookup", server, reply)?;
+        if meta.skipped() {
+            // Not ours (ours are never over the limit), or written with a larger limit: a miss,
+            // which the flight counts, recomputes and replaces.
+            warn!(node = %server, key = key.as_str(), size = meta.size,
+                "an item over max_value_bytes was skipped unread");
+        }
         let version = Lease {
             cas: meta.cas.unwrap_or_default(),
             node,
@@ -202,7 +209,7 @@ impl Store for Cluster {
             // read: the lease is ours (W), or someone else's (Z, or X alone).
             Code::Value if meta.won_lease() => Ok(Lookup::Won(version)),
             Code::Value if meta.stale => Ok(Lookup::Busy),
-            Code::Value if meta.data.is_empty() && meta.won_elsewhere => Ok(Lookup::Busy),
+            Code::Value if meta.size == 0 && meta.won_elsewhere => Ok(Lookup::Busy),
             // A value near its end (`R`): ours to refresh (W); someone else's (Z) leaves it a
             // plain hit.
             Code::Value if meta.win => Ok(Lookup::Refresh(item(meta))),
@@ -292,6 +299,7 @@ mod tests {
             retry_interval: Duration::from_secs(1),
             failure_threshold: 2,
             connections,
+            max_value: crate::codec::DEFAULT_MAX_VALUE_BYTES,
         };
         Cluster::new(ring, &config)
     }

@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use std::task::Poll;
 use std::time::Duration;
 
-use super::conn::{ConnError, Connection, PendingReply};
+use super::conn::{ConnConfig, ConnError, Connection, PendingReply};
 use super::health::Health;
 pub(crate) use super::health::Ticket;
 use super::protocol::{Reply, Request};
@@ -26,6 +26,8 @@ pub(crate) struct NodeConfig {
     pub(crate) retry_interval: Duration,
     pub(crate) failure_threshold: u32,
     pub(crate) connections: usize,
+    /// The largest value kept from a reply (`max_value_bytes`).
+    pub(crate) max_value: usize,
 }
 
 #[derive(Debug)]
@@ -51,8 +53,12 @@ impl Node {
         ));
         let manager = Manager {
             server: server.clone(),
-            connect_timeout: config.connect_timeout,
-            io_timeout: config.io_timeout,
+            config: ConnConfig {
+                connect_timeout: config.connect_timeout,
+                io_timeout: config.io_timeout,
+                max_value: config.max_value,
+                health: Some(health.clone()),
+            },
             health: health.clone(),
         };
         let pool = Pool::builder(manager)
@@ -344,8 +350,7 @@ impl Drop for Outcome<'_> {
 #[derive(Debug)]
 struct Manager {
     server: Server,
-    connect_timeout: Duration,
-    io_timeout: Duration,
+    config: ConnConfig,
     health: Arc<Health>,
 }
 
@@ -354,8 +359,12 @@ impl managed::Manager for Manager {
     type Error = io::Error;
 
     async fn create(&self) -> Result<Connection, io::Error> {
-        let (server, health) = (self.server.clone(), self.health.clone());
-        let (connect_timeout, io_timeout) = (self.connect_timeout, self.io_timeout);
+        let (server, health, config) = (
+            self.server.clone(),
+            self.health.clone(),
+            self.config.clone(),
+        );
+        let connect_timeout = config.connect_timeout;
         // Spawned, so that a connect whose caller gave up at its deadline still runs to its own
         // timeout and tells the node's health how it ended: with an `exec_limit` shorter than
         // `connect_timeout`, a host that drops connects would otherwise never be marked down.
@@ -374,7 +383,7 @@ impl managed::Manager for Manager {
                     )
                 })??
                 .collect();
-                Connection::connect(&addrs, connect_timeout, io_timeout, Some(health.clone())).await
+                Connection::connect(&addrs, &config).await
             }
             .await;
             if let Err(err) = &connected {
@@ -414,6 +423,7 @@ mod tests {
             retry_interval: Duration::from_secs(1),
             failure_threshold: 100,
             connections: 1,
+            max_value: 1_000_000,
         }
     }
 

@@ -11,8 +11,9 @@ use crate::key::WireKey;
 
 /// The longest reply line we accept before the data: far beyond any real one.
 const MAX_LINE: usize = 8 * 1024;
-/// The largest value we accept in a reply: memcached's own ceiling for `-I`.
-const MAX_VALUE: usize = 1024 * 1024 * 1024;
+/// The largest value size a reply may declare: memcached's own ceiling for `-I`. Values over the
+/// parser's own limit (the cache's `max_value_bytes`) up to this are skipped unread.
+const MAX_DECLARED: usize = 1024 * 1024 * 1024;
 /// TTLs up to this many seconds are relative; longer ones must be absolute Unix times.
 pub(crate) const MAX_RELATIVE_TTL: u64 = 60 * 60 * 24 * 30;
 
@@ -137,7 +138,10 @@ pub(crate) enum ErrorKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Meta {
     pub(crate) code: Code,
+    /// The value of a `VA`; empty if it was over the parser's limit and skipped unread.
     pub(crate) data: Bytes,
+    /// The value's size as the reply declared it.
+    pub(crate) size: usize,
     pub(crate) cas: Option<u64>,
     pub(crate) client_flags: Option<u32>,
     pub(crate) opaque: Option<u32>,
@@ -156,7 +160,12 @@ impl Meta {
     /// stub of `N` or a stale item (`X`). A `W` on a live value is the right to refresh it, not
     /// a lease: the value stays readable.
     pub(crate) fn won_lease(&self) -> bool {
-        self.win && (self.stale || self.data.is_empty())
+        self.win && (self.stale || self.size == 0)
+    }
+
+    /// Whether the value was over the parser's limit and skipped unread.
+    pub(crate) fn skipped(&self) -> bool {
+        self.data.len() != self.size
     }
 }
 
@@ -165,9 +174,68 @@ impl Meta {
 #[error("{0}")]
 pub(crate) struct ProtocolError(pub(crate) String);
 
-/// Parses one reply from the front of `buf`, consuming it; `Ok(None)` if more bytes are needed.
-/// A value's bytes are split off `buf` without copying.
-pub(crate) fn parse(buf: &mut BytesMut) -> Result<Option<Reply>, ProtocolError> {
+/// Parses a connection's replies, one at a time, with a bound on the values it keeps.
+#[derive(Debug)]
+pub(crate) struct Parser {
+    /// The largest value kept; a larger one is skipped as it arrives, never buffered whole.
+    max_value: usize,
+    /// A reply whose value is being skipped, and how many of its bytes are still to come.
+    skipping: Option<(Meta, usize)>,
+}
+
+impl Parser {
+    pub(crate) fn new(max_value: usize) -> Self {
+        Parser {
+            max_value,
+            skipping: None,
+        }
+    }
+
+    /// Parses one reply from the front of `buf`, consuming it; `Ok(None)` if more bytes are
+    /// needed. A value's bytes are split off `buf` without copying. A value over `max_value` is
+    /// consumed as it arrives and the reply returned without it ([`Meta::skipped`]): a server,
+    /// or a foreign item under our key, cannot make us hold more than `max_value` for it.
+    pub(crate) fn parse(&mut self, buf: &mut BytesMut) -> Result<Option<Reply>, ProtocolError> {
+        if self.skipping.is_none() {
+            match parse(buf, self.max_value)? {
+                Parsed::Reply(reply) => return Ok(Some(reply)),
+                Parsed::More => return Ok(None),
+                Parsed::Skip(meta) => {
+                    let size = meta.size;
+                    self.skipping = Some((meta, size));
+                }
+            }
+        }
+        let Some((_, remaining)) = &mut self.skipping else {
+            unreachable!("set above")
+        };
+        let n = (*remaining).min(buf.len());
+        buf.advance(n);
+        *remaining -= n;
+        if *remaining > 0 || buf.len() < 2 {
+            return Ok(None);
+        }
+        if &buf[..2] != b"\r\n" {
+            return Err(ProtocolError(
+                "a skipped value is not followed by CRLF".into(),
+            ));
+        }
+        buf.advance(2);
+        let (meta, _) = self.skipping.take().expect("checked above");
+        Ok(Some(Reply::Meta(meta)))
+    }
+}
+
+/// What one step of parsing found.
+enum Parsed {
+    Reply(Reply),
+    More,
+    /// A value over the limit: its line is consumed, its bytes are to be skipped.
+    Skip(Meta),
+}
+
+/// Parses one reply from the front of `buf`, keeping values of at most `max_value` bytes.
+fn parse(buf: &mut BytesMut, max_value: usize) -> Result<Parsed, ProtocolError> {
     let line_end = match memchr::memchr(b'\n', buf) {
         None if buf.len() > MAX_LINE => {
             return Err(ProtocolError(format!(
@@ -175,7 +243,7 @@ pub(crate) fn parse(buf: &mut BytesMut) -> Result<Option<Reply>, ProtocolError> 
                 buf.len()
             )));
         }
-        None => return Ok(None),
+        None => return Ok(Parsed::More),
         Some(lf) if lf == 0 || buf[lf - 1] != b'\r' => {
             return Err(ProtocolError("a line ends with LF without CR".into()));
         }
@@ -194,7 +262,7 @@ pub(crate) fn parse(buf: &mut BytesMut) -> Result<Option<Reply>, ProtocolError> 
                 .next()
                 .and_then(number)
                 .and_then(|s| usize::try_from(s).ok())
-                .filter(|&s| s <= MAX_VALUE)
+                .filter(|&s| s <= MAX_DECLARED)
                 .ok_or_else(|| ProtocolError(format!("bad value size in {:?}", shown())))?;
             (Code::Value, size)
         }
@@ -213,13 +281,14 @@ pub(crate) fn parse(buf: &mut BytesMut) -> Result<Option<Reply>, ProtocolError> 
                 .trim_start()
                 .to_owned();
             buf.advance(line_end + 2);
-            return Ok(Some(Reply::Error { kind, message }));
+            return Ok(Parsed::Reply(Reply::Error { kind, message }));
         }
         _ => return Err(ProtocolError(format!("unexpected reply {:?}", shown()))),
     };
     let mut meta = Meta {
         code,
         data: Bytes::new(),
+        size,
         cas: None,
         client_flags: None,
         opaque: None,
@@ -265,13 +334,17 @@ pub(crate) fn parse(buf: &mut BytesMut) -> Result<Option<Reply>, ProtocolError> 
     if meta.win {
         meta.key = key.and_then(WireKey::from_wire).map(Box::new);
     }
+    if code == Code::Value && size > max_value {
+        buf.advance(line_end + 2);
+        return Ok(Parsed::Skip(meta));
+    }
     if code == Code::Value {
         let total = line_end + 2 + size + 2;
         if buf.len() < total {
-            // Room for what is missing, up to a megabyte at a time: a corrupt size must not
-            // reserve a gigabyte at once.
+            // Room for what is missing (at most `max_value` and the line), up to a megabyte at a
+            // time.
             buf.reserve((total - buf.len()).min(1 << 20));
-            return Ok(None);
+            return Ok(Parsed::More);
         }
         if &buf[total - 2..total] != b"\r\n" {
             return Err(ProtocolError(format!(
@@ -284,7 +357,7 @@ pub(crate) fn parse(buf: &mut BytesMut) -> Result<Option<Reply>, ProtocolError> 
     } else {
         buf.advance(line_end + 2);
     }
-    Ok(Some(Reply::Meta(meta)))
+    Ok(Parsed::Reply(Reply::Meta(meta)))
 }
 
 /// A decimal number of at most 20 digits, as memcached writes them.
@@ -307,6 +380,11 @@ mod tests {
 
     fn key(k: &str) -> WireKey {
         KeyEncoder::new("").unwrap().encode(k)
+    }
+
+    /// One reply, by a parser that keeps every value.
+    fn parse(buf: &mut BytesMut) -> Result<Option<Reply>, ProtocolError> {
+        Parser::new(MAX_DECLARED).parse(buf)
     }
 
     fn encoded(req: Request<'_>) -> String {
@@ -477,11 +555,158 @@ mod tests {
         assert!(parse(&mut BytesMut::from(&[b'a'; MAX_LINE + 1][..])).is_err());
     }
 
+    #[test]
+    fn a_value_over_the_limit_is_skipped_without_room_reserved_for_it() {
+        let mut parser = Parser::new(1000);
+        let mut wire = b"VA 100000 c9 f7 O1\r\n".to_vec();
+        wire.extend_from_slice(&[b'x'; 100_000]);
+        wire.extend_from_slice(b"\r\nHD O2\r\n");
+        let mut buf = BytesMut::with_capacity(8192);
+        let mut replies = Vec::new();
+        for chunk in wire.chunks(7001) {
+            buf.extend_from_slice(chunk);
+            while let Some(reply) = parser.parse(&mut buf).unwrap() {
+                replies.push(reply);
+            }
+            assert!(
+                buf.capacity() <= 16 * 1024,
+                "never more room than a read's worth: {}",
+                buf.capacity()
+            );
+        }
+        let skipped = meta(&replies[0]);
+        assert!(skipped.skipped() && skipped.data.is_empty());
+        assert_eq!(
+            (
+                skipped.size,
+                skipped.cas,
+                skipped.client_flags,
+                skipped.opaque
+            ),
+            (100_000, Some(9), Some(7), Some(1))
+        );
+        assert!(!skipped.won_lease(), "a skipped value is not an empty stub");
+        assert_eq!(meta(&replies[1]).opaque, Some(2), "still in step");
+        assert!(buf.is_empty());
+    }
+
+    /// A reply as memcached 1.6 writes them, and what it parses to (the fields we check).
+    fn reply_strategy() -> impl Strategy<
+        Value = (
+            Vec<u8>,
+            (
+                Option<Code>,
+                Vec<u8>,
+                Option<u64>,
+                Option<u32>,
+                Option<u32>,
+                bool,
+                bool,
+            ),
+        ),
+    > {
+        let value = (
+            proptest::collection::vec(any::<u8>(), 0..300),
+            any::<u64>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(|(data, cas, flags, opaque, win, stale)| {
+                let mut wire = format!("VA {} c{cas} f{flags} O{opaque}", data.len()).into_bytes();
+                if win {
+                    wire.extend_from_slice(b" W");
+                }
+                if stale {
+                    wire.extend_from_slice(b" X");
+                }
+                wire.extend_from_slice(b"\r\n");
+                wire.extend_from_slice(&data);
+                wire.extend_from_slice(b"\r\n");
+                let expected = (
+                    Some(Code::Value),
+                    data,
+                    Some(cas),
+                    Some(flags),
+                    Some(opaque),
+                    win,
+                    stale,
+                );
+                (wire, expected)
+            });
+        let status = (
+            prop_oneof![
+                Just(("HD", Code::Stored)),
+                Just(("EN", Code::Miss)),
+                Just(("NS", Code::NotStored)),
+                Just(("EX", Code::Exists)),
+                Just(("NF", Code::NotFound)),
+            ],
+            any::<u32>(),
+        )
+            .prop_map(|((head, code), opaque)| {
+                let wire = format!("{head} O{opaque}\r\n").into_bytes();
+                (
+                    wire,
+                    (
+                        Some(code),
+                        Vec::new(),
+                        None,
+                        None,
+                        Some(opaque),
+                        false,
+                        false,
+                    ),
+                )
+            });
+        let error = prop_oneof![
+            Just("SERVER_ERROR out of memory storing object\r\n"),
+            Just("CLIENT_ERROR bad data chunk\r\n"),
+            Just("ERROR\r\n"),
+        ]
+        .prop_map(|line| {
+            (
+                line.as_bytes().to_vec(),
+                (None, Vec::new(), None, None, None, false, false),
+            )
+        });
+        prop_oneof![4 => value, 3 => status, 1 => error]
+    }
+
+    fn fields(
+        reply: &Reply,
+    ) -> (
+        Option<Code>,
+        Vec<u8>,
+        Option<u64>,
+        Option<u32>,
+        Option<u32>,
+        bool,
+        bool,
+    ) {
+        match reply {
+            Reply::Meta(m) => (
+                Some(m.code),
+                m.data.to_vec(),
+                m.cas,
+                m.client_flags,
+                m.opaque,
+                m.win,
+                m.stale,
+            ),
+            Reply::Error { .. } => (None, Vec::new(), None, None, None, false, false),
+        }
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(10_000))]
+
         #[test]
         fn the_parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let mut buf = BytesMut::from(&bytes[..]);
-            while let Ok(Some(_)) = parse(&mut buf) {}
+            let mut parser = Parser::new(100);
+            while let Ok(Some(_)) = parser.parse(&mut buf) {}
         }
 
         #[test]
@@ -493,6 +718,42 @@ mod tests {
             let reply = parse(&mut buf).unwrap().unwrap();
             let m = meta(&reply);
             prop_assert_eq!((&m.data[..], m.cas, m.client_flags, m.opaque), (&data[..], Some(cas), Some(flags), Some(3)));
+        }
+
+        /// Valid replies, pipelined, arriving cut at arbitrary points (as TCP may deliver them),
+        /// parse to exactly what was sent, in order, whatever the cuts; values over the limit
+        /// come back skipped, with the replies after them intact.
+        #[test]
+        fn replies_cut_anywhere_parse_to_what_was_sent(
+            replies in proptest::collection::vec(reply_strategy(), 1..8),
+            cuts in proptest::collection::vec(any::<proptest::sample::Index>(), 0..12),
+            limit in prop_oneof![Just(usize::MAX), 0usize..300],
+        ) {
+            let wire: Vec<u8> = replies.iter().flat_map(|(w, _)| w.clone()).collect();
+            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(wire.len() + 1)).collect();
+            points.push(wire.len());
+            points.sort_unstable();
+            let mut parser = Parser::new(limit);
+            let mut buf = BytesMut::new();
+            let mut got = Vec::new();
+            let mut from = 0;
+            for to in points {
+                buf.extend_from_slice(&wire[from..to]);
+                from = to;
+                while let Some(reply) = parser.parse(&mut buf).unwrap() {
+                    got.push(reply);
+                }
+            }
+            prop_assert!(buf.is_empty());
+            let expected: Vec<_> = replies.iter().map(|(_, e)| {
+                let mut e = e.clone();
+                if e.1.len() > limit {
+                    e.1.clear();
+                }
+                e
+            }).collect();
+            let got: Vec<_> = got.iter().map(fields).collect();
+            prop_assert_eq!(got, expected);
         }
     }
 }
