@@ -7,7 +7,7 @@ use crate::codec::DEFAULT_MAX_VALUE_BYTES;
 use crate::key::KeyEncoder;
 use crate::store::memcached::ring::Ring;
 use crate::store::memcached::{Cluster, NodeConfig, Server};
-use crate::store::memory::MemoryStore;
+use crate::store::memory::{MemoryLimits, MemoryStore};
 use crate::{BuildError, Cache};
 
 /// The largest `max_value_bytes`: memcached's own ceiling for its item size (`-I`) is 1 GiB.
@@ -195,7 +195,7 @@ impl CacheBuilder {
             });
         }
         let store = if self.servers.is_empty() {
-            AnyStore::Memory(MemoryStore::default())
+            AnyStore::Memory(MemoryStore::new(MemoryLimits::default()))
         } else {
             AnyStore::Memcached(self.cluster()?)
         };
