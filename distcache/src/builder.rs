@@ -7,11 +7,18 @@ use crate::codec::DEFAULT_MAX_VALUE_BYTES;
 use crate::key::KeyEncoder;
 use crate::store::memcached::ring::Ring;
 use crate::store::memcached::{Cluster, NodeConfig, Server};
-use crate::store::memory::MemoryStore;
+use crate::store::memory::{MemoryLimits, MemoryStore};
 use crate::{BuildError, Cache};
 
 /// The largest `max_value_bytes`: memcached's own ceiling for its item size (`-I`) is 1 GiB.
 const MAX_VALUE_BYTES_CEILING: usize = 1024 * 1024 * 1024;
+
+/// The range of `in_process_max_entries`: the store's 16 shards get at least one entry each; a
+/// billion entries of even a few bytes are hundreds of GB.
+const IN_PROCESS_ENTRIES: std::ops::RangeInclusive<usize> = 16..=1_000_000_000;
+
+/// The range of `in_process_max_bytes`: from 4 KiB for each of the store's 16 shards to 1 TiB.
+const IN_PROCESS_BYTES: std::ops::RangeInclusive<u64> = 64 * 1024..=1 << 40;
 
 /// Whether `fraction` is a `refresh_ahead` a cache accepts: at least 0 (off), under 1.
 pub(crate) fn refresh_ahead_in_range(fraction: f64) -> bool {
@@ -33,6 +40,7 @@ pub struct CacheBuilder {
     on_unavailable: OnUnavailable,
     max_poll_interval: Duration,
     refresh_ahead: f64,
+    in_process: MemoryLimits,
 }
 
 impl Default for CacheBuilder {
@@ -49,6 +57,7 @@ impl Default for CacheBuilder {
             on_unavailable: OnUnavailable::default(),
             max_poll_interval: Duration::from_millis(200),
             refresh_ahead: 0.0,
+            in_process: MemoryLimits::default(),
         }
     }
 }
@@ -163,6 +172,29 @@ impl CacheBuilder {
         self
     }
 
+    /// The most entries (values, and keys being computed) the in-process store keeps; past it, or
+    /// past [`in_process_max_bytes`](Self::in_process_max_bytes), it evicts the values least
+    /// likely to be read again, expired ones first. Only the in-process store (no servers) uses
+    /// it; a memcached server has its own memory limit (`-m`). Between 16 and 10⁹; default:
+    /// 100,000.
+    pub fn in_process_max_entries(mut self, entries: usize) -> Self {
+        self.in_process.max_entries = entries;
+        self
+    }
+
+    /// The most bytes the in-process store keeps: keys, values, and about 200 bytes of
+    /// bookkeeping per entry. Each entry counts for at least `in_process_max_bytes /
+    /// in_process_max_entries` (about 670 bytes with the defaults), which keeps both limits
+    /// with one budget. The store is split in 16 shards that each get a sixteenth of the bytes:
+    /// a value larger than that share is returned to its caller but not kept. Only the
+    /// in-process store (no servers) uses it; a memcached server has its own limit (`-m`,
+    /// 64 MiB by default).
+    /// Between 64 KiB and 1 TiB; default: 64 MiB.
+    pub fn in_process_max_bytes(mut self, bytes: usize) -> Self {
+        self.in_process.max_bytes = bytes;
+        self
+    }
+
     /// Checks the settings and builds the cache. Synchronous, no I/O.
     ///
     /// ```
@@ -194,8 +226,31 @@ impl CacheBuilder {
                 reason: format!("{} is not at least 0 and under 1", self.refresh_ahead),
             });
         }
+        // Checked with servers too: a wrong setting is a mistake whichever store is used today.
+        if !IN_PROCESS_ENTRIES.contains(&self.in_process.max_entries) {
+            return Err(BuildError::InvalidSetting {
+                setting: "in_process_max_entries",
+                reason: format!(
+                    "{} is not between {} and {}",
+                    self.in_process.max_entries,
+                    IN_PROCESS_ENTRIES.start(),
+                    IN_PROCESS_ENTRIES.end()
+                ),
+            });
+        }
+        if !IN_PROCESS_BYTES.contains(&(self.in_process.max_bytes as u64)) {
+            return Err(BuildError::InvalidSetting {
+                setting: "in_process_max_bytes",
+                reason: format!(
+                    "{} is not between {} and {}",
+                    self.in_process.max_bytes,
+                    IN_PROCESS_BYTES.start(),
+                    IN_PROCESS_BYTES.end()
+                ),
+            });
+        }
         let store = if self.servers.is_empty() {
-            AnyStore::Memory(MemoryStore::default())
+            AnyStore::Memory(MemoryStore::new(self.in_process))
         } else {
             AnyStore::Memcached(self.cluster()?)
         };
@@ -260,5 +315,83 @@ impl CacheBuilder {
             max_value: self.max_value_bytes,
         };
         Ok(Cluster::new(ring, &config))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(builder: CacheBuilder) -> &'static str {
+        match builder.build() {
+            Err(BuildError::InvalidSetting { setting, .. }) => setting,
+            Err(other) => panic!("expected an invalid setting, got {other}"),
+            Ok(_) => panic!("expected an invalid setting, got a cache"),
+        }
+    }
+
+    #[test]
+    fn in_process_limits_out_of_range_are_refused() {
+        for entries in [0, 15, 1_000_000_001] {
+            assert_eq!(
+                refused(Cache::builder().in_process_max_entries(entries)),
+                "in_process_max_entries",
+                "{entries}"
+            );
+        }
+        for bytes in [0, 64 * 1024 - 1] {
+            assert_eq!(
+                refused(Cache::builder().in_process_max_bytes(bytes)),
+                "in_process_max_bytes",
+                "{bytes}"
+            );
+        }
+        // Refused with servers too, where they are not used (yet).
+        assert_eq!(
+            refused(
+                Cache::builder()
+                    .server("127.0.0.1:11211")
+                    .in_process_max_entries(0)
+            ),
+            "in_process_max_entries"
+        );
+        Cache::builder()
+            .in_process_max_entries(16)
+            .in_process_max_bytes(64 * 1024)
+            .build()
+            .unwrap();
+    }
+
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn in_process_bytes_over_a_tebibyte_are_refused() {
+        let bytes = usize::try_from((1u64 << 40) + 1).unwrap();
+        assert_eq!(
+            refused(Cache::builder().in_process_max_bytes(bytes)),
+            "in_process_max_bytes"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_in_process_store_keeps_within_the_configured_limits() {
+        let (max_entries, max_bytes) = (160, 64 * 1024);
+        let cache = Cache::builder()
+            .in_process_max_entries(max_entries)
+            .in_process_max_bytes(max_bytes)
+            .build()
+            .unwrap();
+        let limit = Duration::from_secs(60);
+        for i in 0..10 * max_entries {
+            let value: u64 = cache
+                .get(&format!("k{i}"), limit, limit, || async {
+                    Ok::<_, crate::Error>(i as u64)
+                })
+                .await
+                .unwrap();
+            assert_eq!(value, i as u64);
+        }
+        let (entries, bytes) = cache.in_process_usage().unwrap();
+        assert!(entries <= max_entries, "{entries} entries");
+        assert!(bytes <= max_bytes as u64, "{bytes} bytes");
     }
 }

@@ -91,6 +91,15 @@ impl Cache {
         self.inner.core.config.refresh_ahead
     }
 
+    /// The in-process store's entries and bytes now; `None` on memcached.
+    #[cfg(test)]
+    pub(crate) fn in_process_usage(&self) -> Option<(usize, u64)> {
+        match &self.inner.store {
+            AnyStore::Memory(store) => Some(store.usage()),
+            AnyStore::Memcached(_) => None,
+        }
+    }
+
     pub(crate) fn from_parts(core: Core, store: AnyStore) -> Self {
         Cache {
             inner: Arc::new(Inner { core, store }),

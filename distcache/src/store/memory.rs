@@ -1,23 +1,60 @@
-//! The in-process store: memcached's lease semantics in a sharded map, for one process.
+//! The in-process store: memcached's lease semantics in a sharded, bounded map, for one process.
 //!
 //! It is the embedded default (demos, tests, a single process) and the reference the memcached
-//! store is tested against. Entries expire lazily when read and in a sweep every few thousand
-//! writes to a shard, so keys nobody reads again do not pile up.
+//! store is tested against. Like memcached, it holds at most so many bytes (and entries): past
+//! them it evicts, with quick_cache's CLOCK-Pro policy (scan-resistant, close to S3-FIFO), so
+//! that a process memoizing ever new keys stays within its budget. Expired entries go when read,
+//! and first when a shard needs room; a lease stub, whose holder is computing the value, is never
+//! evicted while its lease lasts.
 
-use std::collections::HashMap;
+use std::cell::Cell;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
+use quick_cache::{DefaultHashBuilder, Lifecycle, Weighter};
 use tokio::time::Instant;
 
 use super::{Fill, Item, Lease, Lookup, Store, StoreError};
 use crate::key::WireKey;
 
+/// Shards, each behind its own lock: a lookup must read or lease a key atomically, and 16 locks
+/// keep tasks on different keys from queueing behind each other.
 const SHARDS: usize = 16;
-const SWEEP_EVERY: u32 = 4096;
+
+/// What an entry costs besides its key and value bytes: the entry itself and the map's
+/// bookkeeping for it (list links, clock bits, a hash-table slot), and half again of that for the
+/// evicted keys' "ghosts", which the policy remembers up to half the shard's entries. An estimate,
+/// so that a byte budget of tiny values means about what it says.
+const ENTRY_OVERHEAD: usize =
+    (std::mem::size_of::<Box<str>>() + std::mem::size_of::<Entry>() + 24) * 3 / 2;
+
+/// How much the in-process store keeps. Each of its shards gets a sixteenth of each budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MemoryLimits {
+    /// The most entries (values and leases) kept.
+    pub(crate) max_entries: usize,
+    /// The most bytes kept: keys, values and [`ENTRY_OVERHEAD`] per entry.
+    pub(crate) max_bytes: usize,
+}
+
+impl MemoryLimits {
+    /// 100,000 entries.
+    pub(crate) const DEFAULT_MAX_ENTRIES: usize = 100_000;
+    /// 64 MiB: memcached's own default memory (`-m 64`).
+    pub(crate) const DEFAULT_MAX_BYTES: usize = 64 * 1024 * 1024;
+}
+
+impl Default for MemoryLimits {
+    fn default() -> Self {
+        MemoryLimits {
+            max_entries: Self::DEFAULT_MAX_ENTRIES,
+            max_bytes: Self::DEFAULT_MAX_BYTES,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Default)]
 pub(crate) struct MemoryStore {
@@ -33,18 +70,21 @@ struct Inner {
 
 impl Default for Inner {
     fn default() -> Self {
-        Inner {
-            shards: Default::default(),
-            hasher: Default::default(),
-            next_cas: AtomicU64::new(1),
-        }
+        Inner::new(MemoryLimits::default())
     }
 }
 
-#[derive(Debug, Default)]
+type Map = quick_cache::unsync::Cache<Box<str>, Entry, Cost, DefaultHashBuilder, PinLeases>;
+
+#[derive(Debug)]
 struct Shard {
-    entries: HashMap<Box<str>, Entry>,
-    writes: u32,
+    map: Map,
+    cost: Cost,
+    /// Writes since expired entries were last swept out.
+    writes: usize,
+    /// No entry expires before this (it may be earlier than the first that does: entries
+    /// replaced or removed since the last sweep are not taken out of it); `None`: no entry.
+    earliest_expiry: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -57,11 +97,100 @@ struct Entry {
     refresh_sent: bool,
 }
 
+/// An entry's bytes: key, value and [`ENTRY_OVERHEAD`].
+fn footprint(key: &str, entry: &Entry) -> u64 {
+    let value = entry.value.as_ref().map_or(0, |item| item.data.len());
+    (key.len() + value + ENTRY_OVERHEAD) as u64
+}
+
+/// An entry's weight in its shard's byte budget: its bytes, but at least the budget's share of
+/// one entry. quick_cache bounds one weight; charging each entry at least `max_bytes /
+/// max_entries` makes that one bound keep both: a full shard of tiny values holds at most its
+/// entries, and no shard ever holds more than its bytes.
+#[derive(Debug, Clone, Copy)]
+struct Cost {
+    min: u64,
+}
+
+impl Cost {
+    fn of(&self, key: &str, entry: &Entry) -> u64 {
+        footprint(key, entry).max(self.min)
+    }
+}
+
+impl Weighter<Box<str>, Entry> for Cost {
+    fn weight(&self, key: &Box<str>, entry: &Entry) -> u64 {
+        self.of(key, entry)
+    }
+}
+
+/// Keeps lease stubs out of eviction while their lease lasts: evicting one would let a second
+/// caller win the key's lease while the first still computes. A stub whose lease has expired is
+/// nobody's (a lookup would replace it) and goes like any other entry.
+#[derive(Debug, Clone, Copy)]
+struct PinLeases;
+
+impl Lifecycle<Box<str>, Entry> for PinLeases {
+    type RequestState = ();
+
+    fn is_pinned(&self, _key: &Box<str>, entry: &Entry) -> bool {
+        entry.value.is_none() && entry.expires > Instant::now()
+    }
+}
+
+impl MemoryStore {
+    pub(crate) fn new(limits: MemoryLimits) -> Self {
+        MemoryStore {
+            inner: Arc::new(Inner::new(limits)),
+        }
+    }
+
+    /// The entries and bytes (as [`footprint`] counts them) held now.
+    #[cfg(test)]
+    pub(crate) fn usage(&self) -> (usize, u64) {
+        let mut usage = (0, 0);
+        for shard in &self.inner.shards {
+            let shard = shard.lock().unwrap();
+            usage.0 += shard.map.len();
+            usage.1 += shard.map.iter().map(|(k, e)| footprint(k, e)).sum::<u64>();
+        }
+        usage
+    }
+}
+
 impl Inner {
+    fn new(limits: MemoryLimits) -> Self {
+        // Rounded down, so that the shards together keep within the limits.
+        let entries = (limits.max_entries / SHARDS).max(1);
+        let bytes = (limits.max_bytes / SHARDS).max(1) as u64;
+        let cost = Cost {
+            min: bytes.div_ceil(entries as u64),
+        };
+        Inner {
+            // The map allocates as it fills: `entries` only sizes its memory of evicted keys.
+            shards: std::array::from_fn(|_| {
+                Mutex::new(Shard {
+                    map: Map::with(
+                        entries,
+                        bytes,
+                        cost,
+                        DefaultHashBuilder::default(),
+                        PinLeases,
+                    ),
+                    cost,
+                    writes: 0,
+                    earliest_expiry: None,
+                })
+            }),
+            hasher: Default::default(),
+            next_cas: AtomicU64::new(1),
+        }
+    }
+
     fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
         let index = (self.hasher.hash_one(key) % SHARDS as u64) as usize;
         // A panic while holding a shard lock cannot leave an entry half-written: every
-        // mutation below is a single assignment. So a poisoned lock is still consistent.
+        // mutation below is a single call into the map. So a poisoned lock is still consistent.
         self.shards[index]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -73,21 +202,44 @@ impl Inner {
 }
 
 impl Shard {
-    /// The live entry for `key`, dropping it if it has expired.
-    fn live(&mut self, key: &str, now: Instant) -> Option<&mut Entry> {
-        if self.entries.get(key).is_some_and(|e| e.expires <= now) {
-            self.entries.remove(key);
+    /// Drops `key`'s entry if it has expired.
+    fn drop_expired(&mut self, key: &str, now: Instant) {
+        if self.map.peek(key).is_some_and(|e| e.expires <= now) {
+            self.map.remove(key);
         }
-        self.entries.get_mut(key)
     }
 
+    /// Inserts or replaces `key`'s entry. When the shard is full, expired entries are swept out
+    /// first, so that they, however popular they were, make the room rather than live ones. A
+    /// sweep visits the whole shard: it runs only once something may have expired, and at most
+    /// once per half a shard of writes, so that it costs O(1) a write amortized.
     fn insert(&mut self, key: &str, entry: Entry, now: Instant) {
         self.writes += 1;
-        if self.writes >= SWEEP_EVERY {
+        let full = self.map.weight() + self.cost.of(key, &entry) > self.map.capacity();
+        if full
+            && self.earliest_expiry.is_some_and(|t| t <= now)
+            && self.writes >= self.map.len() / 2
+        {
             self.writes = 0;
-            self.entries.retain(|_, e| e.expires > now);
+            let earliest = Cell::new(None);
+            self.map.retain(|_, e| {
+                let live = e.expires > now;
+                if live {
+                    earliest.set(Some(
+                        earliest
+                            .get()
+                            .map_or(e.expires, |t: Instant| t.min(e.expires)),
+                    ));
+                }
+                live
+            });
+            self.earliest_expiry = earliest.get();
         }
-        self.entries.insert(key.into(), entry);
+        self.earliest_expiry = Some(
+            self.earliest_expiry
+                .map_or(entry.expires, |t| t.min(entry.expires)),
+        );
+        self.map.insert(key.into(), entry);
     }
 }
 
@@ -101,33 +253,34 @@ impl Store for MemoryStore {
     ) -> Result<Lookup, StoreError> {
         let now = Instant::now();
         let mut shard = self.inner.shard(key.as_str());
-        match shard.live(key.as_str(), now) {
-            Some(Entry {
-                value: Some(item),
+        shard.drop_expired(key.as_str(), now);
+        // `get_mut` counts as a use for the eviction policy; the flag it may set leaves the
+        // entry's weight as it was, as quick_cache requires of an in-place change.
+        if let Some(mut entry) = shard.map.get_mut(key.as_str()) {
+            let Entry {
+                value,
                 expires,
                 refresh_sent,
                 ..
-            }) => {
-                if !refresh.is_zero() && !*refresh_sent && *expires - now < refresh {
-                    *refresh_sent = true;
-                    Ok(Lookup::Refresh(item.clone()))
-                } else {
-                    Ok(Lookup::Hit(item.clone()))
-                }
+            } = &mut *entry;
+            let Some(item) = value else {
+                return Ok(Lookup::Busy);
+            };
+            if !refresh.is_zero() && !*refresh_sent && *expires - now < refresh {
+                *refresh_sent = true;
+                return Ok(Lookup::Refresh(item.clone()));
             }
-            Some(Entry { value: None, .. }) => Ok(Lookup::Busy),
-            None => {
-                let cas = self.inner.cas();
-                let stub = Entry {
-                    value: None,
-                    cas,
-                    expires: now + lease_ttl,
-                    refresh_sent: false,
-                };
-                shard.insert(key.as_str(), stub, now);
-                Ok(Lookup::Won(Lease { cas, node: 0 }))
-            }
+            return Ok(Lookup::Hit(item.clone()));
         }
+        let cas = self.inner.cas();
+        let stub = Entry {
+            value: None,
+            cas,
+            expires: now + lease_ttl,
+            refresh_sent: false,
+        };
+        shard.insert(key.as_str(), stub, now);
+        Ok(Lookup::Won(Lease { cas, node: 0 }))
     }
 
     async fn fill(
@@ -140,39 +293,44 @@ impl Store for MemoryStore {
     ) -> Result<Fill, StoreError> {
         let now = Instant::now();
         let mut shard = self.inner.shard(key.as_str());
-        match shard.live(key.as_str(), now) {
-            Some(entry) if entry.cas == lease.cas => {
-                let cas = self.inner.cas();
-                *entry = Entry {
-                    value: Some(Item {
-                        data: data.clone(),
-                        flags,
-                        version: Lease { cas, node: 0 },
-                    }),
-                    cas,
-                    expires: now + expire,
-                    refresh_sent: false,
-                };
-                Ok(Fill::Stored)
-            }
-            _ => Ok(Fill::LeaseLost),
+        shard.drop_expired(key.as_str(), now);
+        let ours = shard.map.peek(key.as_str()).map(|e| e.cas) == Some(lease.cas);
+        if !ours {
+            return Ok(Fill::LeaseLost);
+        }
+        let cas = self.inner.cas();
+        let entry = Entry {
+            value: Some(Item {
+                data: data.clone(),
+                flags,
+                version: Lease { cas, node: 0 },
+            }),
+            cas,
+            expires: now + expire,
+            refresh_sent: false,
+        };
+        // A replacement, not a change in place: a value weighs more than the stub it replaces,
+        // and only an insert makes room for it.
+        shard.insert(key.as_str(), entry, now);
+        // quick_cache refuses an entry too heavy for the shard (and drops the stub with it): the
+        // key is then free for the next lookup, as after a release.
+        if shard.map.peek(key.as_str()).is_some_and(|e| e.cas == cas) {
+            Ok(Fill::Stored)
+        } else {
+            Ok(Fill::TooLarge)
         }
     }
 
     async fn release(&self, key: &WireKey, lease: Lease) -> Result<(), StoreError> {
-        let mut shard = self.inner.shard(key.as_str());
-        if shard
-            .entries
-            .get(key.as_str())
-            .is_some_and(|e| e.cas == lease.cas)
-        {
-            shard.entries.remove(key.as_str());
-        }
+        self.inner
+            .shard(key.as_str())
+            .map
+            .remove_if(key.as_str(), |e| e.cas == lease.cas);
         Ok(())
     }
 
     async fn invalidate(&self, key: &WireKey) -> Result<(), StoreError> {
-        self.inner.shard(key.as_str()).entries.remove(key.as_str());
+        self.inner.shard(key.as_str()).map.remove(key.as_str());
         Ok(())
     }
 }
@@ -239,5 +397,113 @@ mod tests {
     async fn release_and_invalidate_free_the_key() {
         contract::release_and_invalidate_free_the_key(&MemoryStore::default(), &key("a"), LEASE)
             .await;
+    }
+
+    /// Stores `len` bytes under `k` through a lease, as a flight would.
+    async fn put(store: &MemoryStore, k: &WireKey, len: usize, expire: Duration) -> Fill {
+        let lease = won(store, k).await;
+        let data = Bytes::from(vec![b'x'; len]);
+        store.fill(k, lease, &data, 0, expire).await.unwrap()
+    }
+
+    fn limits(max_entries: usize, max_bytes: usize) -> MemoryLimits {
+        MemoryLimits {
+            max_entries,
+            max_bytes,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn many_more_keys_than_the_bounds_stay_within_both() {
+        // Small values: the entry bound binds.
+        let (max_entries, max_bytes) = (1_600, 4 << 20);
+        let store = MemoryStore::new(limits(max_entries, max_bytes));
+        for i in 0..20 * max_entries {
+            put(&store, &key(&format!("small:{i}")), 10, EXPIRE).await;
+        }
+        let (entries, bytes) = store.usage();
+        assert!(entries <= max_entries, "{entries} entries");
+        assert!(bytes <= max_bytes as u64, "{bytes} bytes");
+        assert!(
+            entries >= max_entries / 2,
+            "the store still keeps: {entries}"
+        );
+
+        // Large values: the byte bound binds.
+        let (max_entries, max_bytes) = (100_000, 1 << 20);
+        let store = MemoryStore::new(limits(max_entries, max_bytes));
+        for i in 0..2_000 {
+            put(&store, &key(&format!("large:{i}")), 4_000, EXPIRE).await;
+        }
+        let (entries, bytes) = store.usage();
+        assert!(bytes <= max_bytes as u64, "{bytes} bytes");
+        assert!(
+            bytes >= max_bytes as u64 / 2,
+            "the store still keeps: {bytes}"
+        );
+        assert!(entries <= max_entries, "{entries} entries");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_value_larger_than_the_budget_is_not_kept_and_evicts_nothing() {
+        let store = MemoryStore::new(limits(1_600, 1 << 20));
+        let small: Vec<_> = (0..100).map(|i| key(&format!("small:{i}"))).collect();
+        for k in &small {
+            assert_eq!(put(&store, k, 10, EXPIRE).await, Fill::Stored);
+        }
+        let big = key("big");
+        assert_eq!(put(&store, &big, 2 << 20, EXPIRE).await, Fill::TooLarge);
+        won(&store, &big).await;
+        for k in &small {
+            contract::hit(&store, k, LEASE).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_survives_a_flood_of_other_keys() {
+        let store = MemoryStore::new(limits(1_600, 1 << 20));
+        let mine = key("mine");
+        let lease = won(&store, &mine).await;
+        for i in 0..20_000 {
+            put(&store, &key(&format!("flood:{i}")), 100, EXPIRE).await;
+        }
+        assert!(
+            matches!(
+                store.lookup(&mine, LEASE, Duration::ZERO, far()).await,
+                Ok(Lookup::Busy)
+            ),
+            "nobody else wins the lease while its holder computes"
+        );
+        let data = Bytes::from_static(b"1");
+        assert_eq!(
+            store.fill(&mine, lease, &data, 0, EXPIRE).await.unwrap(),
+            Fill::Stored
+        );
+        contract::hit(&store, &mine, LEASE).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_values_make_room_before_live_ones() {
+        let max_entries = 1_600;
+        let store = MemoryStore::new(limits(max_entries, 4 << 20));
+        // Popular values, which the eviction policy alone would keep over new ones.
+        for i in 0..4 * max_entries {
+            let k = key(&format!("old:{i}"));
+            put(&store, &k, 10, LEASE).await;
+            for _ in 0..3 {
+                contract::hit(&store, &k, LEASE).await;
+            }
+        }
+        tokio::time::advance(LEASE).await;
+        // Half the bound, so that no shard gets more than its share (1/16) by chance.
+        let live: Vec<_> = (0..max_entries / 2)
+            .map(|i| key(&format!("live:{i}")))
+            .collect();
+        for k in &live {
+            assert_eq!(put(&store, k, 10, EXPIRE).await, Fill::Stored);
+        }
+        for k in &live {
+            contract::hit(&store, k, LEASE).await;
+        }
     }
 }
