@@ -56,6 +56,19 @@ enum Outcome {
     Running,
     Value(Bytes),
     Failed,
+    Uncached,
+}
+
+/// How a flight ended, for a follower.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// With the value's JSON bytes.
+    Value(Bytes),
+    /// Without a value (failed, timed out or cancelled): try again; one follower leads next.
+    Failed,
+    /// With a value nobody can share (it cannot be stored or read back): run the getter
+    /// yourself, now, without waiting for anybody.
+    Uncached,
 }
 
 pub(crate) enum Join<'a> {
@@ -126,6 +139,11 @@ impl Leader<'_> {
         self.finish(Outcome::Value(json));
     }
 
+    /// Tells every follower that the value cannot be shared: each runs the getter itself.
+    pub(crate) fn uncached(mut self) {
+        self.finish(Outcome::Uncached);
+    }
+
     fn finish(&mut self, outcome: Outcome) {
         if !std::mem::take(&mut self.registered) {
             return;
@@ -166,8 +184,8 @@ pub(crate) struct Follower {
 }
 
 impl Follower {
-    /// The leader's value, or `None` if its flight ended without one.
-    pub(crate) async fn wait(self) -> Option<Bytes> {
+    /// How the leader's flight ended.
+    pub(crate) async fn wait(self) -> Ended {
         loop {
             let notified = self.flight.done.notified();
             let mut notified = std::pin::pin!(notified);
@@ -180,8 +198,9 @@ impl Follower {
                 .unwrap_or_else(|p| p.into_inner())
             {
                 Outcome::Running => {}
-                Outcome::Value(json) => return Some(json.clone()),
-                Outcome::Failed => return None,
+                Outcome::Value(json) => return Ended::Value(json.clone()),
+                Outcome::Failed => return Ended::Failed,
+                Outcome::Uncached => return Ended::Uncached,
             }
             notified.await;
         }
@@ -238,7 +257,10 @@ mod tests {
         let waiting = tokio::spawn(follower.wait());
         tokio::task::yield_now().await;
         leader.publish(Bytes::from_static(b"42"));
-        assert_eq!(waiting.await.unwrap().as_deref(), Some(&b"42"[..]));
+        assert_eq!(
+            waiting.await.unwrap(),
+            Ended::Value(Bytes::from_static(b"42"))
+        );
         assert!(
             matches!(flights.join(&k), Join::Leader(_)),
             "a finished flight is gone"
@@ -254,7 +276,7 @@ mod tests {
             panic!("the second caller follows")
         };
         drop(leader);
-        assert_eq!(follower.wait().await, None);
+        assert_eq!(follower.wait().await, Ended::Failed);
         assert!(matches!(flights.join(&k), Join::Leader(_)));
     }
 
@@ -277,6 +299,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn followers_of_an_unshareable_value_are_told_to_run_their_own() {
+        let flights = Flights::default();
+        let k = key("k");
+        let Join::Leader(leader) = flights.join(&k) else {
+            panic!("the first caller leads")
+        };
+        let Join::Follower(follower) = flights.join(&k) else {
+            panic!("the second caller follows")
+        };
+        leader.uncached();
+        assert_eq!(follower.wait().await, Ended::Uncached);
+    }
+
+    #[tokio::test]
     async fn every_follower_shares_the_first_followers_flight() {
         let flights = Flights::default();
         let k = key("k");
@@ -296,7 +332,7 @@ mod tests {
                 .await
                 .expect("no follower is left waiting")
                 .unwrap();
-            assert_eq!(got.as_deref(), Some(&b"7"[..]));
+            assert_eq!(got, Ended::Value(Bytes::from_static(b"7")));
         }
     }
 

@@ -11,6 +11,11 @@ use serde::de::DeserializeOwned;
 /// Client flags of an item written by this codec: `"DCJ1"`, distcache JSON, version 1.
 pub(crate) const JSON_FLAGS: u32 = u32::from_be_bytes(*b"DCJ1");
 
+/// Client flags of a marker that stands for a value that could not be stored: `"DCU1"`. Its bytes
+/// say why, for an operator. A caller that finds it runs the getter itself at once, without
+/// waiting for anybody: nobody could share the value with it.
+pub(crate) const UNSTORABLE_FLAGS: u32 = u32::from_be_bytes(*b"DCU1");
+
 /// memcached's default item size limit (`-I 1m`) less room for the longest key and the item
 /// header: measured on memcached 1.6.18, a 250-byte key leaves 1,048,263 bytes for the value.
 pub(crate) const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024 - 512;
@@ -27,11 +32,15 @@ pub(crate) enum EncodeError {
     },
     #[error("the value cannot be serialized as JSON: {0}")]
     Serialize(#[source] serde_json::Error),
+    #[error("the value's JSON does not read back as its type: {0}")]
+    Unreadable(#[source] serde_json::Error),
 }
 
 /// Why stored bytes were not returned.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DecodeError {
+    #[error("the key's value could not be stored: {0}")]
+    Unstorable(String),
     #[error("the item's flags {0:#010x} are not distcache JSON")]
     ForeignFlags(u32),
     #[error("the item is not JSON of the requested type: {0}")]
@@ -48,8 +57,33 @@ pub(crate) fn encode<T: Serialize>(value: &T, limit: usize) -> Result<Bytes, Enc
     Ok(bytes)
 }
 
+/// Encodes a computed value for the store, and checks that its bytes read back as `T`: a value
+/// whose `Serialize` and `Deserialize` disagree is refused here, when it is computed, rather than
+/// stored, read back as undecodable and recomputed by every caller in turn. Values over `limit`
+/// are not checked: they are not stored.
+pub(crate) fn encode_for_store<T: Serialize + DeserializeOwned>(
+    value: &T,
+    limit: usize,
+) -> Result<Bytes, EncodeError> {
+    let bytes = encode(value, limit)?;
+    if let Err(err) = serde_json::from_slice::<T>(&bytes) {
+        return Err(EncodeError::Unreadable(err));
+    }
+    Ok(bytes)
+}
+
+/// The marker item for a value that could not be stored, and its flags.
+pub(crate) fn unstorable_marker(err: &EncodeError) -> (Bytes, u32) {
+    (Bytes::from(err.to_string()), UNSTORABLE_FLAGS)
+}
+
 pub(crate) fn decode<T: DeserializeOwned>(flags: u32, data: &[u8]) -> Result<T, DecodeError> {
     if flags != JSON_FLAGS {
+        if flags == UNSTORABLE_FLAGS {
+            return Err(DecodeError::Unstorable(
+                String::from_utf8_lossy(data).into_owned(),
+            ));
+        }
         return Err(DecodeError::ForeignFlags(flags));
     }
     serde_json::from_slice(data).map_err(DecodeError::Mismatch)
@@ -85,6 +119,38 @@ mod tests {
         let mut map = HashMap::new();
         map.insert(vec![1u8], 1);
         assert!(matches!(encode(&map, 100), Err(EncodeError::Serialize(_))));
+    }
+
+    #[test]
+    fn a_value_whose_json_does_not_read_back_is_refused_for_the_store() {
+        /// Serializes as a string, deserializes only from a number.
+        #[derive(Debug)]
+        struct Lopsided;
+        impl Serialize for Lopsided {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str("lopsided")
+            }
+        }
+        impl<'de> serde::Deserialize<'de> for Lopsided {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                u8::deserialize(d).map(|_| Lopsided)
+            }
+        }
+        assert!(matches!(
+            encode_for_store(&Lopsided, 100),
+            Err(EncodeError::Unreadable(_))
+        ));
+        assert_eq!(&encode_for_store(&vec![1u8], 100).unwrap()[..], b"[1]");
+    }
+
+    #[test]
+    fn a_marker_of_an_unstorable_value_decodes_as_its_reason() {
+        let err = encode(&"abcdef", 4).unwrap_err();
+        let (bytes, flags) = unstorable_marker(&err);
+        match decode::<String>(flags, &bytes) {
+            Err(DecodeError::Unstorable(reason)) => assert!(reason.contains("over the limit of 4")),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

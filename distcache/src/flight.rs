@@ -32,8 +32,8 @@ use tokio::time::{Instant, sleep_until, timeout_at};
 use tracing::{debug, error, warn};
 
 use crate::cache::{Core, OnUnavailable};
-use crate::coalesce::{Join, Leader};
-use crate::codec::{self, EncodeError, JSON_FLAGS};
+use crate::coalesce::{Ended, Join, Leader};
+use crate::codec::{self, DecodeError, EncodeError, JSON_FLAGS};
 use crate::error::Error;
 use crate::key::WireKey;
 use crate::schedule::{Knowledge, PollSchedule, Site, SiteWait};
@@ -99,12 +99,17 @@ where
                 core.stats.coalesced_waits.incr();
                 match timeout_at(call.deadline, follower.wait()).await {
                     Err(_elapsed) => return Err(call.timed_out()),
-                    Ok(Some(json)) => match codec::decode(JSON_FLAGS, &json) {
+                    Ok(Ended::Value(json)) => match codec::decode(JSON_FLAGS, &json) {
                         Ok(value) => return Ok(value),
                         Err(err) => call.decode_miss(&err),
                     },
+                    // Nobody can share the value: compute our own now, not in turn.
+                    Ok(Ended::Uncached) => {
+                        core.stats.uncached_calls.incr();
+                        return call.run_getter(getter).await;
+                    }
                     // The leader failed or was cancelled: try again; one of us leads next.
-                    Ok(None) => {}
+                    Ok(Ended::Failed) => {}
                 }
             }
         }
@@ -112,7 +117,7 @@ where
 }
 
 /// Runs `getter` within `exec_limit`, without the store: the call has no usable key (the
-/// macro could not serialize its arguments). Counted as degraded.
+/// macro could not serialize its arguments). Counted as uncached.
 pub(crate) async fn run_uncached<S, T, E, F, Fut>(
     core: &Core,
     store: &S,
@@ -134,7 +139,7 @@ where
         }
         .into());
     }
-    core.stats.degraded_calls.incr();
+    core.stats.uncached_calls.incr();
     let call = Call {
         core,
         store,
@@ -154,6 +159,8 @@ enum Step<T> {
     /// A value near its end, ours to refresh under its version.
     Refresh(T, bytes::Bytes, Lease),
     Undecodable(codec::DecodeError, Lease),
+    /// A marker: the value was found unstorable by the caller that computed it.
+    Unstorable(String),
     Won(Lease),
     Busy,
 }
@@ -217,10 +224,12 @@ impl<S: Store> Call<'_, S> {
             let step = match lookup {
                 Lookup::Hit(item) => match codec::decode(item.flags, &item.data) {
                     Ok(value) => Step::Value(value, item.data),
+                    Err(DecodeError::Unstorable(reason)) => Step::Unstorable(reason),
                     Err(err) => Step::Undecodable(err, item.version),
                 },
                 Lookup::Refresh(item) => match codec::decode(item.flags, &item.data) {
                     Ok(value) => Step::Refresh(value, item.data, item.version),
+                    Err(DecodeError::Unstorable(reason)) => Step::Unstorable(reason),
                     Err(err) => Step::Undecodable(err, item.version),
                 },
                 Lookup::Won(lease) => Step::Won(lease),
@@ -264,6 +273,16 @@ impl<S: Store> Call<'_, S> {
                         drop(waiting);
                         return self.without_store(leader, getter, err).await;
                     }
+                }
+                Step::Unstorable(reason) => {
+                    // The caller that computed it could not store it: nobody can share it with
+                    // us, so we compute our own at once, and so does every caller of this process
+                    // waiting on us, instead of taking turns.
+                    drop(waiting);
+                    stats.uncached_calls.incr();
+                    debug!(key = self.key, %reason, "the key's value cannot be stored; running the getter here");
+                    leader.uncached();
+                    return self.run_getter(getter).await;
                 }
                 Step::Won(lease) => {
                     // A waiter that wins the lease (its holder died) stops waiting: if it was
@@ -331,10 +350,24 @@ impl<S: Store> Call<'_, S> {
                 return Err(err);
             }
         };
-        let json = match codec::encode(&value, self.core.config.max_value_bytes) {
+        let json = match codec::encode_for_store(&value, self.core.config.max_value_bytes) {
             Ok(json) => json,
             Err(err) => {
-                held.release().await;
+                // Fill the lease with a marker rather than hand it back: callers waiting in other
+                // processes then compute their own at once, instead of winning the lease one
+                // after another to find the same value unstorable (`Step::Unstorable`).
+                let (marker, flags) = codec::unstorable_marker(&err);
+                let marked = self
+                    .store
+                    .fill(&self.wire, lease, &marker, flags, self.expire)
+                    .await;
+                if !matches!(marked, Ok(Fill::TooLarge)) {
+                    held.disarm();
+                }
+                if let Err(store) = marked {
+                    self.core.stats.store_errors.incr();
+                    debug!(key = self.key, error = %store, "marking the value unstorable failed");
+                }
                 return Ok(self.unstorable(leader, value, err));
             }
         };
@@ -404,7 +437,7 @@ impl<S: Store> Call<'_, S> {
                 return current;
             }
         };
-        let json = match codec::encode(&value, self.core.config.max_value_bytes) {
+        let json = match codec::encode_for_store(&value, self.core.config.max_value_bytes) {
             Ok(json) => json,
             Err(err) => {
                 stats.unstorable_values.incr();
@@ -524,14 +557,13 @@ impl<S: Store> Call<'_, S> {
     }
 
     /// A value that cannot be stored is still returned; this process's waiting callers share it
-    /// when it could be encoded at all.
+    /// when it could be encoded at all, and otherwise each compute their own at once.
     fn unstorable<T>(&self, leader: Leader<'_>, value: T, err: EncodeError) -> T {
         self.core.stats.unstorable_values.incr();
         warn!(key = self.key, error = %err, "the value is returned but not stored");
         match err {
             EncodeError::TooLarge { bytes, .. } => leader.publish(bytes),
-            // Followers try again and compute their own.
-            EncodeError::Serialize(_) => drop(leader),
+            _ => leader.uncached(),
         }
         value
     }

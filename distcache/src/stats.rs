@@ -49,6 +49,12 @@ pub struct Stats {
     pub lost_fills: u64,
     /// Calls that ran the getter without the store, because the store could not be reached.
     pub degraded_calls: u64,
+    /// Calls that ran the getter without storing its value, by design: their arguments could not
+    /// make a key (the macro's arguments failed to serialize), or the key's value was found
+    /// unstorable (see `unstorable_values`) by this call's leader or by a caller in any process
+    /// within the value's `expire`, so that nobody could share it with them. Such callers run
+    /// the getter at once, each its own, never one after another.
+    pub uncached_calls: u64,
     /// Store operations that failed (connection refused, timeout, protocol error).
     pub store_errors: u64,
     /// Calls that found a value near its end (see
@@ -106,6 +112,7 @@ counters!(
     unstorable_values,
     lost_fills,
     degraded_calls,
+    uncached_calls,
     store_errors,
     refreshes,
 );

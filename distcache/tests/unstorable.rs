@@ -1,0 +1,163 @@
+//! F12: values that cannot be stored (over `max_value_bytes`, not representable in JSON, not
+//! serializable at all) are returned to every caller, counted, and never make callers take turns
+//! at the getter, in one process or across two. Two `Cache`s on one memcached stand for two
+//! processes (each has its own in-process coalescing); `tests/processes.rs` uses real processes.
+
+mod support;
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use distcache::{Cache, Error};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use support::memcached::Memcached;
+
+const MINUTE: Duration = Duration::from_secs(60);
+/// Long enough that callers taking turns at a 300 ms getter would run out of it.
+const EXEC_LIMIT: Duration = Duration::from_secs(2);
+const GETTER: Duration = Duration::from_millis(300);
+const CALLERS: usize = 10;
+
+/// Runs `CALLERS` concurrent callers of `key` on each of `caches`; each gets `make()`'s value from
+/// a getter that takes `GETTER`. Returns the values and the getter runs per cache.
+async fn herd<T>(
+    caches: &[Cache],
+    key: &str,
+    make: fn() -> T,
+) -> (Vec<Result<T, Error>>, Vec<usize>)
+where
+    T: Serialize + DeserializeOwned + Send + 'static,
+{
+    let runs: Vec<Arc<AtomicUsize>> = caches.iter().map(|_| Arc::default()).collect();
+    let mut tasks = Vec::new();
+    for (cache, runs) in caches.iter().zip(&runs) {
+        for _ in 0..CALLERS {
+            let (cache, runs, key) = (cache.clone(), runs.clone(), key.to_owned());
+            tasks.push(tokio::spawn(async move {
+                cache
+                    .get(&key, EXEC_LIMIT, MINUTE, || async move {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(GETTER).await;
+                        Ok::<_, Error>(make())
+                    })
+                    .await
+            }));
+        }
+    }
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.expect("no caller panics"));
+    }
+    (
+        results,
+        runs.iter().map(|r| r.load(Ordering::SeqCst)).collect(),
+    )
+}
+
+fn caches(server: &Memcached, n: usize, max_value_bytes: usize) -> Vec<Cache> {
+    (0..n)
+        .map(|_| {
+            Cache::builder()
+                .server(server.addr())
+                .io_timeout(Duration::from_secs(2))
+                .max_value_bytes(max_value_bytes)
+                .build()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Every caller got the value, none timed out; returns the total getter runs.
+fn all_returned<T: Debug>(results: Vec<Result<T, Error>>, check: impl Fn(&T) -> bool) {
+    for result in results {
+        match result {
+            Ok(value) => assert!(check(&value), "a wrong value: {value:?}"),
+            Err(err) => panic!("a caller failed: {err}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_at_max_value_bytes_is_stored_and_computed_once() {
+    let server = Memcached::start().await;
+    let caches = caches(&server, 2, 1000);
+    // 998 characters, 1000 bytes of JSON with the quotes.
+    let (results, runs) = herd(&caches, "at-limit", || "x".repeat(998)).await;
+    all_returned(results, |v: &String| v.len() == 998);
+    assert_eq!(runs.iter().sum::<usize>(), 1, "{runs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_one_byte_over_max_value_bytes_is_returned_uncached_without_turns() {
+    let server = Memcached::start().await;
+    let caches = caches(&server, 2, 1000);
+    let (results, runs) = herd(&caches, "over-limit", || "x".repeat(999)).await;
+    all_returned(results, |v: &String| v.len() == 999);
+    let unstorable: u64 = caches.iter().map(|c| c.stats().unstorable_values).sum();
+    assert!(unstorable >= 1, "counted");
+    assert!(runs.iter().all(|&r| r >= 1), "{runs:?}");
+}
+
+/// Eight processes: taking turns at the getter, one per process, would run out of time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_processes_never_take_turns_at_a_value_over_max_value_bytes() {
+    let server = Memcached::start().await;
+    let caches = caches(&server, 8, 1000);
+    let (results, _) = herd(&caches, "over-limit", || "x".repeat(999)).await;
+    all_returned(results, |v: &String| v.len() == 999);
+    let uncached: u64 = caches.iter().map(|c| c.stats().uncached_calls).sum();
+    assert!(
+        uncached >= 1,
+        "the others found the marker and ran their own"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_twenty_megabyte_value_is_returned_uncached_without_turns() {
+    let server = Memcached::start().await;
+    let caches = caches(&server, 2, 1024 * 1024 - 512);
+    let (results, _) = herd(&caches, "huge", || "y".repeat(20_000_000)).await;
+    all_returned(results, |v: &String| v.len() == 20_000_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_with_nan_inside_is_returned_uncached_without_turns() {
+    let server = Memcached::start().await;
+    let caches = caches(&server, 2, 1024 * 1024 - 512);
+    let (results, _) = herd(&caches, "nan", || vec![1.5, f64::NAN, f64::INFINITY]).await;
+    all_returned(results, |v: &Vec<f64>| {
+        v[0] == 1.5 && v[1].is_nan() && v[2] == f64::INFINITY
+    });
+    let stats: Vec<_> = caches.iter().map(Cache::stats).collect();
+    assert!(
+        stats.iter().map(|s| s.unstorable_values).sum::<u64>() >= 1,
+        "{stats:?}"
+    );
+    assert_eq!(
+        stats.iter().map(|s| s.decode_misses).sum::<u64>(),
+        0,
+        "never stored, so never read back as something else: {stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_map_with_non_string_keys_is_returned_uncached_without_turns() {
+    let server = Memcached::start().await;
+    let caches = caches(&server, 2, 1024 * 1024 - 512);
+    fn make() -> HashMap<(u8, u8), u8> {
+        HashMap::from([((1, 2), 3)])
+    }
+    let (results, _) = herd(&caches, "map", make).await;
+    all_returned(results, |v| *v == make());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_too_callers_never_take_turns_at_an_unstorable_value() {
+    let caches = vec![Cache::builder().build().unwrap()];
+    let (results, _) = herd(&caches, "nan", || vec![f64::NAN]).await;
+    all_returned(results, |v: &Vec<f64>| v[0].is_nan());
+}
