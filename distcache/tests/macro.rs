@@ -183,7 +183,11 @@ async fn arguments_that_cannot_be_serialized_at_run_time_run_uncached() {
     assert_eq!(total(counts).await, Ok(5));
     let stats = UNKEYABLE.stats();
     assert_eq!(
-        (stats.getter_runs, stats.uncached_calls, stats.degraded_calls),
+        (
+            stats.getter_runs,
+            stats.uncached_calls,
+            stats.degraded_calls
+        ),
         (2, 2, 0),
         "{stats:?}"
     );
