@@ -8,6 +8,8 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::json;
+
 /// Client flags of an item written by this codec: `"DCJ1"`, distcache JSON, version 1.
 pub(crate) const JSON_FLAGS: u32 = u32::from_be_bytes(*b"DCJ1");
 
@@ -25,8 +27,11 @@ pub(crate) enum EncodeError {
         size: usize,
         limit: usize,
     },
-    #[error("the value cannot be serialized as JSON: {0}")]
-    Serialize(#[source] serde_json::Error),
+    /// serde_json refused the value, or JSON would not give it back as it is (a non-finite
+    /// float, a `Some` of something written as `null`): `json::Error` says which, and where.
+    /// One variant for both, because the flight treats them alike (not stored, not shared).
+    #[error("the value cannot be stored as JSON: {0}")]
+    Serialize(#[source] json::Error),
 }
 
 /// Why stored bytes were not returned.
@@ -39,7 +44,9 @@ pub(crate) enum DecodeError {
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T, limit: usize) -> Result<Bytes, EncodeError> {
-    let json = serde_json::to_vec(value).map_err(EncodeError::Serialize)?;
+    // Not `serde_json::to_vec`: it writes NaN as `null`, which then fails to decode (or decodes
+    // as `None`) in every reader; refused here, the value is returned but never stored.
+    let json = json::to_vec_lossless(value).map_err(EncodeError::Serialize)?;
     let size = json.len();
     let bytes = Bytes::from(json);
     if size > limit {
@@ -85,6 +92,27 @@ mod tests {
         let mut map = HashMap::new();
         map.insert(vec![1u8], 1);
         assert!(matches!(encode(&map, 100), Err(EncodeError::Serialize(_))));
+    }
+
+    #[test]
+    fn values_json_would_not_give_back_are_refused() {
+        #[derive(serde::Serialize)]
+        struct Report {
+            ratio: f64,
+        }
+        let err = encode(&Report { ratio: f64::NAN }, 100).unwrap_err();
+        assert!(
+            matches!(err, EncodeError::Serialize(json::Error::Lossy(_))),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "the value cannot be stored as JSON: \
+             a non-finite float (NaN), which JSON writes as null, at .ratio"
+        );
+        let err = encode(&Some(None::<u8>), 100).unwrap_err();
+        assert!(err.to_string().contains("reads back as None"), "{err}");
+        assert!(encode(&vec![f32::INFINITY], 100).is_err());
     }
 
     #[test]

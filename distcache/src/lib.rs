@@ -91,6 +91,7 @@ mod codec;
 mod error;
 mod flight;
 mod global;
+mod json;
 mod key;
 mod schedule;
 mod stats;
