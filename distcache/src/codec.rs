@@ -79,6 +79,30 @@ mod tests {
     }
 
     #[test]
+    fn every_finite_f64_comes_back_bit_for_bit() {
+        // Random bit patterns, not random values: they reach every exponent, subnormals and
+        // the long-mantissa numbers whose shortest decimal a fast parser rounds wrongly.
+        let mut rng = fastrand::Rng::with_seed(11);
+        let floats: Vec<f64> = std::iter::repeat_with(|| f64::from_bits(rng.u64(..)))
+            .filter(|f| f.is_finite())
+            .take(100_000)
+            .collect();
+        let bytes = encode(&floats, usize::MAX).unwrap();
+        let back: Vec<f64> = decode(JSON_FLAGS, &bytes).unwrap();
+        let wrong: Vec<_> = floats
+            .iter()
+            .zip(&back)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .collect();
+        assert!(
+            wrong.is_empty(),
+            "{} of 100,000 floats came back changed, such as {:?}",
+            wrong.len(),
+            &wrong[..wrong.len().min(3)]
+        );
+    }
+
+    #[test]
     fn over_the_limit_is_refused_but_kept() {
         let err = encode(&"abcdef", 4).unwrap_err();
         let EncodeError::TooLarge { bytes, size, limit } = err else {
