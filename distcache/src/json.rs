@@ -10,7 +10,9 @@
 //!   `NaN`, `Infinity` and `-Infinity` (not JSON, but a key is only bytes, and no JSON value is
 //!   one of them); a `Some(x)` whose `x` is written as `null` (or is itself such a marked `Some`)
 //!   is prefixed with `?`, which no JSON value starts with; maps are written sorted by the
-//!   natural order of their keys, which is the order a `BTreeMap` already has.
+//!   natural order of their keys, which is the order a `BTreeMap` already has. (Only maps that
+//!   give their length, as every collection does: a struct with a `#[serde(flatten)]` field is
+//!   a map without one, and keeps its declaration order.)
 //! - **Value mode** ([`to_vec_lossless`]) refuses what JSON would not give back: a non-finite
 //!   float anywhere inside, or a `Some(x)` whose `x` is written as `null`.
 //!
@@ -327,11 +329,15 @@ impl<'a> ser::Serializer for Ser<'a> {
         self.variant(variant, b"[", b"]}")
     }
 
-    fn serialize_map(self, _len: Option<usize>) -> Result<Map<'a>, Error> {
+    fn serialize_map(self, len: Option<usize>) -> Result<Map<'a>, Error> {
         self.out.push(b'{');
         Ok(Map {
             out: self.out,
             mode: self.mode,
+            // Every serde collection (HashMap, BTreeMap, IndexMap, serde_json's Map) gives its
+            // length; a struct with a `#[serde(flatten)]` field does not, and its fields have a
+            // stable order already, its declaration order, which keys in use today have.
+            sorted: self.mode == Mode::Key && len.is_some(),
             count: 0,
             key_start: 0,
             entries: Vec::new(),
@@ -465,12 +471,14 @@ impl ser::SerializeStructVariant for Compound<'_> {
 pub(crate) struct Map<'a> {
     out: &'a mut Vec<u8>,
     mode: Mode,
+    /// Entries are buffered and written sorted at the end, rather than written as they come.
+    sorted: bool,
     count: usize,
-    /// Value mode: where the current entry's key starts, to name it in an error.
+    /// In order: where the current entry's key starts, to name it in an error.
     key_start: usize,
-    /// Key mode: each entry's sort key and its bytes, `"key":value`.
+    /// Sorted: each entry's sort key and its bytes, `"key":value`.
     entries: Vec<(Order, Vec<u8>)>,
-    /// Key mode: the entry whose key is written and whose value is next.
+    /// Sorted: the entry whose key is written and whose value is next.
     pending: Option<(Order, Vec<u8>)>,
 }
 
@@ -479,8 +487,8 @@ impl ser::SerializeMap for Map<'_> {
     type Error = Error;
 
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Error> {
-        match self.mode {
-            Mode::Value => {
+        match self.sorted {
+            false => {
                 if self.count > 0 {
                     self.out.push(b',');
                 }
@@ -489,7 +497,7 @@ impl ser::SerializeMap for Map<'_> {
                 write_map_key(self.out, key)?;
                 self.out.push(b':');
             }
-            Mode::Key => {
+            true => {
                 let mut entry = Vec::new();
                 // serde_json first: it refuses the keys it cannot write, with its own message.
                 write_map_key(&mut entry, key)?;
@@ -502,13 +510,13 @@ impl ser::SerializeMap for Map<'_> {
     }
 
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        match self.mode {
-            Mode::Value => {
+        match self.sorted {
+            false => {
                 let start = self.out.len();
                 value
                     .serialize(Ser {
                         out: &mut *self.out,
-                        mode: Mode::Value,
+                        mode: self.mode,
                     })
                     .map_err(|e| {
                         // `"key":` sits just before the value.
@@ -516,7 +524,7 @@ impl ser::SerializeMap for Map<'_> {
                         e.at(|| Segment::Key(String::from_utf8_lossy(key).into_owned()))
                     })
             }
-            Mode::Key => {
+            true => {
                 let (order, mut entry) = self
                     .pending
                     .take()

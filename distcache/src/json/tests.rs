@@ -81,6 +81,33 @@ fn maps_are_written_in_the_natural_order_of_their_keys() {
 }
 
 #[test]
+fn a_struct_with_a_flattened_field_keeps_its_field_order() {
+    // serde writes it through `serialize_map` without a length, as it does no collection.
+    #[derive(Serialize)]
+    struct Inner {
+        zulu: u8,
+        alpha: u8,
+    }
+    #[derive(Serialize)]
+    struct Outer {
+        mike: u8,
+        #[serde(flatten)]
+        inner: Inner,
+        bravo: u8,
+    }
+    let value = Outer {
+        mike: 1,
+        inner: Inner { zulu: 2, alpha: 3 },
+        bravo: 4,
+    };
+    assert_eq!(
+        key_str(&value),
+        r#"{"mike":1,"zulu":2,"alpha":3,"bravo":4}"#
+    );
+    assert_eq!(key(&value), serde_json::to_vec(&value).unwrap());
+}
+
+#[test]
 fn maps_with_keys_json_cannot_write_are_refused() {
     let map = HashMap::from([(vec![1u8], 1)]);
     let mut out = Vec::new();
