@@ -8,6 +8,8 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::json;
+
 /// Client flags of an item written by this codec: `"DCJ1"`, distcache JSON, version 1.
 pub(crate) const JSON_FLAGS: u32 = u32::from_be_bytes(*b"DCJ1");
 
@@ -30,8 +32,13 @@ pub(crate) enum EncodeError {
         size: usize,
         limit: usize,
     },
-    #[error("the value cannot be serialized as JSON: {0}")]
-    Serialize(#[source] serde_json::Error),
+    /// serde_json refused the value, or JSON would not give it back as it is (a non-finite
+    /// float, a `Some` of something written as `null`): `json::Error` says which, and where.
+    /// One variant for both, because the flight treats them alike (not stored, not shared).
+    #[error("the value cannot be stored as JSON: {0}")]
+    Serialize(#[source] json::Error),
+    /// The JSON does not read back as the value's type: its `Serialize` and `Deserialize`
+    /// disagree.
     #[error("the value's JSON does not read back as its type: {0}")]
     Unreadable(#[source] serde_json::Error),
 }
@@ -48,7 +55,9 @@ pub(crate) enum DecodeError {
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T, limit: usize) -> Result<Bytes, EncodeError> {
-    let json = serde_json::to_vec(value).map_err(EncodeError::Serialize)?;
+    // Not `serde_json::to_vec`: it writes NaN as `null`, which then fails to decode (or decodes
+    // as `None`) in every reader; refused here, the value is returned but never stored.
+    let json = json::to_vec_lossless(value).map_err(EncodeError::Serialize)?;
     let size = json.len();
     let bytes = Bytes::from(json);
     if size > limit {
@@ -106,6 +115,30 @@ mod tests {
     }
 
     #[test]
+    fn every_finite_f64_comes_back_bit_for_bit() {
+        // Random bit patterns, not random values: they reach every exponent, subnormals and
+        // the long-mantissa numbers whose shortest decimal a fast parser rounds wrongly.
+        let mut rng = fastrand::Rng::with_seed(11);
+        let floats: Vec<f64> = std::iter::repeat_with(|| f64::from_bits(rng.u64(..)))
+            .filter(|f| f.is_finite())
+            .take(100_000)
+            .collect();
+        let bytes = encode(&floats, usize::MAX).unwrap();
+        let back: Vec<f64> = decode(JSON_FLAGS, &bytes).unwrap();
+        let wrong: Vec<_> = floats
+            .iter()
+            .zip(&back)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .collect();
+        assert!(
+            wrong.is_empty(),
+            "{} of 100,000 floats came back changed, such as {:?}",
+            wrong.len(),
+            &wrong[..wrong.len().min(3)]
+        );
+    }
+
+    #[test]
     fn over_the_limit_is_refused_but_kept() {
         let err = encode(&"abcdef", 4).unwrap_err();
         let EncodeError::TooLarge { bytes, size, limit } = err else {
@@ -151,6 +184,27 @@ mod tests {
             Err(DecodeError::Unstorable(reason)) => assert!(reason.contains("over the limit of 4")),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn values_json_would_not_give_back_are_refused() {
+        #[derive(serde::Serialize)]
+        struct Report {
+            ratio: f64,
+        }
+        let err = encode(&Report { ratio: f64::NAN }, 100).unwrap_err();
+        assert!(
+            matches!(err, EncodeError::Serialize(json::Error::Lossy(_))),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "the value cannot be stored as JSON: \
+             a non-finite float (NaN), which JSON writes as null, at .ratio"
+        );
+        let err = encode(&Some(None::<u8>), 100).unwrap_err();
+        assert!(err.to_string().contains("reads back as None"), "{err}");
+        assert!(encode(&vec![f32::INFINITY], 100).is_err());
     }
 
     #[test]

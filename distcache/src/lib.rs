@@ -60,8 +60,8 @@
 //!
 //! Limits: a getter that blocks its thread cannot be cut off at `exec_limit` (run CPU-bound work
 //! in [`tokio::task::spawn_blocking`]); values that cannot be stored (over
-//! [`max_value_bytes`](CacheBuilder::max_value_bytes), not serializable) are returned to their
-//! caller but recomputed by the next one.
+//! [`max_value_bytes`](CacheBuilder::max_value_bytes), not serializable, or holding what JSON
+//! would not give back, such as a NaN) are returned to their caller but recomputed by the next one.
 //!
 //! # Where values live
 //!
@@ -91,6 +91,7 @@ mod codec;
 mod error;
 mod flight;
 mod global;
+mod json;
 mod key;
 mod schedule;
 mod stats;
@@ -166,7 +167,9 @@ pub use store::memcached::ring::Ring;
 ///   `static LazyLock<Cache>`, a `&Cache`). Default: [`default_cache()`].
 ///
 /// The key is the function part followed by the arguments serialized as a JSON array, so every
-/// argument must implement `Serialize`; the function may not take `self`, type or const
+/// argument must implement `Serialize` (where JSON would write two values alike, the key does not:
+/// NaN and ±infinity, `None` and `Some(None)`, a `HashMap` in another order; a `HashSet`, which
+/// serde cannot tell from a list, is keyed in its iteration order, so prefer a `BTreeSet`); the function may not take `self`, type or const
 /// generics, or `impl Trait` arguments. `T: Serialize + DeserializeOwned` and
 /// `E: From<distcache::Error>`. The function keeps its signature and attributes, and its future
 /// is `Send` when the body's is.

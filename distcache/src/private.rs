@@ -11,16 +11,18 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::warn;
 
+use crate::json;
 use crate::schedule::site_of;
 use crate::{Cache, Error};
 
 pub use crate::global::default_cache;
 
-/// A call's key: the function's path, then its arguments as a JSON array.
+/// A call's key: the function's path, then its arguments as a JSON array, each in the key
+/// encoding of `json::write_key_arg` (serde_json's bytes, except where those are ambiguous).
 #[derive(Debug)]
 pub struct Key {
     buf: Vec<u8>,
-    error: Option<serde_json::Error>,
+    error: Option<json::Error>,
 }
 
 impl Key {
@@ -40,17 +42,17 @@ impl Key {
         if !self.buf.ends_with(b"[") {
             self.buf.push(b',');
         }
-        if let Err(err) = serde_json::to_writer(&mut self.buf, arg) {
+        if let Err(err) = json::write_key_arg(&mut self.buf, arg) {
             self.error = Some(err);
         }
     }
 
-    fn finish(mut self) -> Result<String, serde_json::Error> {
+    fn finish(mut self) -> Result<String, json::Error> {
         if let Some(err) = self.error {
             return Err(err);
         }
         self.buf.push(b']');
-        Ok(String::from_utf8(self.buf).expect("a &str followed by JSON is UTF-8"))
+        Ok(String::from_utf8(self.buf).expect("a &str followed by JSON-like text is UTF-8"))
     }
 }
 
