@@ -313,6 +313,7 @@ impl CacheBuilder {
                 }
             },
             max_value: self.max_value_bytes,
+            greet: true,
         };
         Ok(Cluster::new(ring, &config))
     }

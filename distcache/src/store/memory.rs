@@ -280,7 +280,11 @@ impl Store for MemoryStore {
             refresh_sent: false,
         };
         shard.insert(key.as_str(), stub, now);
-        Ok(Lookup::Won(Lease { cas, node: 0 }))
+        Ok(Lookup::Won(Lease {
+            cas,
+            node: 0,
+            instance: 0,
+        }))
     }
 
     async fn fill(
@@ -303,7 +307,11 @@ impl Store for MemoryStore {
             value: Some(Item {
                 data: data.clone(),
                 flags,
-                version: Lease { cas, node: 0 },
+                version: Lease {
+                    cas,
+                    node: 0,
+                    instance: 0,
+                },
             }),
             cas,
             expires: now + expire,

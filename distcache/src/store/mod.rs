@@ -34,6 +34,9 @@ pub(crate) struct Lease {
     pub(crate) cas: u64,
     /// The node that granted it, which alone can honour it (0 for the in-process store).
     pub(crate) node: usize,
+    /// The run of that node's server that granted it: CAS values start again when memcached
+    /// restarts, so the same CAS on the next run is another item (0: unknown, or in-process).
+    pub(crate) instance: u64,
 }
 
 /// What a lookup found.
@@ -89,6 +92,8 @@ pub(crate) enum StoreErrorKind {
     Connection(String),
     #[error("server error: {0}")]
     Server(String),
+    #[error("the server restarted since the lease was won; the lease went with it")]
+    Restarted,
 }
 
 impl StoreError {

@@ -36,6 +36,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
+use super::handshake::{self, Instance};
 use super::health::{Health, Ticket};
 use super::protocol::{ErrorKind, Meta, Parser, Reply, Request};
 use crate::store::StoreErrorKind;
@@ -65,6 +66,8 @@ pub(crate) struct ConnConfig {
     pub(crate) max_value: usize,
     /// The node's health, told of the connection's own timeout.
     pub(crate) health: Option<Arc<Health>>,
+    /// Ask the server about itself first (`handshake.rs`); off only for scripted peers in tests.
+    pub(crate) greet: bool,
 }
 
 /// A handle to a connection; clones share it, and the last one to go closes it.
@@ -101,6 +104,8 @@ struct Shared {
     /// all have given up at their deadlines, and would tell it nothing.
     health: Option<Arc<Health>>,
     max_value: usize,
+    /// The run of the server this connection talks to.
+    instance: Instance,
 }
 
 #[derive(Debug, Default)]
@@ -128,6 +133,13 @@ pub(crate) struct PendingReply {
     shared: Arc<Shared>,
     /// When the request was queued: the connection fails it `io_timeout` after this.
     sent: Instant,
+}
+
+impl PendingReply {
+    /// The run of the server the request went to.
+    pub(crate) fn instance(&self) -> Instance {
+        self.shared.instance
+    }
 }
 
 impl PendingReply {
@@ -168,8 +180,19 @@ impl Connection {
         let timeout = config.connect_timeout;
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no address to connect to");
         for addr in addrs {
-            match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => return Ok(Self::start(stream, config)),
+            let connect = async {
+                let mut stream = TcpStream::connect(addr).await?;
+                let instance = match config.greet {
+                    true => handshake::greet(&mut stream, timeout).await?,
+                    false => 0,
+                };
+                Ok::<_, io::Error>((stream, instance))
+            };
+            match tokio::time::timeout(timeout, connect).await {
+                Ok(Ok((stream, instance))) => return Ok(Self::start(stream, instance, config)),
+                // The server answered, and cannot be used: another address of it would say
+                // the same.
+                Ok(Err(err)) if err.kind() == io::ErrorKind::InvalidData => return Err(err),
                 Ok(Err(err)) => last = err,
                 Err(_) => {
                     last = io::Error::new(
@@ -182,7 +205,7 @@ impl Connection {
         Err(last)
     }
 
-    fn start(stream: TcpStream, config: &ConnConfig) -> Self {
+    fn start(stream: TcpStream, instance: Instance, config: &ConnConfig) -> Self {
         // Small requests must not wait for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
         let (read, write) = stream.into_split();
@@ -196,6 +219,7 @@ impl Connection {
             tasks: Mutex::new(Vec::new()),
             health: config.health.clone(),
             max_value: config.max_value,
+            instance,
         });
         let reader = tokio::spawn(read_replies(
             shared.clone(),
@@ -247,6 +271,11 @@ impl Connection {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.handle.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// The run of the server this connection talks to (0: unknown).
+    pub(crate) fn instance(&self) -> Instance {
+        self.handle.shared.instance
     }
 }
 
@@ -554,6 +583,7 @@ mod tests {
             io_timeout,
             max_value: 1_000_000,
             health: None,
+            greet: false,
         }
     }
 

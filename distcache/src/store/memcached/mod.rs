@@ -6,8 +6,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio::time::Instant;
-use tracing::warn;
+use tracing::{debug, warn};
 
+use self::handshake::Instance;
 use self::node::Node;
 pub(crate) use self::node::NodeConfig;
 use self::protocol::{Code, ErrorKind, MAX_RELATIVE_TTL, Meta, Reply, Request};
@@ -17,6 +18,7 @@ use super::{Fill, Item, Lease, Lookup, Store, StoreError, StoreErrorKind};
 use crate::key::WireKey;
 
 mod conn;
+mod handshake;
 mod health;
 mod node;
 mod protocol;
@@ -88,7 +90,7 @@ impl Cluster {
         key: &WireKey,
         request: Request<'_>,
         deadline: Option<Instant>,
-    ) -> Result<(usize, Reply), StoreError> {
+    ) -> Result<(usize, Reply, Instance), StoreError> {
         let nodes = &self.inner.nodes;
         let mut retried = false;
         loop {
@@ -101,10 +103,10 @@ impl Cluster {
                 });
             };
             match nodes[index]
-                .execute(ticket, operation, &request, deadline)
+                .execute(ticket, operation, &request, deadline, None)
                 .await
             {
-                Ok(reply) => return Ok((index, reply)),
+                Ok((reply, instance)) => return Ok((index, reply, instance)),
                 Err(err) if retried || err.is_deadline() || !nodes[index].is_down() => {
                     return Err(err);
                 }
@@ -113,7 +115,8 @@ impl Cluster {
         }
     }
 
-    /// Runs `request` on the node that granted `lease`: only it can honour the lease's CAS.
+    /// Runs `request` on the node that granted `lease`, and only on the run of its server that
+    /// granted it: only that one can honour the lease's CAS.
     async fn on_lease_node(
         &self,
         operation: &'static str,
@@ -128,7 +131,9 @@ impl Cluster {
                 kind: StoreErrorKind::NodeDown,
             });
         };
-        node.execute(ticket, operation, &request, None).await
+        node.execute(ticket, operation, &request, None, Some(lease.instance))
+            .await
+            .map(|(reply, _)| reply)
     }
 }
 
@@ -184,7 +189,7 @@ impl Store for Cluster {
             lease: ttl_seconds(lease_ttl),
             refresh: refresh_token(refresh),
         };
-        let (node, reply) = self
+        let (node, reply, instance) = self
             .on_key_node("lookup", key, request, Some(deadline))
             .await?;
         let server = &self.inner.nodes[node].server;
@@ -198,6 +203,7 @@ impl Store for Cluster {
         let version = Lease {
             cas: meta.cas.unwrap_or_default(),
             node,
+            instance,
         };
         let item = |meta: Meta| Item {
             data: meta.data,
@@ -241,7 +247,14 @@ impl Store for Cluster {
             ttl: ttl_seconds(expire),
             cas: lease.cas,
         };
-        match self.on_lease_node("fill", lease, request).await? {
+        let reply = match self.on_lease_node("fill", lease, request).await {
+            Err(err) if matches!(err.kind, StoreErrorKind::Restarted) => {
+                debug!(key = key.as_str(), error = %err, "not filled");
+                return Ok(Fill::LeaseLost);
+            }
+            reply => reply?,
+        };
+        match reply {
             Reply::Meta(Meta {
                 code: Code::Stored, ..
             }) => Ok(Fill::Stored),
@@ -262,13 +275,17 @@ impl Store for Cluster {
             key,
             cas: Some(lease.cas),
         };
-        let reply = self.on_lease_node("release", lease, request).await?;
+        let reply = match self.on_lease_node("release", lease, request).await {
+            // The lease went with the server's restart: nothing to hand back.
+            Err(err) if matches!(err.kind, StoreErrorKind::Restarted) => return Ok(()),
+            reply => reply?,
+        };
         meta("release", &self.inner.nodes[lease.node].server, reply).map(drop)
     }
 
     async fn invalidate(&self, key: &WireKey) -> Result<(), StoreError> {
         let request = Request::Delete { key, cas: None };
-        let (node, reply) = self.on_key_node("invalidate", key, request, None).await?;
+        let (node, reply, _) = self.on_key_node("invalidate", key, request, None).await?;
         meta("invalidate", &self.inner.nodes[node].server, reply).map(drop)
     }
 }
@@ -300,6 +317,7 @@ mod tests {
             failure_threshold: 2,
             connections,
             max_value: crate::codec::DEFAULT_MAX_VALUE_BYTES,
+            greet: true,
         };
         Cluster::new(ring, &config)
     }
@@ -369,6 +387,60 @@ mod tests {
         .await
         .expect("a one-second lease expires within 5 s");
         contract::a_late_fill_is_refused(&cluster, &k, late, fresh, LEASE).await;
+    }
+
+    /// Sends `line` to `server` on a connection of its own; the first line of the answer.
+    async fn raw(server: &Memcached, line: &str) -> String {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let mut stream =
+            BufReader::new(tokio::net::TcpStream::connect(server.addr()).await.unwrap());
+        stream.get_mut().write_all(line.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        stream.read_line(&mut answer).await.unwrap();
+        answer
+    }
+
+    #[tokio::test]
+    async fn a_lease_from_before_a_restart_cannot_fill_another_clients_lease_after_it() {
+        let mut server = Memcached::start().await;
+        let cluster = cluster(&[&server]);
+        let k = key("restart");
+        let ours = won(&cluster, &k).await;
+        server.restart().await;
+        // CAS values start again on the new run: another client's lease on the key may carry
+        // the very CAS of ours (here it does: each is the first item of its run).
+        let theirs = raw(&server, "mg t:restart c N30\r\n").await;
+        assert_eq!(
+            theirs,
+            format!("HD c{} W\r\n", ours.cas),
+            "the scenario: the same CAS on the new run"
+        );
+        let data = Bytes::from_static(b"\"stale\"");
+        assert_eq!(
+            cluster.fill(&k, ours, &data, 0, EXPIRE).await.unwrap(),
+            Fill::LeaseLost,
+            "a lease of the old run is not sent to the new one"
+        );
+        cluster.release(&k, ours).await.unwrap();
+        assert_eq!(
+            raw(&server, "mg t:restart v c\r\n").await,
+            format!("VA 0 c{} Z\r\n", ours.cas),
+            "the other client's lease is intact: neither filled nor released by us"
+        );
+    }
+
+    #[tokio::test]
+    async fn servers_distcache_cannot_use_fail_lookups_with_the_reason() {
+        let server = Memcached::start_with(&["-C"]).await;
+        let cluster = cluster(&[&server]);
+        let err = cluster
+            .lookup(&key("k"), LEASE, Duration::ZERO, far())
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("CAS disabled (memcached -C)"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

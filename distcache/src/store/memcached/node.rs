@@ -10,6 +10,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use super::conn::{ConnConfig, ConnError, Connection, PendingReply};
+use super::handshake::Instance;
 use super::health::Health;
 pub(crate) use super::health::Ticket;
 use super::protocol::{Reply, Request};
@@ -28,6 +29,9 @@ pub(crate) struct NodeConfig {
     pub(crate) connections: usize,
     /// The largest value kept from a reply (`max_value_bytes`).
     pub(crate) max_value: usize,
+    /// Ask each server about itself on connecting (`handshake.rs`): always, but in tests against
+    /// scripted peers.
+    pub(crate) greet: bool,
 }
 
 #[derive(Debug)]
@@ -58,6 +62,7 @@ impl Node {
                 io_timeout: config.io_timeout,
                 max_value: config.max_value,
                 health: Some(health.clone()),
+                greet: config.greet,
             },
             health: health.clone(),
         };
@@ -101,22 +106,27 @@ impl Node {
     /// Sends `request` and awaits its reply within the I/O timeout, or until `deadline` if that
     /// comes first; records the outcome in the node's health. A deadline is the caller's
     /// business, not a sign of trouble: it neither counts as a failure nor closes the connection.
+    /// With `instance`, the request is sent only to that run of the server (a lease's CAS means
+    /// nothing to the next run), and fails with [`StoreErrorKind::Restarted`] otherwise. The
+    /// reply comes with the run of the server that gave it.
     pub(crate) async fn execute(
         &self,
         ticket: Ticket,
         operation: &'static str,
         request: &Request<'_>,
         deadline: Option<Instant>,
-    ) -> Result<Reply, StoreError> {
+        instance: Option<Instance>,
+    ) -> Result<(Reply, Instance), StoreError> {
         let mut outcome = Outcome {
             health: &self.health,
             ticket,
             recorded: false,
         };
-        let result = self.round_trip(request, deadline).await;
+        let result = self.round_trip(request, deadline, instance).await;
         match &result {
             Ok(_) => outcome.success(),
-            Err(StoreErrorKind::Deadline) => outcome.abandoned(),
+            // Nothing was sent: nothing was learnt of the node.
+            Err(StoreErrorKind::Deadline | StoreErrorKind::Restarted) => outcome.abandoned(),
             // The connect itself reported it (`Manager::create`), whether or not anybody was
             // still waiting: counted once. A probe still ends here.
             Err(StoreErrorKind::Io(_)) if ticket == Ticket::Up => outcome.abandoned(),
@@ -133,7 +143,11 @@ impl Node {
     /// the configured number are ready, one request at a time also sets a background task to
     /// make the next (the pool makes a connection only when none is idle, and with requests
     /// that hold none for longer than a queueing, none would be made).
-    fn send_ready(&self, request: &Request<'_>) -> Option<Result<PendingReply, ConnError>> {
+    fn send_ready(
+        &self,
+        request: &Request<'_>,
+        instance: Option<Instance>,
+    ) -> Option<Result<PendingReply, StoreErrorKind>> {
         let ready = self
             .ready
             .connections
@@ -157,18 +171,20 @@ impl Node {
         if conn.is_closed() {
             return None;
         }
-        Some(conn.send(request))
+        Some(send_on(conn, request, instance))
     }
 
     async fn round_trip(
         &self,
         request: &Request<'_>,
         deadline: Option<Instant>,
-    ) -> Result<Reply, StoreErrorKind> {
-        let reply = match self.send_ready(request) {
-            Some(sent) => sent.map_err(|err| StoreErrorKind::Connection(err.to_string()))?,
-            None => self.send_pooled(request, deadline).await?,
+        instance: Option<Instance>,
+    ) -> Result<(Reply, Instance), StoreErrorKind> {
+        let reply = match self.send_ready(request, instance) {
+            Some(sent) => sent?,
+            None => self.send_pooled(request, deadline, instance).await?,
         };
+        let instance = reply.instance();
         // The connection fails a request unanswered for the I/O timeout from when it was queued
         // (one timer per connection); a timer of our own is needed only when the deadline comes
         // sooner.
@@ -185,7 +201,7 @@ impl Node {
             Err(_dropped) => Err(StoreErrorKind::Connection("the connection closed".into())),
             Ok(Err(ConnError::TimedOut(after))) => Err(StoreErrorKind::Timeout(after)),
             Ok(Err(err)) => Err(StoreErrorKind::Connection(err.to_string())),
-            Ok(Ok(reply)) => Ok(reply),
+            Ok(Ok(reply)) => Ok((reply, instance)),
         }
     }
 
@@ -195,6 +211,7 @@ impl Node {
         &self,
         request: &Request<'_>,
         deadline: Option<Instant>,
+        instance: Option<Instance>,
     ) -> Result<PendingReply, StoreErrorKind> {
         // A connection at hand is taken without a timer. Otherwise the wait (for the slot, or for
         // a connect, itself bounded by connect_timeout) is bounded by connect_timeout, and by the
@@ -231,9 +248,21 @@ impl Node {
         self.ready.keep(&conn);
         // The pooled connection goes back to the pool here, for others to pipeline on, while we
         // await our reply.
-        conn.send(request)
-            .map_err(|err| StoreErrorKind::Connection(err.to_string()))
+        send_on(&conn, request, instance)
     }
+}
+
+/// Queues `request` on `conn`, if it talks to `instance` when one is given.
+fn send_on(
+    conn: &Connection,
+    request: &Request<'_>,
+    instance: Option<Instance>,
+) -> Result<PendingReply, StoreErrorKind> {
+    if instance.is_some_and(|instance| instance != conn.instance()) {
+        return Err(StoreErrorKind::Restarted);
+    }
+    conn.send(request)
+        .map_err(|err| StoreErrorKind::Connection(err.to_string()))
 }
 
 /// The connections requests are queued on directly: clones of the pool's, which the pool alone
@@ -424,6 +453,7 @@ mod tests {
             failure_threshold: 100,
             connections: 1,
             max_value: 1_000_000,
+            greet: false,
         }
     }
 
@@ -484,7 +514,9 @@ mod tests {
         // One request at a time: the pool alone would never need a second connection.
         let mut made = 0;
         for _ in 0..100 {
-            node.execute(Ticket::Up, "t", &delete, None).await.unwrap();
+            node.execute(Ticket::Up, "t", &delete, None, None)
+                .await
+                .unwrap();
             while accepted.try_recv().is_ok() {
                 made += 1;
             }
@@ -510,7 +542,9 @@ mod tests {
         .expect("all three connections are ready");
         let before = served.lock().unwrap().clone();
         for _ in 0..30 {
-            node.execute(Ticket::Up, "t", &delete, None).await.unwrap();
+            node.execute(Ticket::Up, "t", &delete, None, None)
+                .await
+                .unwrap();
         }
         let after = served.lock().unwrap().clone();
         let spread: Vec<usize> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
@@ -553,8 +587,8 @@ mod tests {
         );
         let (ra, rb, (lines, _peer)) = tokio::time::timeout(Duration::from_secs(5), async {
             tokio::join!(
-                node.execute(Ticket::Up, "t", &delete_a, None),
-                node.execute(Ticket::Up, "t", &delete_b, None),
+                node.execute(Ticket::Up, "t", &delete_a, None, None),
+                node.execute(Ticket::Up, "t", &delete_b, None, None),
                 peer
             )
         })
@@ -583,6 +617,7 @@ mod tests {
                 "t",
                 &request,
                 Some(started + Duration::from_millis(100)),
+                None,
             )
             .await
             .unwrap_err();
@@ -595,7 +630,7 @@ mod tests {
         let started = Instant::now();
         let err = tokio::time::timeout(
             Duration::from_secs(5),
-            node.execute(Ticket::Up, "t", &request, None),
+            node.execute(Ticket::Up, "t", &request, None, None),
         )
         .await
         .expect("not stuck behind the held connection")

@@ -1,0 +1,180 @@
+//! What a new connection asks the server before any request: `stats` and `stats settings`.
+//!
+//! - **The version.** distcache speaks the meta protocol of memcached 1.6: an older server would
+//!   answer every request `ERROR`, and close every connection we make with a message about a
+//!   "refused request". It is refused here, once, with its version in the error.
+//! - **CAS.** A server started with `-C` gives every item CAS 0 and refuses every fill under a
+//!   lease: refused here, saying so.
+//! - **The instance.** `pid` and the start time (`time - uptime`, which memcached derives from one
+//!   clock, so it is the same on every connection) tell one run of the server from the next. A
+//!   lease is the CAS of a stub; CAS values start again at 1 when memcached restarts, so a lease
+//!   won before a restart may equal another client's lease after it. Leases carry their instance,
+//!   and a fill or release on another instance is not sent (`Node::execute`).
+
+use std::io;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The longest answer read: `stats` and `stats settings` are a few kilobytes.
+const MAX_ANSWER: usize = 256 * 1024;
+
+/// Which run of the server a connection talks to; 0 when the server did not say.
+pub(crate) type Instance = u64;
+
+/// Asks the server about itself within `timeout`; fails, with the reason, if distcache cannot
+/// use it.
+pub(crate) async fn greet(stream: &mut TcpStream, timeout: Duration) -> io::Result<Instance> {
+    let exchange = async {
+        stream.write_all(b"stats\r\nstats settings\r\n").await?;
+        let mut answer = Vec::with_capacity(8 * 1024);
+        let mut ends = 0;
+        while ends < 2 {
+            if answer.len() > MAX_ANSWER {
+                return Err(invalid("the answer to `stats` is too long"));
+            }
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection before answering `stats`",
+                ));
+            }
+            answer.extend_from_slice(&chunk[..n]);
+            ends = count_ends(&answer);
+            if answer.starts_with(b"ERROR") || answer.starts_with(b"CLIENT_ERROR") {
+                return Err(invalid(
+                    "the server refused `stats`: is it memcached 1.6 or later?",
+                ));
+            }
+        }
+        check(&String::from_utf8_lossy(&answer)).map_err(invalid)
+    };
+    tokio::time::timeout(timeout, exchange).await.map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no answer to `stats` within {timeout:?}"),
+        )
+    })?
+}
+
+fn invalid(reason: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, reason.into())
+}
+
+fn count_ends(answer: &[u8]) -> usize {
+    answer
+        .split(|&b| b == b'\n')
+        .filter(|line| *line == b"END\r")
+        .count()
+}
+
+/// Checks the `stats` and `stats settings` answers; the server's instance, or why it cannot be
+/// used.
+fn check(answer: &str) -> Result<Instance, String> {
+    let stat = |name: &str| {
+        answer.lines().find_map(|line| {
+            let mut words = line.trim_end().split(' ');
+            (words.next() == Some("STAT") && words.next() == Some(name))
+                .then(|| words.next())
+                .flatten()
+        })
+    };
+    if let Some(version) = stat("version") {
+        let mut parts = version.split('.').map(|p| p.parse::<u32>());
+        // A server that is not memcached (a proxy with versions of its own) is not refused here.
+        if let (Some(Ok(major)), Some(Ok(minor))) = (parts.next(), parts.next())
+            && (major, minor) < (1, 6)
+        {
+            return Err(format!(
+                "the server is memcached {version}: distcache needs 1.6 or later (the meta protocol)"
+            ));
+        }
+    }
+    if stat("cas_enabled") == Some("no") {
+        return Err(
+            "the server runs with CAS disabled (memcached -C): distcache's leases need CAS".into(),
+        );
+    }
+    let number = |name| stat(name).and_then(|v| v.parse::<u64>().ok());
+    Ok(match (number("pid"), number("time"), number("uptime")) {
+        (Some(pid), Some(time), Some(uptime)) => {
+            // Never 0, which stands for "unknown".
+            (pid << 40 ^ time.wrapping_sub(uptime)) | 1 << 63
+        }
+        _ => 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(version: &str, pid: u64, time: u64, uptime: u64, cas: &str) -> String {
+        format!(
+            "STAT pid {pid}\r\nSTAT uptime {uptime}\r\nSTAT time {time}\r\nSTAT version {version}\r\nEND\r\n\
+             STAT maxbytes 67108864\r\nSTAT cas_enabled {cas}\r\nEND\r\n"
+        )
+    }
+
+    #[test]
+    fn a_run_of_the_server_is_told_by_its_pid_and_start_time() {
+        let first = check(&answer("1.6.18", 622, 1_000_003, 3, "yes")).unwrap();
+        assert_ne!(first, 0);
+        assert_eq!(
+            check(&answer("1.6.18", 622, 1_000_010, 10, "yes")).unwrap(),
+            first,
+            "the same run, asked later"
+        );
+        assert_ne!(
+            check(&answer("1.6.18", 623, 1_000_010, 1, "yes")).unwrap(),
+            first
+        );
+        assert_ne!(
+            check(&answer("1.6.18", 622, 1_000_010, 1, "yes")).unwrap(),
+            first
+        );
+    }
+
+    #[test]
+    fn servers_distcache_cannot_use_are_refused_with_the_reason() {
+        let old = check(&answer("1.5.22", 1, 10, 1, "yes")).unwrap_err();
+        assert!(
+            old.contains("1.5.22") && old.contains("1.6 or later"),
+            "{old}"
+        );
+        let no_cas = check(&answer("1.6.18", 1, 10, 1, "no")).unwrap_err();
+        assert!(no_cas.contains("-C"), "{no_cas}");
+        assert!(check(&answer("1.6.0", 1, 10, 1, "yes")).is_ok());
+        assert!(check(&answer("2.0.1", 1, 10, 1, "yes")).is_ok());
+        assert_eq!(
+            check("STAT version mcrouter-42\r\nEND\r\nEND\r\n"),
+            Ok(0),
+            "not memcached, and no instance: not refused, no restart guard"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_old_server_fails_the_connection_with_its_version() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 64];
+            let _ = stream.read(&mut request).await.unwrap();
+            stream
+                .write_all(answer("1.4.39", 7, 100, 5, "yes").as_bytes())
+                .await
+                .unwrap();
+            stream
+        });
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let err = greet(&mut stream, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("1.4.39"), "{err}");
+        drop(peer.await.unwrap());
+    }
+}
