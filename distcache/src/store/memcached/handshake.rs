@@ -64,8 +64,13 @@ fn invalid(reason: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, reason.into())
 }
 
+/// How many complete `END` lines `answer` holds. Only whole lines count: a read may end between
+/// the CR and the LF of the last one, whose LF must then be read here, not by the connection.
 fn count_ends(answer: &[u8]) -> usize {
-    answer
+    let Some(last) = answer.iter().rposition(|&b| b == b'\n') else {
+        return 0;
+    };
+    answer[..=last]
         .split(|&b| b == b'\n')
         .filter(|line| *line == b"END\r")
         .count()
@@ -136,6 +141,13 @@ mod tests {
             check(&answer("1.6.18", 622, 1_000_010, 1, "yes")).unwrap(),
             first
         );
+    }
+
+    #[test]
+    fn only_whole_end_lines_count() {
+        assert_eq!(count_ends(b"STAT a 1\r\nEND\r\nSTAT b 2\r\nEND\r"), 1);
+        assert_eq!(count_ends(b"STAT a 1\r\nEND\r\nSTAT b 2\r\nEND\r\n"), 2);
+        assert_eq!(count_ends(b"STAT END\r\nEN"), 0);
     }
 
     #[test]
