@@ -39,6 +39,7 @@ use tokio::time::Instant;
 use super::handshake::{self, Instance};
 use super::health::{Health, Ticket};
 use super::protocol::{ErrorKind, Meta, Parser, Reply, Request};
+use crate::key::WireKey;
 use crate::store::StoreErrorKind;
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -68,6 +69,52 @@ pub(crate) struct ConnConfig {
     pub(crate) health: Option<Arc<Health>>,
     /// Ask the server about itself first (`handshake.rs`); off only for scripted peers in tests.
     pub(crate) greet: bool,
+    /// The node's leases to hand back on its next connection.
+    pub(crate) orphans: Option<Arc<Orphans>>,
+}
+
+/// Leases won by lookups whose callers were gone, that their connection closed before it could
+/// hand back: the node sends them on a connection to the same run of the server before its next
+/// request. Without this, such a lease blocks its key until it expires (`exec_limit` + 1 s).
+#[derive(Debug, Default)]
+pub(crate) struct Orphans {
+    /// Read on every request: set only while `leases` is not empty.
+    pending: AtomicBool,
+    leases: Mutex<Vec<(WireKey, u64, Instance)>>,
+}
+
+impl Orphans {
+    fn push(&self, key: &WireKey, cas: u64, instance: Instance) {
+        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        leases.push((key.clone(), cas, instance));
+        self.pending.store(true, Ordering::Release);
+    }
+
+    /// Hands back, on `conn`, the leases its run of the server granted; forgets those of other
+    /// runs (a restart took them).
+    pub(crate) fn flush_onto(&self, conn: &Connection) {
+        if !self.pending.load(Ordering::Acquire) {
+            return;
+        }
+        let leases = {
+            let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+            self.pending.store(false, Ordering::Release);
+            std::mem::take(&mut *leases)
+        };
+        for (key, cas, instance) in leases {
+            if instance != conn.instance() {
+                continue;
+            }
+            let release = Request::Delete {
+                key: &key,
+                cas: Some(cas),
+            };
+            if conn.send(&release).is_err() {
+                // Closed too: keep it for the next.
+                self.push(&key, cas, instance);
+            }
+        }
+    }
 }
 
 /// A handle to a connection; clones share it, and the last one to go closes it.
@@ -106,6 +153,8 @@ struct Shared {
     max_value: usize,
     /// The run of the server this connection talks to.
     instance: Instance,
+    /// Where a lease to hand back goes when this connection can no longer carry it.
+    orphans: Option<Arc<Orphans>>,
 }
 
 #[derive(Debug, Default)]
@@ -220,6 +269,7 @@ impl Connection {
             health: config.health.clone(),
             max_value: config.max_value,
             instance,
+            orphans: config.orphans.clone(),
         });
         let reader = tokio::spawn(read_replies(
             shared.clone(),
@@ -349,6 +399,11 @@ impl Shared {
         {
             let mut state = self.lock();
             if state.closed.is_some() {
+                // Closed meanwhile: the node's next connection to this run of the server hands
+                // it back, rather than leave the key blocked until the lease expires.
+                if let Some(orphans) = &self.orphans {
+                    orphans.push(key, cas, self.instance);
+                }
                 return;
             }
             state.push(
@@ -584,6 +639,7 @@ mod tests {
             max_value: 1_000_000,
             health: None,
             greet: false,
+            orphans: None,
         }
     }
 
@@ -723,6 +779,43 @@ mod tests {
         within(sent).await.unwrap().unwrap();
         drop(reply);
         assert_eq!(within(read_line(&mut peer)).await, "md k C5 O2\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_lease_whose_connection_closed_before_it_was_handed_back_goes_on_the_next() {
+        let orphans = Arc::new(Orphans::default());
+        let config = ConnConfig {
+            orphans: Some(orphans.clone()),
+            ..config(Duration::from_secs(5))
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addrs = [listener.local_addr().unwrap()];
+        let (conn, accepted) =
+            tokio::join!(Connection::connect(&addrs, &config), listener.accept());
+        let (conn, mut peer) = (conn.unwrap(), BufReader::new(accepted.unwrap().0));
+        let k = key("k");
+        let won = conn.send(&get(&k)).unwrap();
+        let next = conn.send(&get(&key("other"))).unwrap();
+        within(read_line(&mut peer)).await;
+        within(read_line(&mut peer)).await;
+        // The lease is won, and the server goes away before the second reply.
+        peer.get_mut()
+            .write_all(b"VA 0 c5 f0 kk O0 W\r\n\r\n")
+            .await
+            .unwrap();
+        drop(peer);
+        assert!(matches!(within(next).await, Ok(Err(ConnError::Closed(_)))));
+        // The won reply sits in its channel; its caller is cancelled only now.
+        drop(won);
+        let (second, accepted) =
+            tokio::join!(Connection::connect(&addrs, &config), listener.accept());
+        let (second, mut peer) = (second.unwrap(), BufReader::new(accepted.unwrap().0));
+        orphans.flush_onto(&second);
+        assert_eq!(
+            within(read_line(&mut peer)).await,
+            "md k C5 O0\r\n",
+            "handed back on the next connection"
+        );
     }
 
     #[tokio::test]

@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use std::task::Poll;
 use std::time::Duration;
 
-use super::conn::{ConnConfig, ConnError, Connection, PendingReply};
+use super::conn::{ConnConfig, ConnError, Connection, Orphans, PendingReply};
 use super::handshake::Instance;
 use super::health::Health;
 pub(crate) use super::health::Ticket;
@@ -42,6 +42,7 @@ pub(crate) struct Node {
     /// only needs a connection for the moment it is queued.
     ready: Arc<Ready>,
     health: Arc<Health>,
+    orphans: Arc<Orphans>,
     connect_timeout: Duration,
     io_timeout: Duration,
 }
@@ -55,6 +56,7 @@ impl Node {
             config.retry_interval,
             config.failure_threshold,
         ));
+        let orphans = Arc::new(Orphans::default());
         let manager = Manager {
             server: server.clone(),
             config: ConnConfig {
@@ -63,6 +65,7 @@ impl Node {
                 max_value: config.max_value,
                 health: Some(health.clone()),
                 greet: config.greet,
+                orphans: Some(orphans.clone()),
             },
             health: health.clone(),
         };
@@ -82,6 +85,7 @@ impl Node {
                 growing: AtomicBool::new(false),
             }),
             health,
+            orphans,
             connect_timeout: config.connect_timeout,
             io_timeout: config.io_timeout,
         }
@@ -171,7 +175,7 @@ impl Node {
         if conn.is_closed() {
             return None;
         }
-        Some(send_on(conn, request, instance))
+        Some(send_on(conn, request, instance, &self.orphans))
     }
 
     async fn round_trip(
@@ -248,19 +252,22 @@ impl Node {
         self.ready.keep(&conn);
         // The pooled connection goes back to the pool here, for others to pipeline on, while we
         // await our reply.
-        send_on(&conn, request, instance)
+        send_on(&conn, request, instance, &self.orphans)
     }
 }
 
-/// Queues `request` on `conn`, if it talks to `instance` when one is given.
+/// Queues `request` on `conn`, if it talks to `instance` when one is given; first, any lease
+/// left to hand back by a connection that closed.
 fn send_on(
     conn: &Connection,
     request: &Request<'_>,
     instance: Option<Instance>,
+    orphans: &Orphans,
 ) -> Result<PendingReply, StoreErrorKind> {
     if instance.is_some_and(|instance| instance != conn.instance()) {
         return Err(StoreErrorKind::Restarted);
     }
+    orphans.flush_onto(conn);
     conn.send(request)
         .map_err(|err| StoreErrorKind::Connection(err.to_string()))
 }
