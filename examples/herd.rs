@@ -1,4 +1,4 @@
-//! The herd benchmark (DESIGN §6): a stampede on cold keys, then a warm read phase, from P OS
+//! The herd benchmark: a stampede on cold keys, then a warm read phase, from P OS
 //! processes of C tokio callers each, printed as one JSON line so that systems running the same
 //! scenario can be compared side by side.
 //!

@@ -1,4 +1,4 @@
-//! The promise of `Cache::get` (DESIGN §1), on the in-process store.
+//! The promise of `Cache::get`, on the in-process store.
 
 use std::collections::HashMap;
 use std::sync::Arc;

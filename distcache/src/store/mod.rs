@@ -1,6 +1,6 @@
 //! The four verbs a store implements. The algorithm over them is in `flight.rs`, written once.
 //!
-//! The verbs are memcached's meta commands (`../DESIGN.md` §2): the store itself hands out the
+//! The verbs are memcached's meta commands (mg, ms, md): the store itself hands out the
 //! right to compute, atomically, with the read.
 
 use std::future::Future;

@@ -91,11 +91,17 @@ impl Orphans {
     }
 
     /// Hands back, on `conn`, the leases its run of the server granted; forgets those of other
-    /// runs (a restart took them).
+    /// runs (a restart took them). Inlined to its first line: every request asks.
+    #[inline]
     pub(crate) fn flush_onto(&self, conn: &Connection) {
-        if !self.pending.load(Ordering::Acquire) {
-            return;
+        if self.pending.load(Ordering::Acquire) {
+            self.flush(conn);
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn flush(&self, conn: &Connection) {
         let leases = {
             let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
             self.pending.store(false, Ordering::Release);

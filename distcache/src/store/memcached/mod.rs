@@ -1,5 +1,5 @@
 //! The memcached cluster: the ketama ring picks a key's node, the node's pipelined connections
-//! carry the meta commands of the four verbs (DESIGN §2).
+//! carry the meta commands of the four verbs, on the meta protocol of memcached 1.6.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
