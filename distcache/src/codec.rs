@@ -222,4 +222,48 @@ mod tests {
             Err(DecodeError::Mismatch(_))
         ));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+        struct Profile {
+            id: u64,
+            tags: Vec<String>,
+            score: Option<f64>,
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(10_000))]
+
+            /// Arbitrary bytes under arbitrary flags (a foreign writer, corruption) decode or are
+            /// refused, never panic; under any flags but ours, never decode.
+            #[test]
+            fn arbitrary_items_are_refused_or_decoded_never_a_panic(
+                data in proptest::collection::vec(any::<u8>(), 0..400),
+                flags in prop_oneof![Just(JSON_FLAGS), Just(UNSTORABLE_FLAGS), any::<u32>()],
+            ) {
+                let decoded = decode::<Profile>(flags, &data);
+                if flags != JSON_FLAGS {
+                    prop_assert!(decoded.is_err());
+                }
+                let _ = decode::<serde_json::Value>(flags, &data);
+            }
+
+            /// Whatever a value is, what the store is given reads back as exactly that value.
+            #[test]
+            fn what_is_stored_reads_back_as_it_was(
+                id in any::<u64>(),
+                tags in proptest::collection::vec(any::<String>(), 0..4),
+                score in proptest::option::of(any::<f64>()),
+            ) {
+                let value = Profile { id, tags, score };
+                match encode_for_store(&value, usize::MAX) {
+                    Ok(bytes) => prop_assert_eq!(decode::<Profile>(JSON_FLAGS, &bytes).unwrap(), value),
+                    Err(_) => prop_assert!(score.is_some_and(|s| !s.is_finite()), "refused only for a non-finite float"),
+                }
+            }
+        }
+    }
 }

@@ -590,21 +590,20 @@ mod tests {
         assert!(buf.is_empty());
     }
 
-    /// A reply as memcached 1.6 writes them, and what it parses to (the fields we check).
-    fn reply_strategy() -> impl Strategy<
-        Value = (
-            Vec<u8>,
-            (
-                Option<Code>,
-                Vec<u8>,
-                Option<u64>,
-                Option<u32>,
-                Option<u32>,
-                bool,
-                bool,
-            ),
-        ),
-    > {
+    /// What the test checks of a parsed reply: code (None for an error), value, CAS, client
+    /// flags, opaque, W, X.
+    type Fields = (
+        Option<Code>,
+        Vec<u8>,
+        Option<u64>,
+        Option<u32>,
+        Option<u32>,
+        bool,
+        bool,
+    );
+
+    /// A reply as memcached 1.6 writes it, and what it parses to.
+    fn reply_strategy() -> impl Strategy<Value = (Vec<u8>, Fields)> {
         let value = (
             proptest::collection::vec(any::<u8>(), 0..300),
             any::<u64>(),
@@ -674,17 +673,7 @@ mod tests {
         prop_oneof![4 => value, 3 => status, 1 => error]
     }
 
-    fn fields(
-        reply: &Reply,
-    ) -> (
-        Option<Code>,
-        Vec<u8>,
-        Option<u64>,
-        Option<u32>,
-        Option<u32>,
-        bool,
-        bool,
-    ) {
+    fn fields(reply: &Reply) -> Fields {
         match reply {
             Reply::Meta(m) => (
                 Some(m.code),
