@@ -101,6 +101,69 @@ mod store;
 #[path = "private.rs"]
 pub mod __private;
 
+/// Entry points for the fuzz targets (`fuzz/`): the parsers and encoders that meet hostile bytes.
+/// Not a public API.
+#[doc(hidden)]
+pub mod __fuzz {
+    use bytes::BytesMut;
+
+    use crate::store::memcached::protocol::{Parser, Reply};
+
+    /// Feeds `data` to a reply parser that keeps values of at most `max_value` bytes, in pieces
+    /// of `piece` bytes (at least 1), as a connection would receive them; stops at the first
+    /// protocol error. Checks what must hold of every reply; returns how many were parsed.
+    pub fn parse_replies(data: &[u8], max_value: usize, piece: usize) -> usize {
+        let mut parser = Parser::new(max_value);
+        let mut buf = BytesMut::new();
+        let mut parsed = 0;
+        for chunk in data.chunks(piece.max(1)) {
+            buf.extend_from_slice(chunk);
+            loop {
+                match parser.parse(&mut buf) {
+                    Ok(Some(Reply::Meta(meta))) => {
+                        assert!(
+                            meta.data.len() <= max_value,
+                            "a value over the limit was kept"
+                        );
+                        assert!(meta.data.len() == meta.size || meta.data.is_empty());
+                        parsed += 1;
+                    }
+                    Ok(Some(Reply::Error { .. })) => parsed += 1,
+                    Ok(None) => break,
+                    Err(_) => return parsed,
+                }
+            }
+        }
+        parsed
+    }
+
+    /// Decodes an item as the codec would for a caller of `serde_json::Value` and of a typed
+    /// struct; whether the typed decode succeeded. Never panics, whatever the bytes.
+    pub fn decode_item(flags: u32, data: &[u8]) -> bool {
+        #[derive(serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Typed {
+            id: u64,
+            name: String,
+            tags: Vec<String>,
+            score: Option<f64>,
+        }
+        let _ = crate::codec::decode::<serde_json::Value>(flags, data);
+        crate::codec::decode::<Typed>(flags, data).is_ok()
+    }
+
+    /// The wire key of `key` under `namespace` (if the namespace is valid); checks that it is a
+    /// valid memcached key.
+    pub fn wire_key(namespace: &str, key: &str) -> Option<String> {
+        let keys = crate::key::KeyEncoder::new(namespace).ok()?;
+        let wire = keys.encode(key);
+        let wire = wire.as_str();
+        assert!(!wire.is_empty() && wire.len() <= 250);
+        assert!(wire.bytes().all(|b| b.is_ascii_graphic()));
+        Some(wire.to_owned())
+    }
+}
+
 /// Crate-private costs, exposed for the benches only. Not a public API.
 #[doc(hidden)]
 pub mod __bench {

@@ -21,7 +21,7 @@ mod conn;
 mod handshake;
 mod health;
 mod node;
-mod protocol;
+pub(crate) mod protocol;
 pub(crate) mod ring;
 
 #[derive(Debug, Clone)]
