@@ -7,8 +7,9 @@
 //! can never reach the wrong caller: a mismatch, an unparseable reply, `ERROR`/`CLIENT_ERROR`, an
 //! I/O error or a timeout closes the connection and fails every request still on it.
 //!
-//! A caller that gives up (its future dropped) leaves its waiter behind: the reader still consumes
-//! its reply and drops it, so the connection stays in step and is safe to keep using. If that
+//! A caller that gives up (its future dropped, or its deadline passed) leaves its waiter behind:
+//! the reader still consumes its reply and drops it, so the connection stays in step and is safe
+//! to keep using. If that
 //! reply won a lease (`W` on an empty stub, or on a stale item), nobody would ever fill it, and
 //! every caller of the key would wait for it to expire: the connection hands it back itself
 //! (`md <key> C<cas>`). A `W` on a live value (refresh-ahead, `R`) is left to lapse: handing it
@@ -55,6 +56,10 @@ pub(crate) enum ConnError {
     Closed(Arc<str>),
     #[error("no reply within {0:?}; the connection is closed")]
     TimedOut(Duration),
+    /// The request's own deadline passed; the connection is fine, and consumes the reply when
+    /// it comes.
+    #[error("the request's deadline passed")]
+    Deadline,
 }
 
 /// What a connection is made with.
@@ -169,13 +174,29 @@ struct State {
     waiters: VecDeque<Waiter>,
     next_opaque: u32,
     closed: Option<ConnError>,
+    /// Bytes queued since the connection was made: where each request ends in the stream.
+    queued: u64,
+    /// The batches written whole and not yet all answered: where each ends in the stream, and
+    /// when its last byte was written.
+    written: VecDeque<(u64, Instant)>,
+    /// When the reader's timer fires next: it tells every request queued by then whose deadline
+    /// has passed. A request whose deadline comes sooner is watched by its caller's own timer
+    /// (`PendingReply::watched`). `None` until the reader sets it.
+    armed: Option<Instant>,
 }
 
 #[derive(Debug)]
 struct Waiter {
     opaque: u32,
     sent: Instant,
-    reply: oneshot::Sender<Result<Reply, ConnError>>,
+    /// Where the request ends in the stream (`State::queued` after it).
+    end: u64,
+    /// Taken when the reply is handed over, or when the deadline passes first.
+    reply: Option<oneshot::Sender<Result<Reply, ConnError>>>,
+    deadline: Option<Instant>,
+    /// A lease this request hands back (`release_won`): if the connection closes first, the
+    /// node's next connection does.
+    hand_back: Option<Box<(WireKey, u64)>>,
 }
 
 type ReplySlot = Result<Reply, ConnError>;
@@ -186,8 +207,7 @@ type ReplySlot = Result<Reply, ConnError>;
 pub(crate) struct PendingReply {
     rx: Option<oneshot::Receiver<ReplySlot>>,
     shared: Arc<Shared>,
-    /// When the request was queued: the connection fails it `io_timeout` after this.
-    sent: Instant,
+    watched: bool,
 }
 
 impl PendingReply {
@@ -195,12 +215,11 @@ impl PendingReply {
     pub(crate) fn instance(&self) -> Instance {
         self.shared.instance
     }
-}
 
-impl PendingReply {
-    /// When the request was queued: the connection fails it unanswered `io_timeout` after this.
-    pub(crate) fn sent(&self) -> Instant {
-        self.sent
+    /// Whether the connection tells this request when its deadline passes; if not, its
+    /// caller must watch the deadline itself (it comes before the connection's timer fires).
+    pub(crate) fn watched(&self) -> bool {
+        self.watched
     }
 }
 
@@ -228,9 +247,11 @@ impl Drop for PendingReply {
 }
 
 impl Connection {
-    /// Connects to the first of `addrs` that accepts within `timeout`. A request unanswered for
-    /// `io_timeout` closes the connection, failing every request on it with
-    /// [`ConnError::TimedOut`]: one timer per connection, not one per request.
+    /// Connects to the first of `addrs` that accepts (and, with `greet`, answers the handshake)
+    /// within `connect_timeout`. A request that goes `io_timeout` without progress towards its
+    /// reply closes the connection, failing every request on it with [`ConnError::TimedOut`];
+    /// a request's own deadline fails it alone ([`ConnError::Deadline`]): one timer per
+    /// connection for both, not one per request.
     pub(crate) async fn connect(addrs: &[SocketAddr], config: &ConnConfig) -> io::Result<Self> {
         let timeout = config.connect_timeout;
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no address to connect to");
@@ -303,20 +324,34 @@ impl Connection {
 
     /// Queues `request`; the reply arrives on the returned receiver.
     pub(crate) fn send(&self, request: &Request<'_>) -> Result<PendingReply, ConnError> {
+        self.send_until(request, None)
+    }
+
+    /// Queues `request`; the reply arrives on the returned receiver, or
+    /// [`ConnError::Deadline`] once `deadline` passes if the connection's timer watches it
+    /// ([`PendingReply::watched`]). One timer per connection watches the deadlines that come no
+    /// sooner than it is set to fire, so that a request to a server that answers in time costs
+    /// no timer of its own.
+    pub(crate) fn send_until(
+        &self,
+        request: &Request<'_>,
+        deadline: Option<Instant>,
+    ) -> Result<PendingReply, ConnError> {
         let (tx, rx) = oneshot::channel();
         let shared = &self.handle.shared;
-        let sent = {
+        let watched = {
             let mut state = shared.lock();
             if let Some(err) = &state.closed {
                 return Err(err.clone());
             }
-            state.push(request, tx)
+            state.push(request, tx, deadline);
+            deadline.is_none_or(|d| state.armed.is_some_and(|armed| armed <= d))
         };
         shared.writer.notify_one();
         Ok(PendingReply {
             rx: Some(rx),
             shared: shared.clone(),
-            sent,
+            watched,
         })
     }
 
@@ -336,18 +371,27 @@ impl Connection {
 }
 
 impl State {
-    /// Queues `request`; returns when, the instant its I/O timeout counts from.
-    fn push(&mut self, request: &Request<'_>, reply: oneshot::Sender<ReplySlot>) -> Instant {
+    /// Queues `request`, its reply to go to `reply` unless `deadline` passes first.
+    fn push(
+        &mut self,
+        request: &Request<'_>,
+        reply: oneshot::Sender<ReplySlot>,
+        deadline: Option<Instant>,
+    ) {
         let opaque = self.next_opaque;
         self.next_opaque = opaque.wrapping_add(1);
+        let before = self.out.len();
         request.encode(opaque, &mut self.out);
+        self.queued += (self.out.len() - before) as u64;
         let sent = Instant::now();
         self.waiters.push_back(Waiter {
             opaque,
             sent,
-            reply,
+            end: self.queued,
+            reply: Some(reply),
+            deadline,
+            hand_back: None,
         });
-        sent
     }
 }
 
@@ -373,7 +417,14 @@ impl Shared {
             std::mem::take(&mut state.waiters)
         };
         for waiter in waiters {
-            let _ = waiter.reply.send(Err(err.clone()));
+            if let (Some(hand_back), Some(orphans)) = (&waiter.hand_back, &self.orphans) {
+                // Maybe never written, maybe never answered: memcached's CAS makes a second
+                // hand-back harmless, a lost one blocks the key.
+                orphans.push(&hand_back.0, hand_back.1, self.instance);
+            }
+            if let Some(reply) = waiter.reply {
+                let _ = reply.send(Err(err.clone()));
+            }
         }
         self.abort_tasks();
     }
@@ -389,9 +440,48 @@ impl Shared {
         self.epoch + Duration::from_nanos(self.written_at.load(Ordering::Relaxed))
     }
 
-    /// When the oldest request still waiting was sent, if any.
-    fn oldest(&self) -> Option<Instant> {
-        self.lock().waiters.front().map(|w| w.sent)
+    /// The reader's timer fired at `now`: tells each request whose deadline has passed (leaving
+    /// its place in the queue for its reply), and checks the oldest request's progress. Returns
+    /// when the timer fires next, or `Err` if the oldest request has gone `io_timeout` without
+    /// progress. Under one lock with the queue, so that a request queued after this sees the new
+    /// `armed`, and one queued before is seen here.
+    fn watch(&self, now: Instant, last_read: Instant) -> Result<Instant, ()> {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let mut next = now + self.io_timeout;
+        if let Some(oldest) = state.waiters.front() {
+            // The batch that holds the oldest request, if it is written whole.
+            while state
+                .written
+                .front()
+                .is_some_and(|&(batch_end, _)| batch_end < oldest.end)
+            {
+                state.written.pop_front();
+            }
+            let progress = match state.written.front() {
+                Some(&(_, written)) => written.max(last_read),
+                None => self.last_written(),
+            };
+            let limit = oldest.sent.max(progress) + self.io_timeout;
+            if limit <= now {
+                return Err(());
+            }
+            next = limit;
+        }
+        for waiter in state.waiters.iter_mut() {
+            let (Some(deadline), Some(_)) = (waiter.deadline, &waiter.reply) else {
+                continue;
+            };
+            if deadline <= now {
+                if let Some(tx) = waiter.reply.take() {
+                    let _ = tx.send(Err(ConnError::Deadline));
+                }
+            } else {
+                next = next.min(deadline);
+            }
+        }
+        state.armed = Some(next);
+        Ok(next)
     }
 
     /// Hands back the lease `meta` won, if it won one, for a lookup whose caller is gone; the
@@ -418,7 +508,11 @@ impl Shared {
                     cas: Some(cas),
                 },
                 nobody,
+                None,
             );
+            if let Some(waiter) = state.waiters.back_mut() {
+                waiter.hand_back = Some(Box::new((key.as_ref().clone(), cas)));
+            }
         }
         self.writer.notify_one();
     }
@@ -436,7 +530,21 @@ impl Shared {
 
     /// Hands `reply` to the oldest waiter; false if the connection is out of step.
     fn deliver(&self, reply: Reply) -> Result<(), String> {
-        let waiter = self.lock().waiters.pop_front();
+        let waiter = {
+            let mut state = self.lock();
+            let waiter = state.waiters.pop_front();
+            if let Some(waiter) = &waiter {
+                // Batches answered whole need no watching.
+                while state
+                    .written
+                    .front()
+                    .is_some_and(|&(end, _)| end <= waiter.end)
+                {
+                    state.written.pop_front();
+                }
+            }
+            waiter
+        };
         let Some(waiter) = waiter else {
             return Err(format!("a reply nobody asked for: {reply:?}"));
         };
@@ -466,14 +574,19 @@ impl Shared {
         };
         match fatal {
             Some(reason) => {
-                let _ = waiter
-                    .reply
-                    .send(Err(ConnError::Closed(reason.as_str().into())));
+                if let Some(tx) = waiter.reply {
+                    let _ = tx.send(Err(ConnError::Closed(reason.as_str().into())));
+                }
                 Err(reason)
             }
             None => {
-                // A caller that gave up dropped its receiver: the reply is consumed all the same.
-                if let Err(Ok(Reply::Meta(meta))) = waiter.reply.send(Ok(reply)) {
+                // A caller that gave up (dropped its receiver, or was told its deadline passed):
+                // the reply is consumed all the same, and a lease it won handed back.
+                let unread = match waiter.reply {
+                    Some(tx) => tx.send(Ok(reply)).err().and_then(Result::ok),
+                    None => Some(reply),
+                };
+                if let Some(Reply::Meta(meta)) = unread {
                     self.release_won(&meta);
                 }
                 Ok(())
@@ -517,12 +630,12 @@ async fn write_requests(shared: Arc<Shared>, mut write: OwnedWriteHalf, _closes:
             }
             seen = now;
         }
-        let mut batch = {
+        let (mut batch, batch_end) = {
             let mut state = shared.lock();
             if state.closed.is_some() {
                 return;
             }
-            state.out.split()
+            (state.out.split(), state.queued)
         };
         // Written piece by piece, each noted as progress: a large batch to a server that reads it
         // steadily is not a server that stopped answering.
@@ -546,6 +659,8 @@ async fn write_requests(shared: Arc<Shared>, mut write: OwnedWriteHalf, _closes:
         // Give the buffer back, so that steady traffic does not allocate.
         batch.clear();
         let mut state = shared.lock();
+        let done = shared.last_written();
+        state.written.push_back((batch_end, done));
         if state.out.is_empty() && state.out.capacity() < batch.capacity() {
             state.out = batch;
         }
@@ -557,6 +672,7 @@ async fn read_replies(shared: Arc<Shared>, mut read: OwnedReadHalf, _closes: Clo
     let mut parser = Parser::new(shared.max_value);
     let watch = tokio::time::sleep(shared.io_timeout);
     tokio::pin!(watch);
+    shared.lock().armed = Some(watch.deadline());
     let mut last_read = shared.epoch;
     loop {
         loop {
@@ -582,29 +698,26 @@ async fn read_replies(shared: Arc<Shared>, mut read: OwnedReadHalf, _closes: Clo
             buf.reserve(READ_CHUNK);
         }
         // Watch the oldest request while reading, with one timer that is only re-armed when it
-        // fires: the connection fails once the oldest request has waited `io_timeout` with no
-        // bytes moving either way since it was sent. The limit is counted from the last progress,
-        // not from the send, so that a deep queue answered steadily (a burst of large pipelined
-        // fills) is not taken for a server that stopped answering. The timer never fires later
-        // than that limit: a request sent, or bytes moved, after it was armed only move the
-        // limit later.
+        // fires: the connection fails once the oldest request has gone `io_timeout` without
+        // progress towards its reply. While its bytes are being written, progress is the writer's
+        // (a large batch to a server that reads it steadily); once they are written, it is a read
+        // (the replies to the requests before it). So a deep queue answered steadily (a burst of
+        // large pipelined fills) is not taken for a server that stopped answering, while other
+        // requests written after it (a hung server still takes bytes into its socket buffer) do
+        // not count. The timer never fires later than that limit: a request sent, or progress
+        // made, after it was armed only moves the limit later.
         let read = tokio::select! {
             read = read.read_buf(&mut buf) => read,
             () = &mut watch => {
-                let now = Instant::now();
-                match shared.oldest() {
-                    Some(sent) => {
-                        let limit = sent.max(last_read).max(shared.last_written()) + shared.io_timeout;
-                        if limit <= now {
-                            shared.close_with(ConnError::TimedOut(shared.io_timeout));
-                            if let Some(health) = &shared.health {
-                                health.failure(Ticket::Up, &StoreErrorKind::Timeout(shared.io_timeout));
-                            }
-                            return;
+                match shared.watch(Instant::now(), last_read) {
+                    Ok(next) => watch.as_mut().reset(next),
+                    Err(()) => {
+                        shared.close_with(ConnError::TimedOut(shared.io_timeout));
+                        if let Some(health) = &shared.health {
+                            health.failure(Ticket::Up, &StoreErrorKind::Timeout(shared.io_timeout));
                         }
-                        watch.as_mut().reset(limit);
+                        return;
                     }
-                    None => watch.as_mut().reset(now + shared.io_timeout),
                 }
                 continue;
             }
@@ -825,6 +938,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_hand_back_unanswered_when_its_connection_closes_goes_on_the_next() {
+        let orphans = Arc::new(Orphans::default());
+        let config = ConnConfig {
+            orphans: Some(orphans.clone()),
+            ..config(Duration::from_secs(5))
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addrs = [listener.local_addr().unwrap()];
+        let (conn, accepted) =
+            tokio::join!(Connection::connect(&addrs, &config), listener.accept());
+        let (conn, mut peer) = (conn.unwrap(), BufReader::new(accepted.unwrap().0));
+        drop(conn.send(&get(&key("k"))).unwrap());
+        within(read_line(&mut peer)).await;
+        peer.get_mut()
+            .write_all(b"VA 0 c5 f0 kk O0 W\r\n\r\n")
+            .await
+            .unwrap();
+        // The connection hands the lease back; the server goes away before answering that.
+        assert_eq!(within(read_line(&mut peer)).await, "md k C5 O1\r\n");
+        let watcher = conn.send(&get(&key("other"))).unwrap();
+        drop(peer);
+        assert!(matches!(
+            within(watcher).await,
+            Ok(Err(ConnError::Closed(_)))
+        ));
+        let (second, accepted) =
+            tokio::join!(Connection::connect(&addrs, &config), listener.accept());
+        let (second, mut peer) = (second.unwrap(), BufReader::new(accepted.unwrap().0));
+        orphans.flush_onto(&second);
+        assert_eq!(
+            within(read_line(&mut peer)).await,
+            "md k C5 O0\r\n",
+            "sent again on the next connection: a second md under the same CAS is harmless"
+        );
+    }
+
+    #[tokio::test]
     async fn a_reply_for_another_request_closes_the_connection() {
         let (conn, mut peer) = peer().await;
         let k = key("k");
@@ -889,6 +1039,64 @@ mod tests {
             (Code::Value, Some(9), Some(7))
         );
         assert_eq!(got.data, value);
+    }
+
+    #[tokio::test]
+    async fn the_connections_timer_tells_a_request_its_deadline_passed_in_a_deep_queue() {
+        // Ten requests answered one every 100 ms: the connection is progressing (no I/O
+        // timeout), but the last one's deadline, 600 ms after it was sent, comes first.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addrs = [listener.local_addr().unwrap()];
+        let config = config(Duration::from_millis(500));
+        let (conn, accepted) =
+            tokio::join!(Connection::connect(&addrs, &config), listener.accept());
+        let (conn, mut peer) = (conn.unwrap(), BufReader::new(accepted.unwrap().0));
+        // One round trip first: the reader's timer is set.
+        let first = conn.send(&get(&key("first"))).unwrap();
+        within(read_line(&mut peer)).await;
+        peer.get_mut().write_all(b"EN O0\r\n").await.unwrap();
+        within(first).await.unwrap().unwrap();
+        let keys: Vec<WireKey> = (1..=10).map(|i| key(&format!("k{i}"))).collect();
+        let started = Instant::now();
+        let mut replies: Vec<_> = keys[..9]
+            .iter()
+            .map(|k| conn.send(&get(k)).unwrap())
+            .collect();
+        let last = conn
+            .send_until(&get(&keys[9]), Some(started + Duration::from_millis(600)))
+            .unwrap();
+        assert!(
+            last.watched(),
+            "its deadline comes after the connection's timer"
+        );
+        let answering = async {
+            for opaque in 1..=10 {
+                read_line(&mut peer).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let reply = if opaque == 10 {
+                    // The late reply wins a lease nobody will fill: handed back.
+                    format!("VA 0 c5 f0 kk10 O{opaque} W\r\n\r\n")
+                } else {
+                    format!("EN O{opaque}\r\n")
+                };
+                peer.get_mut().write_all(reply.as_bytes()).await.unwrap();
+            }
+            assert_eq!(read_line(&mut peer).await, "md k10 C5 O11\r\n");
+        };
+        let told = async {
+            let told = within(last).await;
+            let at = started.elapsed();
+            assert!(matches!(told, Ok(Err(ConnError::Deadline))), "{told:?}");
+            assert!(
+                at >= Duration::from_millis(600) && at < Duration::from_millis(850),
+                "at its deadline: {at:?}"
+            );
+        };
+        tokio::join!(answering, told);
+        for reply in replies.drain(..) {
+            assert!(matches!(within(reply).await, Ok(Ok(Reply::Meta(_)))));
+        }
+        assert!(!conn.is_closed(), "a deadline says nothing of the server");
     }
 
     #[tokio::test(start_paused = true)]

@@ -151,6 +151,7 @@ impl Node {
         &self,
         request: &Request<'_>,
         instance: Option<Instance>,
+        limit: Instant,
     ) -> Option<Result<PendingReply, StoreErrorKind>> {
         let ready = self
             .ready
@@ -175,7 +176,7 @@ impl Node {
         if conn.is_closed() {
             return None;
         }
-        Some(send_on(conn, request, instance, &self.orphans))
+        Some(send_on(conn, request, instance, limit, &self.orphans))
     }
 
     async fn round_trip(
@@ -184,25 +185,36 @@ impl Node {
         deadline: Option<Instant>,
         instance: Option<Instance>,
     ) -> Result<(Reply, Instance), StoreErrorKind> {
-        let reply = match self.send_ready(request, instance) {
+        // Every request is bounded on its own: by the caller's deadline, or, for the operations
+        // that have none (a fill, a hand-back, an invalidation), by `connect_timeout +
+        // io_timeout` from their start, the bound the promise gives the one store operation a
+        // call may make past its deadline. The connection's one timer enforces it (no timer per
+        // request that its server answers in time), beside its own: no progress towards the
+        // oldest reply for `io_timeout`; a deadline sooner than that timer is watched here. A
+        // connection whose tasks are gone is closed (`ClosesOnDrop`), failing its requests.
+        let own = self.connect_timeout + self.io_timeout;
+        let limit = deadline.unwrap_or_else(|| Instant::now() + own);
+        let reply = match self.send_ready(request, instance, limit) {
             Some(sent) => sent?,
-            None => self.send_pooled(request, deadline, instance).await?,
+            None => self.send_pooled(request, deadline, instance, limit).await?,
         };
         let instance = reply.instance();
-        // The connection fails a request unanswered for the I/O timeout from when it was queued
-        // (one timer per connection); a timer of our own is needed only when the deadline comes
-        // sooner.
-        let reply = match deadline {
-            Some(deadline) if deadline < reply.sent() + self.io_timeout => {
-                // Our reply is abandoned at the deadline; the connection consumes it when it comes.
-                tokio::time::timeout_at(deadline, reply)
-                    .await
-                    .map_err(|_| StoreErrorKind::Deadline)?
-            }
-            _ => reply.await,
+        let passed = || match deadline {
+            Some(_) => StoreErrorKind::Deadline,
+            None => StoreErrorKind::Timeout(own),
+        };
+        let reply = if reply.watched() {
+            reply.await
+        } else {
+            // Sooner than the connection's timer fires: our reply is abandoned at the limit, and
+            // the connection consumes it when it comes.
+            tokio::time::timeout_at(limit, reply)
+                .await
+                .map_err(|_| passed())?
         };
         match reply {
             Err(_dropped) => Err(StoreErrorKind::Connection("the connection closed".into())),
+            Ok(Err(ConnError::Deadline)) => Err(passed()),
             Ok(Err(ConnError::TimedOut(after))) => Err(StoreErrorKind::Timeout(after)),
             Ok(Err(err)) => Err(StoreErrorKind::Connection(err.to_string())),
             Ok(Ok(reply)) => Ok((reply, instance)),
@@ -216,6 +228,7 @@ impl Node {
         request: &Request<'_>,
         deadline: Option<Instant>,
         instance: Option<Instance>,
+        limit: Instant,
     ) -> Result<PendingReply, StoreErrorKind> {
         // A connection at hand is taken without a timer. Otherwise the wait (for the slot, or for
         // a connect, itself bounded by connect_timeout) is bounded by connect_timeout, and by the
@@ -252,7 +265,7 @@ impl Node {
         self.ready.keep(&conn);
         // The pooled connection goes back to the pool here, for others to pipeline on, while we
         // await our reply.
-        send_on(&conn, request, instance, &self.orphans)
+        send_on(&conn, request, instance, limit, &self.orphans)
     }
 }
 
@@ -262,13 +275,14 @@ fn send_on(
     conn: &Connection,
     request: &Request<'_>,
     instance: Option<Instance>,
+    limit: Instant,
     orphans: &Orphans,
 ) -> Result<PendingReply, StoreErrorKind> {
     if instance.is_some_and(|instance| instance != conn.instance()) {
         return Err(StoreErrorKind::Restarted);
     }
     orphans.flush_onto(conn);
-    conn.send(request)
+    conn.send_until(request, Some(limit))
         .map_err(|err| StoreErrorKind::Connection(err.to_string()))
 }
 
