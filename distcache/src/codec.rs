@@ -13,10 +13,16 @@ use crate::json;
 /// Client flags of an item written by this codec: `"DCJ1"`, distcache JSON, version 1.
 pub(crate) const JSON_FLAGS: u32 = u32::from_be_bytes(*b"DCJ1");
 
-/// Client flags of a marker that stands for a value that could not be stored: `"DCU1"`. Its bytes
-/// say why, for an operator. A caller that finds it runs the getter itself at once, without
-/// waiting for anybody: nobody could share the value with it.
+/// Client flags of a marker that stands for a value that could not be stored: `"DCU1"`. Its first
+/// byte says whether the value has JSON that reads back (`L`: only too large, so callers of one
+/// process can still share one run) or not (`U`); the rest says why, for an operator. A caller
+/// that finds it runs the getter itself at once, without waiting for any other process.
 pub(crate) const UNSTORABLE_FLAGS: u32 = u32::from_be_bytes(*b"DCU1");
+
+/// The longest a marker lives (less if the value's `expire` is shorter): long enough to spare
+/// callers from taking turns at the getter, short enough that a value that becomes storable (a
+/// fixed `Serialize`, a smaller result) is stored again soon.
+pub(crate) const MARKER_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// memcached's default item size limit (`-I 1m`) less room for the longest key and the item
 /// header: measured on memcached 1.6.18, a 250-byte key leaves 1,048,263 bytes for the value.
@@ -46,8 +52,12 @@ pub(crate) enum EncodeError {
 /// Why stored bytes were not returned.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DecodeError {
-    #[error("the key's value could not be stored: {0}")]
-    Unstorable(String),
+    #[error("the key's value could not be stored: {reason}")]
+    Unstorable {
+        /// The value has JSON that reads back: callers of one process may share one run.
+        shareable: bool,
+        reason: String,
+    },
     #[error("the item's flags {0:#010x} are not distcache JSON")]
     ForeignFlags(u32),
     #[error("the item is not JSON of the requested type: {0}")]
@@ -83,15 +93,37 @@ pub(crate) fn encode_for_store<T: Serialize + DeserializeOwned>(
 
 /// The marker item for a value that could not be stored, and its flags.
 pub(crate) fn unstorable_marker(err: &EncodeError) -> (Bytes, u32) {
-    (Bytes::from(err.to_string()), UNSTORABLE_FLAGS)
+    let shareable = matches!(err, EncodeError::TooLarge { .. });
+    marker(shareable, &err.to_string())
+}
+
+/// The marker item for a value the server refused as too large for its item size.
+pub(crate) fn refused_marker(size: usize) -> (Bytes, u32) {
+    marker(
+        true,
+        &format!("the server refused the value's {size} bytes as too large for its item size"),
+    )
+}
+
+fn marker(shareable: bool, reason: &str) -> (Bytes, u32) {
+    let mut bytes = Vec::with_capacity(1 + reason.len());
+    bytes.push(if shareable { b'L' } else { b'U' });
+    bytes.extend_from_slice(reason.as_bytes());
+    (Bytes::from(bytes), UNSTORABLE_FLAGS)
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(flags: u32, data: &[u8]) -> Result<T, DecodeError> {
     if flags != JSON_FLAGS {
         if flags == UNSTORABLE_FLAGS {
-            return Err(DecodeError::Unstorable(
-                String::from_utf8_lossy(data).into_owned(),
-            ));
+            let (shareable, reason) = match data.split_first() {
+                Some((b'L', reason)) => (true, reason),
+                Some((_, reason)) => (false, reason),
+                None => (false, data),
+            };
+            return Err(DecodeError::Unstorable {
+                shareable,
+                reason: String::from_utf8_lossy(reason).into_owned(),
+            });
         }
         return Err(DecodeError::ForeignFlags(flags));
     }
@@ -181,9 +213,21 @@ mod tests {
         let err = encode(&"abcdef", 4).unwrap_err();
         let (bytes, flags) = unstorable_marker(&err);
         match decode::<String>(flags, &bytes) {
-            Err(DecodeError::Unstorable(reason)) => assert!(reason.contains("over the limit of 4")),
+            Err(DecodeError::Unstorable { shareable, reason }) => {
+                assert!(shareable, "too large, but JSON: one process may share it");
+                assert!(reason.contains("over the limit of 4"), "{reason}");
+            }
             other => panic!("{other:?}"),
         }
+        let err = encode(&f64::NAN, 100).unwrap_err();
+        let (bytes, flags) = unstorable_marker(&err);
+        assert!(matches!(
+            decode::<f64>(flags, &bytes),
+            Err(DecodeError::Unstorable {
+                shareable: false,
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -159,8 +159,9 @@ enum Step<T> {
     /// A value near its end, ours to refresh under its version.
     Refresh(T, bytes::Bytes, Lease),
     Undecodable(codec::DecodeError, Lease),
-    /// A marker: the value was found unstorable by the caller that computed it.
-    Unstorable(String),
+    /// A marker: the value was found unstorable by the caller that computed it; `true` if this
+    /// process's callers may still share one run (it has JSON, only too large).
+    Unstorable(bool, String),
     Won(Lease),
     Busy,
 }
@@ -224,12 +225,16 @@ impl<S: Store> Call<'_, S> {
             let step = match lookup {
                 Lookup::Hit(item) => match codec::decode(item.flags, &item.data) {
                     Ok(value) => Step::Value(value, item.data),
-                    Err(DecodeError::Unstorable(reason)) => Step::Unstorable(reason),
+                    Err(DecodeError::Unstorable { shareable, reason }) => {
+                        Step::Unstorable(shareable, reason)
+                    }
                     Err(err) => Step::Undecodable(err, item.version),
                 },
                 Lookup::Refresh(item) => match codec::decode(item.flags, &item.data) {
                     Ok(value) => Step::Refresh(value, item.data, item.version),
-                    Err(DecodeError::Unstorable(reason)) => Step::Unstorable(reason),
+                    Err(DecodeError::Unstorable { shareable, reason }) => {
+                        Step::Unstorable(shareable, reason)
+                    }
                     Err(err) => Step::Undecodable(err, item.version),
                 },
                 Lookup::Won(lease) => Step::Won(lease),
@@ -274,13 +279,17 @@ impl<S: Store> Call<'_, S> {
                         return self.without_store(leader, getter, err).await;
                     }
                 }
-                Step::Unstorable(reason) => {
-                    // The caller that computed it could not store it: nobody can share it with
-                    // us, so we compute our own at once, and so does every caller of this process
-                    // waiting on us, instead of taking turns.
+                Step::Unstorable(shareable, reason) => {
+                    // The caller that computed it could not store it: no other process can
+                    // share it with us, so we compute our own at once. This process's callers
+                    // waiting on us share our run if the value has JSON (only too large), and
+                    // otherwise compute their own at once too, instead of taking turns.
                     drop(waiting);
                     stats.uncached_calls.incr();
                     debug!(key = self.key, %reason, "the key's value cannot be stored; running the getter here");
+                    if shareable {
+                        return self.run_unstored(leader, getter).await;
+                    }
                     leader.uncached();
                     return self.run_getter(getter).await;
                 }
@@ -340,6 +349,7 @@ impl<S: Store> Call<'_, S> {
             store: self.store,
             wire: &self.wire,
             lease: Some(lease),
+            marker: None,
         };
         let value = match self.run_getter(getter).await {
             Ok(value) => value,
@@ -359,7 +369,7 @@ impl<S: Store> Call<'_, S> {
                 let (marker, flags) = codec::unstorable_marker(&err);
                 let marked = self
                     .store
-                    .fill(&self.wire, lease, &marker, flags, self.expire)
+                    .fill(&self.wire, lease, &marker, flags, self.marker_ttl())
                     .await;
                 if !matches!(marked, Ok(Fill::TooLarge)) {
                     held.disarm();
@@ -376,14 +386,29 @@ impl<S: Store> Call<'_, S> {
             .fill(&self.wire, lease, &json, JSON_FLAGS, self.expire)
             .await;
         self.record_fill(&filled, json.len());
-        // The lease is spent, except when the server refused the value's size: then `held`
-        // hands it back from a spawned task when it drops (the call has had its one store
+        // The lease is spent, except when the server refused the value's size (its stub stays):
+        // then `held` fills it with a marker from a spawned task when it drops, so that other
+        // processes do not take turns at the getter either (the call has had its one store
         // operation past the getter).
-        if !matches!(filled, Ok(Fill::TooLarge)) {
-            held.disarm();
+        match filled {
+            Ok(Fill::TooLarge) => {
+                let (bytes, flags) = codec::refused_marker(json.len());
+                held.marker = Some(Marker {
+                    bytes,
+                    flags,
+                    ttl: self.marker_ttl(),
+                    lease_ttl: self.lease_ttl(),
+                });
+            }
+            _ => held.disarm(),
         }
         leader.publish(json);
         Ok(value)
+    }
+
+    /// How long a marker of an unstorable value lives: `expire`, at most `MARKER_TTL`.
+    fn marker_ttl(&self) -> Duration {
+        self.expire.min(codec::MARKER_TTL)
     }
 
     /// Counts and logs how storing a computed value ended, if not stored.
@@ -607,6 +632,34 @@ struct HeldLease<'a, S: Store> {
     store: &'a S,
     wire: &'a WireKey,
     lease: Option<Lease>,
+    /// What to fill the lease with when dropped, instead of handing it back.
+    marker: Option<Marker>,
+}
+
+/// A marker of an unstorable value, to leave in a key from a spawned task.
+struct Marker {
+    bytes: bytes::Bytes,
+    flags: u32,
+    ttl: Duration,
+    /// For a new lease, if the store dropped ours with the value it refused.
+    lease_ttl: Duration,
+}
+
+impl Marker {
+    /// Fills `lease` with the marker; if the lease is gone (memcached 1.6.18 deletes the stub of
+    /// a value it refuses as too large), takes a new one for it, unless another caller has.
+    async fn leave<S: Store>(self, store: &S, wire: &WireKey, lease: Lease) {
+        let fill = |lease| store.fill(wire, lease, &self.bytes, self.flags, self.ttl);
+        if let Ok(Fill::LeaseLost) = fill(lease).await {
+            let deadline = Instant::now() + self.lease_ttl;
+            if let Ok(Lookup::Won(lease)) = store
+                .lookup(wire, self.lease_ttl, Duration::ZERO, deadline)
+                .await
+            {
+                let _ = fill(lease).await;
+            }
+        }
+    }
 }
 
 impl<S: Store> HeldLease<'_, S> {
@@ -628,13 +681,19 @@ impl<S: Store> Drop for HeldLease<'_, S> {
         let Some(lease) = self.lease.take() else {
             return;
         };
-        // The call was cancelled while it held the lease: hand it back in the background,
-        // so that other callers need not wait for it to expire.
+        // The call was cancelled while it held the lease, or leaves a marker in it: in the
+        // background, so that other callers need not wait for the lease to expire.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let store = self.store.clone();
             let wire = self.wire.clone();
+            let marker = self.marker.take();
             runtime.spawn(async move {
-                let _ = store.release(&wire, lease).await;
+                match marker {
+                    Some(marker) => marker.leave(&store, &wire, lease).await,
+                    None => {
+                        let _ = store.release(&wire, lease).await;
+                    }
+                }
             });
         }
     }

@@ -161,3 +161,50 @@ async fn in_process_too_callers_never_take_turns_at_an_unstorable_value() {
     let (results, _) = herd(&caches, "nan", || vec![f64::NAN]).await;
     all_returned(results, |v: &Vec<f64>| v[0].is_nan());
 }
+
+/// A value within `max_value_bytes` but over the server's item size (`-I`, 1 MiB by default):
+/// memcached refuses it, and deletes the lease's stub with it. The key is marked all the same, so
+/// that eight processes do not take turns at the getter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_processes_never_take_turns_at_a_value_the_server_refuses() {
+    let server = Memcached::start().await;
+    let caches = caches(&server, 8, 4 * 1024 * 1024);
+    let (results, _) = herd(&caches, "refused", || "z".repeat(2_000_000)).await;
+    all_returned(results, |v: &String| v.len() == 2_000_000);
+    let unstorable: u64 = caches.iter().map(|c| c.stats().unstorable_values).sum();
+    assert!(unstorable >= 1, "counted");
+}
+
+/// The marker lives `expire`, at most a minute: a value that becomes storable is stored again
+/// soon, and the getter of a key read all the time runs once a minute under a lease.
+#[tokio::test]
+async fn the_marker_of_an_unstorable_value_lives_at_most_a_minute() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let server = Memcached::start().await;
+    let cache = caches(&server, 1, 10).remove(0);
+    let hour = Duration::from_secs(3600);
+    let value: String = cache
+        .get("marked", EXEC_LIMIT, hour, || async {
+            Ok::<_, Error>("x".repeat(100))
+        })
+        .await
+        .unwrap();
+    assert_eq!(value.len(), 100);
+    let mut raw = BufReader::new(tokio::net::TcpStream::connect(server.addr()).await.unwrap());
+    raw.get_mut().write_all(b"mg marked t f\r\n").await.unwrap();
+    let mut line = String::new();
+    raw.read_line(&mut line).await.unwrap();
+    let ttl: u64 = line
+        .split(' ')
+        .find_map(|t| t.strip_prefix('t'))
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or_else(|| panic!("a TTL in {line:?}"));
+    assert!(
+        line.contains(&format!("f{}", u32::from_be_bytes(*b"DCU1"))),
+        "the marker: {line:?}"
+    );
+    assert!(
+        (1..=60).contains(&ttl),
+        "at most a minute, not the hour: {ttl}"
+    );
+}
