@@ -65,7 +65,7 @@
 //!
 //! # Where values live
 //!
-//! On a memcached cluster (memcached 1.6 or later): servers placed on a ketama ring exactly as
+//! On a memcached cluster (memcached 1.6.10 or later): servers placed on a ketama ring exactly as
 //! libmemcached places them, each reached through a few pipelined connections, marked down after
 //! failures and probed back. The right to compute is memcached's own lease (`mg ... N`), so the
 //! promise holds across every process sharing the servers:
@@ -102,7 +102,8 @@ mod store;
 pub mod __private;
 
 /// Entry points for the fuzz targets (`fuzz/`): the parsers and encoders that meet hostile bytes.
-/// Not a public API.
+/// Not a public API: built only under cargo-fuzz, which sets `--cfg fuzzing`.
+#[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod __fuzz {
     use bytes::BytesMut;

@@ -1,8 +1,10 @@
 //! What a new connection asks the server before any request: `stats` and `stats settings`.
 //!
-//! - **The version.** distcache speaks the meta protocol of memcached 1.6: an older server would
-//!   answer every request `ERROR`, and close every connection we make with a message about a
-//!   "refused request". It is refused here, once, with its version in the error.
+//! - **The version.** distcache speaks the meta protocol as memcached 1.6.10 made it stable (it
+//!   renamed the reply `OK` to `HD`): an older server would answer every request `ERROR` (before
+//!   1.6), or answer in a form we do not parse, and close every connection we make with a message
+//!   about a refused request or a protocol error. It is refused here, once, with its version in
+//!   the error.
 //! - **CAS.** A server started with `-C` gives every item CAS 0 and refuses every fill under a
 //!   lease: refused here, saying so.
 //! - **The instance.** `pid` and the start time (`time - uptime`, which memcached derives from one
@@ -44,10 +46,14 @@ pub(crate) async fn greet(stream: &mut TcpStream, timeout: Duration) -> io::Resu
             }
             answer.extend_from_slice(&chunk[..n]);
             ends = count_ends(&answer);
-            if answer.starts_with(b"ERROR") || answer.starts_with(b"CLIENT_ERROR") {
-                return Err(invalid(
-                    "the server refused `stats`: is it memcached 1.6 or later?",
-                ));
+            if let Some(refused) = refused(&answer) {
+                // A proxy may answer `stats` and not `stats settings`: what it said is enough.
+                if ends == 1 {
+                    break;
+                }
+                return Err(invalid(format!(
+                    "the server refused `stats` ({refused}): is it memcached 1.6.10 or later?"
+                )));
             }
         }
         check(&String::from_utf8_lossy(&answer)).map_err(invalid)
@@ -58,6 +64,19 @@ pub(crate) async fn greet(stream: &mut TcpStream, timeout: Duration) -> io::Resu
             format!("no answer to `stats` within {timeout:?}"),
         )
     })?
+}
+
+/// The first error line of `answer`, if any.
+fn refused(answer: &[u8]) -> Option<String> {
+    answer
+        .split(|&b| b == b'\n')
+        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+        .find(|line| {
+            line.starts_with(b"ERROR")
+                || line.starts_with(b"CLIENT_ERROR")
+                || line.starts_with(b"SERVER_ERROR")
+        })
+        .map(|line| String::from_utf8_lossy(line).into_owned())
 }
 
 fn invalid(reason: impl Into<String>) -> io::Error {
@@ -88,14 +107,19 @@ fn check(answer: &str) -> Result<Instance, String> {
         })
     };
     if let Some(version) = stat("version") {
-        let mut parts = version.split('.').map(|p| p.parse::<u32>());
+        // "1.6.18", or "1.6.9-rc1": the leading digits of each part.
+        let mut parts = version
+            .split('.')
+            .map(|p| p.split(|c: char| !c.is_ascii_digit()).next().unwrap_or(""))
+            .map(|p| p.parse::<u32>());
         // A server that is not memcached (a proxy with versions of its own) is not refused here.
-        if let (Some(Ok(major)), Some(Ok(minor))) = (parts.next(), parts.next())
-            && (major, minor) < (1, 6)
-        {
-            return Err(format!(
-                "the server is memcached {version}: distcache needs 1.6 or later (the meta protocol)"
-            ));
+        if let (Some(Ok(major)), Some(Ok(minor))) = (parts.next(), parts.next()) {
+            let patch = parts.next().and_then(Result::ok).unwrap_or(0);
+            if (major, minor, patch) < (1, 6, 10) {
+                return Err(format!(
+                    "the server is memcached {version}: distcache needs 1.6.10 or later (the meta protocol as it became stable)"
+                ));
+            }
         }
     }
     if stat("cas_enabled") == Some("no") {
@@ -154,18 +178,29 @@ mod tests {
     fn servers_distcache_cannot_use_are_refused_with_the_reason() {
         let old = check(&answer("1.5.22", 1, 10, 1, "yes")).unwrap_err();
         assert!(
-            old.contains("1.5.22") && old.contains("1.6 or later"),
+            old.contains("1.5.22") && old.contains("1.6.10 or later"),
             "{old}"
         );
+        let early_meta = check(&answer("1.6.9", 1, 10, 1, "yes")).unwrap_err();
+        assert!(early_meta.contains("1.6.9"), "{early_meta}");
+        assert!(check(&answer("1.6.10", 1, 10, 1, "yes")).is_ok());
         let no_cas = check(&answer("1.6.18", 1, 10, 1, "no")).unwrap_err();
         assert!(no_cas.contains("-C"), "{no_cas}");
-        assert!(check(&answer("1.6.0", 1, 10, 1, "yes")).is_ok());
         assert!(check(&answer("2.0.1", 1, 10, 1, "yes")).is_ok());
         assert_eq!(
             check("STAT version mcrouter-42\r\nEND\r\nEND\r\n"),
             Ok(0),
             "not memcached, and no instance: not refused, no restart guard"
         );
+    }
+
+    #[test]
+    fn an_error_line_anywhere_is_found() {
+        assert_eq!(
+            refused(b"STAT pid 1\r\nEND\r\nERROR\r\n").as_deref(),
+            Some("ERROR")
+        );
+        assert_eq!(refused(b"STAT pid 1\r\nEND\r\n"), None);
     }
 
     #[tokio::test]

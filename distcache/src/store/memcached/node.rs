@@ -437,11 +437,10 @@ impl managed::Manager for Manager {
             }
             .await;
             if let Err(err) = &connected {
-                let kind = if err.kind() == io::ErrorKind::TimedOut {
-                    StoreErrorKind::Timeout(connect_timeout)
-                } else {
-                    StoreErrorKind::Io(io::Error::new(err.kind(), err.to_string()))
-                };
+                // One failure toward `failure_threshold`, even a connect that timed out: one slow
+                // connect (say, a background one for a further connection) must not mark down a
+                // node whose open connections answer.
+                let kind = StoreErrorKind::Io(io::Error::new(err.kind(), err.to_string()));
                 health.failure(Ticket::Up, &kind);
             }
             connected

@@ -1,4 +1,4 @@
-//! The meta commands we send and the replies we parse (memcached >= 1.6, `doc/protocol.txt`).
+//! The meta commands we send and the replies we parse (memcached >= 1.6.10, `doc/protocol.txt`).
 //!
 //! Requests are built from typed values only: keys are [`WireKey`]s (printable ASCII, at most
 //! 250 bytes, checked when built) and every flag is a number we format, so no caller input can
