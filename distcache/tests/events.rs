@@ -70,9 +70,19 @@ async fn a_node_marked_down_and_back_is_counted_and_named_in_events() {
         !node.down && (node.marked_down, node.back) == (1, 1),
         "{node:?}"
     );
+    let events = events.0.lock().unwrap().clone();
+    let node_events: Vec<&str> = events
+        .iter()
+        .map(String::as_str)
+        .filter(|e| e.starts_with("distcache.node."))
+        .collect();
     assert_eq!(
-        *events.0.lock().unwrap(),
+        node_events,
         ["distcache.node.down", "distcache.node.back"],
-        "one named event each"
+        "one named event each: {events:?}"
+    );
+    assert!(
+        events.iter().any(|e| e == "distcache.connection.closed"),
+        "the timed-out connection's close is named too: {events:?}"
     );
 }

@@ -208,3 +208,28 @@ async fn the_marker_of_an_unstorable_value_lives_at_most_a_minute() {
         "at most a minute, not the hour: {ttl}"
     );
 }
+
+/// The default `max_value_bytes` fits memcached's default item size with the longest key: a value
+/// of exactly that many bytes of JSON under a 250-byte key is stored, and computed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_at_the_default_limit_under_the_longest_key_is_stored() {
+    let server = Memcached::start().await;
+    let caches: Vec<Cache> = (0..2)
+        .map(|_| {
+            Cache::builder()
+                .server(server.addr())
+                .io_timeout(Duration::from_secs(2))
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let key = "k".repeat(250);
+    // The default limit, 1 MiB - 512 bytes of JSON: the string and its two quotes.
+    let (results, runs) = herd(&caches, &key, || "v".repeat(1024 * 1024 - 512 - 2)).await;
+    all_returned(results, |v: &String| v.len() == 1024 * 1024 - 514);
+    assert_eq!(
+        runs.iter().sum::<usize>(),
+        1,
+        "stored, so computed once: {runs:?}"
+    );
+}

@@ -67,6 +67,10 @@ impl Health {
         }
     }
 
+    pub(crate) fn server(&self) -> &Server {
+        &self.server
+    }
+
     pub(crate) fn retry_interval(&self) -> Duration {
         self.retry_interval
     }

@@ -21,6 +21,7 @@ mod conn;
 mod handshake;
 mod health;
 mod node;
+mod orphans;
 pub(crate) mod protocol;
 pub(crate) mod ring;
 
