@@ -139,13 +139,13 @@ async fn a_hung_node_is_marked_down_though_every_caller_gives_up_before_io_timeo
         .build()
         .unwrap();
     let hung = servers[0].addr();
-    let key = (0..)
+    let mut keys = (0..)
         .map(|i| format!("hung:{i}"))
-        .find(|k| cache.server_for(k).unwrap().to_string() == hung)
-        .unwrap();
+        .filter(|k| cache.server_for(k).unwrap().to_string() == hung);
+    let (warm, key) = (keys.next().unwrap(), keys.next().unwrap());
     // A connection to it exists and works before it hangs.
     let _: String = cache
-        .get("warm-up", MINUTE, MINUTE, || async {
+        .get(&warm, MINUTE, MINUTE, || async {
             Ok::<_, Error>("w".into())
         })
         .await
@@ -227,11 +227,8 @@ fn steady_traffic(
     })
 }
 
-/// A hung server still takes our writes into its socket buffer: other callers' requests, written
-/// all the time, must not keep the connection's timer from firing for the ones that wait.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn steady_traffic_to_a_hung_node_does_not_keep_a_lookup_waiting() {
-    let server = Memcached::start().await;
+/// A cache on `server` alone with the test's timeouts, its connection made (one call done).
+async fn connected_cache(server: &Memcached) -> Cache {
     let cache = Cache::builder()
         .server(server.addr())
         .connect_timeout(CONNECT_TIMEOUT)
@@ -245,24 +242,40 @@ async fn steady_traffic_to_a_hung_node_does_not_keep_a_lookup_waiting() {
         })
         .await
         .unwrap();
+    cache
+}
+
+/// `call` answers within `exec_limit` plus one store operation's bound, with `"v"`.
+async fn answers_within_the_bound(
+    exec_limit: Duration,
+    call: impl std::future::Future<Output = Result<String, Error>>,
+) {
+    let bound = exec_limit + CONNECT_TIMEOUT + IO_TIMEOUT + SLACK;
+    let started = Instant::now();
+    let value = tokio::time::timeout(bound, call)
+        .await
+        .unwrap_or_else(|_| panic!("no answer within {bound:?}"))
+        .unwrap();
+    assert_eq!(value, "v");
+    assert!(started.elapsed() < bound, "{:?}", started.elapsed());
+}
+
+/// A hung server still takes our writes into its socket buffer: other callers' requests, written
+/// all the time, must not keep the connection's timer from firing for the ones that wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steady_traffic_to_a_hung_node_does_not_keep_a_lookup_waiting() {
+    let server = Memcached::start().await;
+    let cache = connected_cache(&server).await;
     server.pause();
     let traffic = steady_traffic(&cache, "background", Duration::from_millis(100));
     let exec_limit = Duration::from_secs(2);
-    let bound = exec_limit + CONNECT_TIMEOUT + IO_TIMEOUT + SLACK;
-    let started = Instant::now();
-    let result = tokio::time::timeout(
-        bound,
-        cache.get("k", exec_limit, MINUTE, || async {
-            Ok::<_, Error>("v".to_owned())
-        }),
+    // Degraded: computed without the hung node.
+    answers_within_the_bound(
+        exec_limit,
+        cache.get("k", exec_limit, MINUTE, || async { Ok("v".to_owned()) }),
     )
     .await;
     traffic.abort();
-    let value = result
-        .unwrap_or_else(|_| panic!("no answer within {bound:?}"))
-        .unwrap();
-    assert_eq!(value, "v", "degraded: computed without the hung node");
-    assert!(started.elapsed() < bound);
     assert!(cache.node_stats()[0].marked_down >= 1);
     server.resume();
 }
@@ -271,38 +284,19 @@ async fn steady_traffic_to_a_hung_node_does_not_keep_a_lookup_waiting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fill_to_a_node_that_hung_during_the_getter_is_bounded() {
     let server = std::sync::Arc::new(Memcached::start().await);
-    let cache = Cache::builder()
-        .server(server.addr())
-        .connect_timeout(CONNECT_TIMEOUT)
-        .io_timeout(IO_TIMEOUT)
-        .retry_interval(MINUTE)
-        .build()
-        .unwrap();
-    let _: String = cache
-        .get("background", MINUTE, MINUTE, || async {
-            Ok::<_, Error>("b".into())
-        })
-        .await
-        .unwrap();
+    let cache = connected_cache(&server).await;
     let traffic = steady_traffic(&cache, "background", Duration::from_millis(250));
     let exec_limit = Duration::from_secs(2);
-    let bound = exec_limit + CONNECT_TIMEOUT + IO_TIMEOUT + SLACK;
-    let started = Instant::now();
     let hung = server.clone();
-    let result = tokio::time::timeout(
-        bound,
+    answers_within_the_bound(
+        exec_limit,
         cache.get("k", exec_limit, MINUTE, || async move {
             hung.pause();
-            Ok::<_, Error>("v".to_owned())
+            Ok("v".to_owned())
         }),
     )
     .await;
     traffic.abort();
-    let value = result
-        .unwrap_or_else(|_| panic!("no answer within {bound:?}"))
-        .unwrap();
-    assert_eq!(value, "v");
-    assert!(started.elapsed() < bound);
     server.resume();
 }
 
@@ -331,6 +325,30 @@ async fn a_hung_node_is_marked_down_with_callers_back_to_back() {
         failures_before_success(&cache, "k", exec_limit, Duration::from_millis(250), 12).await;
     assert!(
         failed <= 4,
+        "{failed} calls failed before the node's keys degraded"
+    );
+    assert!(cache.node_stats()[0].down);
+    server.resume();
+}
+
+/// F4b, at connect: a node that hangs before any connection to it is made takes its connects'
+/// handshakes down with it. The connect's own timeout, though no caller waits for it, marks the
+/// node down: it was the node's only way in.
+#[tokio::test]
+async fn a_node_hung_before_its_first_connection_is_marked_down_by_the_connect_timeout() {
+    let server = Memcached::start().await;
+    let cache = Cache::builder()
+        .server(server.addr())
+        .connect_timeout(CONNECT_TIMEOUT)
+        .failure_threshold(2)
+        .retry_interval(MINUTE)
+        .build()
+        .unwrap();
+    server.pause();
+    let period = CONNECT_TIMEOUT + Duration::from_millis(500);
+    let failed = failures_before_success(&cache, "k", Duration::from_millis(200), period, 3).await;
+    assert!(
+        failed <= 1,
         "{failed} calls failed before the node's keys degraded"
     );
     assert!(cache.node_stats()[0].down);

@@ -57,6 +57,12 @@ impl Node {
             config.failure_threshold,
         ));
         let orphans = Arc::new(Orphans::default());
+        let ready = Arc::new(Ready {
+            connections: RwLock::new(Vec::with_capacity(config.connections)),
+            next: AtomicUsize::new(0),
+            wanted: config.connections,
+            growing: AtomicBool::new(false),
+        });
         let manager = Manager {
             server: server.clone(),
             config: ConnConfig {
@@ -68,6 +74,7 @@ impl Node {
                 orphans: Some(orphans.clone()),
             },
             health: health.clone(),
+            ready: ready.clone(),
         };
         let pool = Pool::builder(manager)
             .max_size(config.connections)
@@ -78,12 +85,7 @@ impl Node {
         Node {
             server,
             pool,
-            ready: Arc::new(Ready {
-                connections: RwLock::new(Vec::with_capacity(config.connections)),
-                next: AtomicUsize::new(0),
-                wanted: config.connections,
-                growing: AtomicBool::new(false),
-            }),
+            ready,
             health,
             orphans,
             connect_timeout: config.connect_timeout,
@@ -299,6 +301,15 @@ struct Ready {
 }
 
 impl Ready {
+    /// Whether a connection is open.
+    fn any_open(&self) -> bool {
+        self.connections
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|c| !c.is_closed())
+    }
+
     fn len(&self) -> usize {
         self.connections
             .read()
@@ -402,6 +413,8 @@ struct Manager {
     server: Server,
     config: ConnConfig,
     health: Arc<Health>,
+    /// The node's open connections: whether a failed connect leaves it any.
+    ready: Arc<Ready>,
 }
 
 impl managed::Manager for Manager {
@@ -409,10 +422,11 @@ impl managed::Manager for Manager {
     type Error = io::Error;
 
     async fn create(&self) -> Result<Connection, io::Error> {
-        let (server, health, config) = (
+        let (server, health, config, ready) = (
             self.server.clone(),
             self.health.clone(),
             self.config.clone(),
+            self.ready.clone(),
         );
         let connect_timeout = config.connect_timeout;
         // Spawned, so that a connect whose caller gave up at its deadline still runs to its own
@@ -437,10 +451,15 @@ impl managed::Manager for Manager {
             }
             .await;
             if let Err(err) = &connected {
-                // One failure toward `failure_threshold`, even a connect that timed out: one slow
-                // connect (say, a background one for a further connection) must not mark down a
-                // node whose open connections answer.
-                let kind = StoreErrorKind::Io(io::Error::new(err.kind(), err.to_string()));
+                // A connect that timed out marks the node down at once, as a request's timeout
+                // does, when it was the node's only way in; with a connection still open (a
+                // background connect for a further one), it is one failure toward
+                // `failure_threshold`: one slow connect must not take down a node that answers.
+                let kind = if err.kind() == io::ErrorKind::TimedOut && !ready.any_open() {
+                    StoreErrorKind::Timeout(connect_timeout)
+                } else {
+                    StoreErrorKind::Io(io::Error::new(err.kind(), err.to_string()))
+                };
                 health.failure(Ticket::Up, &kind);
             }
             connected
