@@ -22,14 +22,35 @@ fn config(io_timeout: Duration) -> ConnConfig {
     }
 }
 
+/// A scripted server on a free loopback port, which connections are made to with `config`.
+struct Scripted {
+    listener: TcpListener,
+    config: ConnConfig,
+}
+
+impl Scripted {
+    async fn new(config: ConnConfig) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Scripted { listener, config }
+    }
+
+    /// A connection, and the server's end of it.
+    async fn connect(&self) -> (Connection, BufReader<TcpStream>) {
+        let addrs = [self.listener.local_addr().unwrap()];
+        let (conn, accepted) = tokio::join!(
+            Connection::connect(&addrs, &self.config),
+            self.listener.accept()
+        );
+        (conn.unwrap(), BufReader::new(accepted.unwrap().0))
+    }
+}
+
 /// A peer on a free loopback port, and a connection to it.
 async fn peer() -> (Connection, BufReader<TcpStream>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let addrs = [addr];
-    let config = config(Duration::from_secs(5));
-    let (conn, accepted) = tokio::join!(Connection::connect(&addrs, &config), listener.accept());
-    (conn.unwrap(), BufReader::new(accepted.unwrap().0))
+    Scripted::new(config(Duration::from_secs(5)))
+        .await
+        .connect()
+        .await
 }
 
 async fn read_line(peer: &mut BufReader<TcpStream>) -> String {
@@ -162,14 +183,12 @@ async fn a_lease_won_before_an_abandoned_lookup_was_read_is_handed_back() {
 #[tokio::test]
 async fn a_lease_whose_connection_closed_before_it_was_handed_back_goes_on_the_next() {
     let orphans = Arc::new(Orphans::default());
-    let config = ConnConfig {
+    let server = Scripted::new(ConnConfig {
         orphans: Some(orphans.clone()),
         ..config(Duration::from_secs(5))
-    };
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addrs = [listener.local_addr().unwrap()];
-    let (conn, accepted) = tokio::join!(Connection::connect(&addrs, &config), listener.accept());
-    let (conn, mut peer) = (conn.unwrap(), BufReader::new(accepted.unwrap().0));
+    })
+    .await;
+    let (conn, mut peer) = server.connect().await;
     let k = key("k");
     let won = conn.send(&get(&k)).unwrap();
     let next = conn.send(&get(&key("other"))).unwrap();
@@ -184,8 +203,7 @@ async fn a_lease_whose_connection_closed_before_it_was_handed_back_goes_on_the_n
     assert!(matches!(within(next).await, Ok(Err(ConnError::Closed(_)))));
     // The won reply sits in its channel; its caller is cancelled only now.
     drop(won);
-    let (second, accepted) = tokio::join!(Connection::connect(&addrs, &config), listener.accept());
-    let (second, mut peer) = (second.unwrap(), BufReader::new(accepted.unwrap().0));
+    let (second, mut peer) = server.connect().await;
     orphans.flush_onto(&second);
     assert_eq!(
         within(read_line(&mut peer)).await,
@@ -197,14 +215,12 @@ async fn a_lease_whose_connection_closed_before_it_was_handed_back_goes_on_the_n
 #[tokio::test]
 async fn a_hand_back_unanswered_when_its_connection_closes_goes_on_the_next() {
     let orphans = Arc::new(Orphans::default());
-    let config = ConnConfig {
+    let server = Scripted::new(ConnConfig {
         orphans: Some(orphans.clone()),
         ..config(Duration::from_secs(5))
-    };
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addrs = [listener.local_addr().unwrap()];
-    let (conn, accepted) = tokio::join!(Connection::connect(&addrs, &config), listener.accept());
-    let (conn, mut peer) = (conn.unwrap(), BufReader::new(accepted.unwrap().0));
+    })
+    .await;
+    let (conn, mut peer) = server.connect().await;
     drop(conn.send(&get(&key("k"))).unwrap());
     within(read_line(&mut peer)).await;
     peer.get_mut()
@@ -219,8 +235,7 @@ async fn a_hand_back_unanswered_when_its_connection_closes_goes_on_the_next() {
         within(watcher).await,
         Ok(Err(ConnError::Closed(_)))
     ));
-    let (second, accepted) = tokio::join!(Connection::connect(&addrs, &config), listener.accept());
-    let (second, mut peer) = (second.unwrap(), BufReader::new(accepted.unwrap().0));
+    let (second, mut peer) = server.connect().await;
     orphans.flush_onto(&second);
     assert_eq!(
         within(read_line(&mut peer)).await,
@@ -293,11 +308,8 @@ async fn a_value_split_across_packets_is_assembled_without_loss() {
 async fn the_connections_timer_tells_a_request_its_deadline_passed_in_a_deep_queue() {
     // Ten requests answered one every 100 ms: the connection is progressing (no I/O
     // timeout), but the last one's deadline, 600 ms after it was sent, comes first.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addrs = [listener.local_addr().unwrap()];
-    let config = config(Duration::from_millis(500));
-    let (conn, accepted) = tokio::join!(Connection::connect(&addrs, &config), listener.accept());
-    let (conn, mut peer) = (conn.unwrap(), BufReader::new(accepted.unwrap().0));
+    let server = Scripted::new(config(Duration::from_millis(500))).await;
+    let (conn, mut peer) = server.connect().await;
     // One round trip first: the reader's timer is set.
     let first = conn.send(&get(&key("first"))).unwrap();
     within(read_line(&mut peer)).await;
@@ -366,12 +378,8 @@ async fn an_unanswered_request_times_out_and_closes_the_connection() {
 async fn a_deep_queue_answered_steadily_is_not_timed_out() {
     // Twenty requests queued at once, answered one every 50 ms: the last waits a second
     // in all, twice the I/O timeout, but the server never falls silent for anywhere near it.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addrs = [listener.local_addr().unwrap()];
-    let io_timeout = Duration::from_millis(500);
-    let config = config(io_timeout);
-    let (conn, accepted) = tokio::join!(Connection::connect(&addrs, &config), listener.accept());
-    let (conn, mut peer) = (conn.unwrap(), BufReader::new(accepted.unwrap().0));
+    let server = Scripted::new(config(Duration::from_millis(500))).await;
+    let (conn, mut peer) = server.connect().await;
     let keys: Vec<WireKey> = (0..20).map(|i| key(&format!("k{i}"))).collect();
     let replies: Vec<_> = keys.iter().map(|k| conn.send(&get(k)).unwrap()).collect();
     let answering = async {
