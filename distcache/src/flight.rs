@@ -386,10 +386,10 @@ impl<S: Store> Call<'_, S> {
             .fill(&self.wire, lease, &json, JSON_FLAGS, self.expire)
             .await;
         self.record_fill(&filled, json.len());
-        // The lease is spent, except when the server refused the value's size (its stub stays):
-        // then `held` fills it with a marker from a spawned task when it drops, so that other
-        // processes do not take turns at the getter either (the call has had its one store
-        // operation past the getter).
+        // The lease is spent, except when the server refused the value's size: then `held`
+        // marks the key from a spawned task when it drops (under a new lease: memcached deletes
+        // the stub with the value it refuses), so that other processes do not take turns at the
+        // getter either (the call has had its one store operation past the getter).
         match filled {
             Ok(Fill::TooLarge) => {
                 let (bytes, flags) = codec::refused_marker(json.len());
