@@ -1,0 +1,175 @@
+//! Network faults between a cache and a healthy memcached, made by a fault proxy on loopback
+//! (`support/proxy.rs`): the proxy itself, then what a cache does under each fault.
+
+mod support;
+
+use std::time::Duration;
+
+use distcache::{Cache, Error};
+use support::memcached::Memcached;
+use support::proxy::{Fault, FaultProxy};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// Sends `version` through a new connection to `addr`; what came back before the connection
+/// closed or `wait` passed.
+async fn version_through(addr: &str, wait: Duration) -> std::io::Result<Vec<u8>> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.write_all(b"version\r\n").await?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    // Past `wait`, what came is the answer: a black hole sends nothing.
+    tokio::time::timeout(wait, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) => return Ok(()),
+                Ok(n) => {
+                    got.extend_from_slice(&buf[..n]);
+                    if got.ends_with(b"\r\n") {
+                        return Ok(());
+                    }
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    })
+    .await
+    .unwrap_or(Ok(()))?;
+    Ok(got)
+}
+
+#[tokio::test]
+async fn the_fault_proxy_does_what_it_is_told() {
+    let server = Memcached::start().await;
+    let proxy = FaultProxy::start(&server.addr()).await;
+    let addr = proxy.addr();
+    let second = Duration::from_secs(1);
+    let answer = version_through(&addr, second).await.unwrap();
+    assert!(
+        answer.starts_with(b"VERSION "),
+        "passed through: {answer:?}"
+    );
+
+    proxy.set(Fault::Slice);
+    assert_eq!(
+        version_through(&addr, second).await.unwrap(),
+        answer,
+        "sliced, whole"
+    );
+
+    proxy.set(Fault::CutRepliesAfter(3));
+    assert_eq!(
+        version_through(&addr, second).await.unwrap(),
+        b"VER",
+        "cut after 3 bytes"
+    );
+
+    proxy.set(Fault::BlackHole);
+    let short = Duration::from_millis(300);
+    assert!(
+        version_through(&addr, short).await.unwrap().is_empty(),
+        "never answered"
+    );
+
+    proxy.set(Fault::Latency(Duration::from_millis(300)));
+    let started = tokio::time::Instant::now();
+    assert_eq!(version_through(&addr, second).await.unwrap(), answer);
+    assert!(started.elapsed() >= Duration::from_millis(300), "delayed");
+
+    proxy.set(Fault::Refuse);
+    // The listener closes when the proxy's task sees the change: look until it has.
+    tokio::time::timeout(second, async {
+        while TcpStream::connect(&addr).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("connects refused");
+    proxy.set(Fault::Pass);
+    let back = tokio::time::timeout(second, async {
+        loop {
+            if let Ok(answer) = version_through(&addr, second).await {
+                break answer;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("listening again");
+    assert_eq!(back, answer);
+
+    // A reset: an open connection's next read fails, rather than seeing an orderly end.
+    let mut open = TcpStream::connect(&addr).await.unwrap();
+    open.write_all(b"version\r\n").await.unwrap();
+    let mut buf = [0u8; 64];
+    assert!(open.read(&mut buf).await.unwrap() > 0);
+    proxy.reset();
+    let after = tokio::time::timeout(second, open.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&after, Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset),
+        "{after:?}"
+    );
+}
+
+/// The value of `key`, as its getter computes it: about a kilobyte, different for every key.
+fn value_of(key: &str) -> String {
+    format!("{key}:").repeat(1000 / (key.len() + 1) + 1)
+}
+
+/// F6: a reply stream cut after N bytes, N swept through a reply's header, value and terminator,
+/// then traffic sliced into 1 to 7 byte writes: never a partial or foreign value, and every call
+/// returns its key's value (read, or computed again when the store could not give it).
+#[tokio::test]
+async fn replies_cut_anywhere_or_sliced_never_give_a_partial_or_foreign_value() {
+    let server = Memcached::start().await;
+    let proxy = FaultProxy::start(&server.addr()).await;
+    let direct = Cache::builder().server(server.addr()).build().unwrap();
+    let through = Cache::builder()
+        .server(proxy.addr())
+        .io_timeout(Duration::from_secs(2))
+        .retry_interval(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let get = |cache: &Cache, key: String| {
+        let cache = cache.clone();
+        async move {
+            let value: String = cache
+                .get(&key, MINUTE, MINUTE, || {
+                    let value = value_of(&key);
+                    async move { Ok::<_, Error>(value) }
+                })
+                .await
+                .unwrap();
+            assert_eq!(value, value_of(&key), "{key}: its own value, whole");
+        }
+    };
+    let keys: Vec<String> = (0..40).map(|i| format!("cut:{i}")).collect();
+    for key in &keys {
+        get(&direct, key.clone()).await;
+    }
+    // The first reply through a new connection is the handshake's (about 4 kB), then the value's
+    // (a header of ~30 bytes, ~1 kB of value, CRLF): cuts land in each part of both.
+    for (i, key) in keys.iter().enumerate() {
+        let cut = [1, 10, 100, 4_000, 4_090, 4_100, 4_130, 4_600, 5_100, 5_140][i % 10] + i / 10;
+        proxy.set(Fault::CutRepliesAfter(cut));
+        get(&through, key.clone()).await;
+    }
+    proxy.set(Fault::Slice);
+    for key in &keys {
+        get(&through, key.clone()).await;
+    }
+    let fresh: Vec<String> = (0..20).map(|i| format!("sliced:{i}")).collect();
+    for key in &fresh {
+        get(&through, key.clone()).await;
+        get(&through, key.clone()).await;
+    }
+    let stats = through.stats();
+    assert_eq!(
+        stats.decode_misses, 0,
+        "nothing partial was ever decoded: {stats:?}"
+    );
+}
