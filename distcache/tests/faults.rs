@@ -173,3 +173,116 @@ async fn replies_cut_anywhere_or_sliced_never_give_a_partial_or_foreign_value() 
         "nothing partial was ever decoded: {stats:?}"
     );
 }
+
+/// What happens to the lease holder's connection while its getter runs.
+enum Disruption {
+    /// Five requests in flight on it, then it is reset: one fault, not five.
+    Reset,
+    /// A request times out on it (replies held past `io_timeout`): the node is marked down.
+    Timeout,
+}
+
+/// A process (`holder`, through the proxy) wins a lease; `disruption` strikes its connection
+/// while its getter runs; the getter finishes. A caller elsewhere, waiting on that lease, must
+/// get the holder's value at once, not wait to the end of its `exec_limit`. Returns the holder.
+async fn the_lease_is_filled_after(disruption: Disruption) -> Cache {
+    let server = Memcached::start().await;
+    let proxy = FaultProxy::start(&server.addr()).await;
+    let holder = Cache::builder()
+        .server(proxy.addr())
+        .io_timeout(Duration::from_millis(300))
+        .retry_interval(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let elsewhere = Cache::builder().server(server.addr()).build().unwrap();
+    let exec_limit = Duration::from_secs(10);
+    let (leased_tx, leased_rx) = tokio::sync::oneshot::channel();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let holding = tokio::spawn({
+        let holder = holder.clone();
+        async move {
+            holder
+                .get("held", exec_limit, MINUTE, || async move {
+                    let _ = leased_tx.send(());
+                    let _ = go_rx.await;
+                    Ok::<_, Error>("from the holder".to_owned())
+                })
+                .await
+        }
+    });
+    leased_rx.await.expect("the holder won the lease");
+    let others = |count: usize| {
+        (0..count)
+            .map(|i| {
+                let holder = holder.clone();
+                tokio::spawn(async move {
+                    let _: Result<String, Error> = holder
+                        .get(&format!("other:{i}"), exec_limit, MINUTE, || async {
+                            Ok("other".to_owned())
+                        })
+                        .await;
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = proxy.request_lines();
+    match disruption {
+        Disruption::Reset => {
+            // Held back long enough that they are all still in flight at the reset.
+            proxy.set(Fault::Latency(Duration::from_secs(5)));
+            let in_flight = others(5);
+            proxy.passed(before + 5).await;
+            proxy.reset();
+            proxy.set(Fault::Pass);
+            for task in in_flight {
+                task.await.unwrap();
+            }
+        }
+        Disruption::Timeout => {
+            proxy.set(Fault::Latency(Duration::from_secs(1)));
+            for task in others(1) {
+                task.await.unwrap();
+            }
+            assert!(
+                holder.node_stats()[0].down,
+                "the timeout marked the node down"
+            );
+            proxy.set(Fault::Pass);
+        }
+    }
+    let started = tokio::time::Instant::now();
+    let waiting = tokio::spawn(async move {
+        elsewhere
+            .get("held", exec_limit, MINUTE, || async {
+                Ok::<_, Error>("from elsewhere".to_owned())
+            })
+            .await
+    });
+    let _ = go_tx.send(());
+    assert_eq!(holding.await.unwrap().unwrap(), "from the holder");
+    let got = waiting.await.unwrap().unwrap();
+    assert_eq!(got, "from the holder", "filled, not stranded");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "waited {:?}: the lease was stranded",
+        started.elapsed()
+    );
+    holder
+}
+
+/// F14, in one process's view: the connection of the process that holds a lease is reset while
+/// several of its requests are in flight, the node itself healthy. That is one fault, not one per
+/// request: the node is not marked down for it, and the holder still fills its lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_connection_does_not_strand_the_leases_its_process_holds() {
+    let holder = the_lease_is_filled_after(Disruption::Reset).await;
+    let node = &holder.node_stats()[0];
+    assert_eq!(node.marked_down, 0, "one reset is one fault: {node:?}");
+}
+
+/// A lease won before its node was marked down is still filled there: only that node can honour
+/// it, and a lease neither filled nor handed back blocks its key for every process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_is_filled_though_its_node_was_marked_down_meanwhile() {
+    the_lease_is_filled_after(Disruption::Timeout).await;
+}

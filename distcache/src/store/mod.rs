@@ -82,8 +82,6 @@ pub(crate) enum StoreErrorKind {
     Deadline,
     #[error("every node is marked down")]
     NoNode,
-    #[error("the node is marked down")]
-    NodeDown,
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     #[error("cannot connect: {0}")]

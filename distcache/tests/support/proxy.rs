@@ -46,6 +46,8 @@ struct Shared {
     upstream: SocketAddr,
     /// Connections accepted since the proxy started.
     accepted: AtomicUsize,
+    /// Request lines (LFs) passed to the server since the proxy started.
+    request_lines: AtomicUsize,
     /// The connections' tasks, to reset them.
     connections: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -61,6 +63,7 @@ impl FaultProxy {
         let shared = Arc::new(Shared {
             upstream,
             accepted: AtomicUsize::new(0),
+            request_lines: AtomicUsize::new(0),
             connections: Mutex::new(Vec::new()),
         });
         let task = tokio::spawn(accept(listener, addr, faults, shared.clone()));
@@ -85,6 +88,23 @@ impl FaultProxy {
     /// Connections accepted since the proxy started.
     pub fn accepted(&self) -> usize {
         self.shared.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Request lines (LFs) passed to the server since the proxy started: a request without
+    /// data is one, a store two.
+    pub fn request_lines(&self) -> usize {
+        self.shared.request_lines.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `lines` request lines have passed to the server in all.
+    pub async fn passed(&self, lines: usize) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while self.request_lines() < lines {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the requests reach the server within 10 s");
     }
 
     /// Resets every open connection (RST, not FIN), as a middlebox that lost its state does.
@@ -148,7 +168,7 @@ async fn accept(
                 // blocks a drop only when it is not zero.)
                 #[allow(deprecated)]
                 let _ = client.set_linger(Some(Duration::ZERO));
-                let task = tokio::spawn(relay(client, server, faults.clone()));
+                let task = tokio::spawn(relay(client, server, faults.clone(), shared.clone()));
                 let mut connections = shared.connections.lock().unwrap();
                 connections.retain(|task| !task.is_finished());
                 connections.push(task);
@@ -176,17 +196,27 @@ impl Drop for NoFin {
     }
 }
 
-async fn relay(client: TcpStream, server: TcpStream, faults: watch::Receiver<Fault>) {
+async fn relay(
+    client: TcpStream,
+    server: TcpStream,
+    faults: watch::Receiver<Fault>,
+    shared: Arc<Shared>,
+) {
     let (client_read, client_write) = client.into_split();
     let client_write = NoFin(Some(client_write));
     let (server_read, server_write) = server.into_split();
     tokio::select! {
-        () = requests(client_read, server_write, faults.clone()) => {}
+        () = requests(client_read, server_write, faults.clone(), &shared) => {}
         () = replies(server_read, client_write, faults) => {}
     }
 }
 
-async fn requests(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, faults: watch::Receiver<Fault>) {
+async fn requests(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    faults: watch::Receiver<Fault>,
+    shared: &Shared,
+) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match from.read(&mut buf).await {
@@ -201,6 +231,10 @@ async fn requests(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, faults: watch
         };
         if sent.is_err() {
             return;
+        }
+        if fault != Fault::BlackHole {
+            let lines = buf[..n].iter().filter(|&&b| b == b'\n').count();
+            shared.request_lines.fetch_add(lines, Ordering::SeqCst);
         }
     }
 }

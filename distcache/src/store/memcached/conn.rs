@@ -360,6 +360,16 @@ impl Shared {
         self.close_with(ConnError::Closed(reason.into()));
     }
 
+    /// Closes the connection for a fault, and tells the node's health: once for the connection,
+    /// however many requests it fails (they do not count it again, `Node::execute`).
+    fn fail(&self, reason: &str) {
+        let first = !self.closed.load(Ordering::Acquire);
+        self.close(reason);
+        if let (true, Some(health)) = (first, &self.health) {
+            health.failure(Ticket::Up, &StoreErrorKind::Connection(reason.to_owned()));
+        }
+    }
+
     /// Says why the connection closed: a named event, so that a close that no caller saw (each
     /// had given up at its deadline) is still seen by an operator.
     fn log_close(&self, err: &ConnError, in_flight: usize) {
@@ -613,7 +623,7 @@ async fn write_requests(shared: Arc<Shared>, mut write: OwnedWriteHalf, _closes:
         while written < batch.len() {
             match write.write(&batch[written..]).await {
                 Ok(0) => {
-                    shared.close("write failed: the server takes no more bytes");
+                    shared.fail("write failed: the server takes no more bytes");
                     return;
                 }
                 Ok(n) => {
@@ -621,7 +631,7 @@ async fn write_requests(shared: Arc<Shared>, mut write: OwnedWriteHalf, _closes:
                     shared.note_written();
                 }
                 Err(err) => {
-                    shared.close(&format!("write failed: {err}"));
+                    shared.fail(&format!("write failed: {err}"));
                     return;
                 }
             }
@@ -649,13 +659,13 @@ async fn read_replies(shared: Arc<Shared>, mut read: OwnedReadHalf, _closes: Clo
             match parser.parse(&mut buf) {
                 Ok(Some(reply)) => {
                     if let Err(reason) = shared.deliver(reply) {
-                        shared.close(&reason);
+                        shared.fail(&reason);
                         return;
                     }
                 }
                 Ok(None) => break,
                 Err(err) => {
-                    shared.close(&format!("protocol error: {err}"));
+                    shared.fail(&format!("protocol error: {err}"));
                     return;
                 }
             }
@@ -694,12 +704,12 @@ async fn read_replies(shared: Arc<Shared>, mut read: OwnedReadHalf, _closes: Clo
         };
         match read {
             Ok(0) => {
-                shared.close("the server closed the connection");
+                shared.fail("the server closed the connection");
                 return;
             }
             Ok(_) => last_read = Instant::now(),
             Err(err) => {
-                shared.close(&format!("read failed: {err}"));
+                shared.fail(&format!("read failed: {err}"));
                 return;
             }
         }

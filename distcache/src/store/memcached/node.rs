@@ -133,9 +133,12 @@ impl Node {
             Ok(_) => outcome.success(),
             // Nothing was sent: nothing was learnt of the node.
             Err(StoreErrorKind::Deadline | StoreErrorKind::Restarted) => outcome.abandoned(),
-            // The connect itself reported it (`Manager::create`), whether or not anybody was
-            // still waiting: counted once. A probe still ends here.
-            Err(StoreErrorKind::Io(_)) if ticket == Ticket::Up => outcome.abandoned(),
+            // The connect, or the connection, reported it itself (`Manager::create`,
+            // `Shared::fail`), whether or not anybody was still waiting: counted once for the
+            // connection, not once per request it failed. A probe still ends here.
+            Err(StoreErrorKind::Io(_) | StoreErrorKind::Connection(_)) if ticket == Ticket::Up => {
+                outcome.abandoned()
+            }
             Err(kind) => outcome.failure(kind),
         }
         result.map_err(|kind| StoreError {
