@@ -38,7 +38,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::handshake::{self, Instance};
+use super::handshake::{self, Greeting, Instance};
 use super::health::{Health, Ticket};
 pub(crate) use super::orphans::Orphans;
 use super::protocol::{ErrorKind, Meta, Parser, Reply, Request};
@@ -119,6 +119,8 @@ struct Shared {
     max_value: usize,
     /// The run of the server this connection talks to.
     instance: Instance,
+    /// The server's largest item, key and header included (0: unknown).
+    item_size_max: usize,
     /// Where a lease to hand back goes when this connection can no longer carry it.
     orphans: Option<Arc<Orphans>>,
 }
@@ -213,14 +215,14 @@ impl Connection {
         for addr in addrs {
             let connect = async {
                 let mut stream = TcpStream::connect(addr).await?;
-                let instance = match config.greet {
+                let greeting = match config.greet {
                     true => handshake::greet(&mut stream, timeout).await?,
-                    false => 0,
+                    false => Greeting::SILENT,
                 };
-                Ok::<_, io::Error>((stream, instance))
+                Ok::<_, io::Error>((stream, greeting))
             };
             match tokio::time::timeout(timeout, connect).await {
-                Ok(Ok((stream, instance))) => return Ok(Self::start(stream, instance, config)),
+                Ok(Ok((stream, greeting))) => return Ok(Self::start(stream, greeting, config)),
                 // The server answered, and cannot be used: another address of it would say
                 // the same.
                 Ok(Err(err)) if err.kind() == io::ErrorKind::InvalidData => return Err(err),
@@ -236,7 +238,7 @@ impl Connection {
         Err(last)
     }
 
-    fn start(stream: TcpStream, instance: Instance, config: &ConnConfig) -> Self {
+    fn start(stream: TcpStream, greeting: Greeting, config: &ConnConfig) -> Self {
         // Small requests must not wait for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
         let (read, write) = stream.into_split();
@@ -250,7 +252,8 @@ impl Connection {
             tasks: Mutex::new(Vec::new()),
             health: config.health.clone(),
             max_value: config.max_value,
-            instance,
+            instance: greeting.instance,
+            item_size_max: greeting.item_size_max,
             orphans: config.orphans.clone(),
         });
         let reader = tokio::spawn(read_replies(
@@ -322,6 +325,11 @@ impl Connection {
     /// The run of the server this connection talks to (0: unknown).
     pub(crate) fn instance(&self) -> Instance {
         self.handle.shared.instance
+    }
+
+    /// The server's largest item, key and header included (0: unknown).
+    pub(crate) fn item_size_max(&self) -> usize {
+        self.handle.shared.item_size_max
     }
 }
 

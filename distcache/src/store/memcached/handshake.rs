@@ -25,9 +25,25 @@ const MAX_ANSWER: usize = 256 * 1024;
 /// Which run of the server a connection talks to; 0 when the server did not say.
 pub(crate) type Instance = u64;
 
+/// What a server said of itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Greeting {
+    pub(crate) instance: Instance,
+    /// Its largest item (`-I`, `item_size_max`), key and header included; 0 if it did not say.
+    pub(crate) item_size_max: usize,
+}
+
+impl Greeting {
+    /// A server that said nothing (scripted peers in tests).
+    pub(crate) const SILENT: Greeting = Greeting {
+        instance: 0,
+        item_size_max: 0,
+    };
+}
+
 /// Asks the server about itself within `timeout`; fails, with the reason, if distcache cannot
 /// use it.
-pub(crate) async fn greet(stream: &mut TcpStream, timeout: Duration) -> io::Result<Instance> {
+pub(crate) async fn greet(stream: &mut TcpStream, timeout: Duration) -> io::Result<Greeting> {
     let exchange = async {
         stream.write_all(b"stats\r\nstats settings\r\n").await?;
         let mut answer = Vec::with_capacity(8 * 1024);
@@ -97,7 +113,7 @@ fn count_ends(answer: &[u8]) -> usize {
 
 /// Checks the `stats` and `stats settings` answers; the server's instance, or why it cannot be
 /// used.
-fn check(answer: &str) -> Result<Instance, String> {
+fn check(answer: &str) -> Result<Greeting, String> {
     let stat = |name: &str| {
         answer.lines().find_map(|line| {
             let mut words = line.trim_end().split(' ');
@@ -128,12 +144,17 @@ fn check(answer: &str) -> Result<Instance, String> {
         );
     }
     let number = |name| stat(name).and_then(|v| v.parse::<u64>().ok());
-    Ok(match (number("pid"), number("time"), number("uptime")) {
+    let instance = match (number("pid"), number("time"), number("uptime")) {
         (Some(pid), Some(time), Some(uptime)) => {
             // Never 0, which stands for "unknown".
             (pid << 40 ^ time.wrapping_sub(uptime)) | 1 << 63
         }
         _ => 0,
+    };
+    let item_size_max = number("item_size_max").map_or(0, |n| usize::try_from(n).unwrap_or(0));
+    Ok(Greeting {
+        instance,
+        item_size_max,
     })
 }
 
@@ -144,26 +165,27 @@ mod tests {
     fn answer(version: &str, pid: u64, time: u64, uptime: u64, cas: &str) -> String {
         format!(
             "STAT pid {pid}\r\nSTAT uptime {uptime}\r\nSTAT time {time}\r\nSTAT version {version}\r\nEND\r\n\
-             STAT maxbytes 67108864\r\nSTAT cas_enabled {cas}\r\nEND\r\n"
+             STAT maxbytes 67108864\r\nSTAT item_size_max 1048576\r\nSTAT cas_enabled {cas}\r\nEND\r\n"
         )
     }
 
     #[test]
     fn a_run_of_the_server_is_told_by_its_pid_and_start_time() {
-        let first = check(&answer("1.6.18", 622, 1_000_003, 3, "yes")).unwrap();
+        let run = |pid, time, uptime| {
+            check(&answer("1.6.18", pid, time, uptime, "yes"))
+                .unwrap()
+                .instance
+        };
+        let first = run(622, 1_000_003, 3);
         assert_ne!(first, 0);
+        assert_eq!(run(622, 1_000_010, 10), first, "the same run, asked later");
+        assert_ne!(run(623, 1_000_010, 1), first);
+        assert_ne!(run(622, 1_000_010, 1), first);
         assert_eq!(
-            check(&answer("1.6.18", 622, 1_000_010, 10, "yes")).unwrap(),
-            first,
-            "the same run, asked later"
-        );
-        assert_ne!(
-            check(&answer("1.6.18", 623, 1_000_010, 1, "yes")).unwrap(),
-            first
-        );
-        assert_ne!(
-            check(&answer("1.6.18", 622, 1_000_010, 1, "yes")).unwrap(),
-            first
+            check(&answer("1.6.18", 1, 10, 1, "yes"))
+                .unwrap()
+                .item_size_max,
+            1_048_576
         );
     }
 
@@ -189,7 +211,7 @@ mod tests {
         assert!(check(&answer("2.0.1", 1, 10, 1, "yes")).is_ok());
         assert_eq!(
             check("STAT version mcrouter-42\r\nEND\r\nEND\r\n"),
-            Ok(0),
+            Ok(Greeting::SILENT),
             "not memcached, and no instance: not refused, no restart guard"
         );
     }

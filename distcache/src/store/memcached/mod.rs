@@ -238,6 +238,10 @@ impl Store for Cluster {
         flags: u32,
         expire: Duration,
     ) -> Result<Fill, StoreError> {
+        if self.inner.nodes[lease.node].refuses(key.as_bytes().len(), data.len()) {
+            // Not sent: the server would refuse it and delete the lease's stub with it.
+            return Ok(Fill::TooLarge);
+        }
         let request = Request::SetIfCas {
             key,
             data,
@@ -306,18 +310,27 @@ mod tests {
         cluster_of(servers, 2)
     }
 
-    fn cluster_of(servers: &[&Memcached], connections: usize) -> Cluster {
-        let ring = Ring::new(servers.iter().map(|s| s.addr().parse().unwrap())).unwrap();
-        let config = NodeConfig {
+    fn test_config() -> NodeConfig {
+        NodeConfig {
             connect_timeout: Duration::from_secs(1),
             io_timeout: Duration::from_secs(1),
             retry_interval: Duration::from_secs(1),
             failure_threshold: 2,
-            connections,
+            connections: 2,
             max_value: crate::codec::DEFAULT_MAX_VALUE_BYTES,
             greet: true,
-        };
-        Cluster::new(ring, &config)
+        }
+    }
+
+    fn cluster_of(servers: &[&Memcached], connections: usize) -> Cluster {
+        let ring = Ring::new(servers.iter().map(|s| s.addr().parse().unwrap())).unwrap();
+        Cluster::new(
+            ring,
+            &NodeConfig {
+                connections,
+                ..test_config()
+            },
+        )
     }
 
     fn key(k: &str) -> WireKey {
@@ -526,18 +539,39 @@ mod tests {
     #[tokio::test]
     async fn a_value_over_the_servers_item_size_is_refused_as_too_large() {
         let server = Memcached::start().await;
+        let big = Bytes::from(vec![b'x'; 2 * 1024 * 1024]);
+        let small = Bytes::from_static(b"1");
+        // Told the item size by the handshake: not sent, and the lease is still ours.
         let cluster = cluster(&[&server]);
         let k = key("big");
         let lease = won(&cluster, &k).await;
-        let data = Bytes::from(vec![b'x'; 2 * 1024 * 1024]);
         assert_eq!(
-            cluster.fill(&k, lease, &data, 0, EXPIRE).await.unwrap(),
+            cluster.fill(&k, lease, &big, 0, EXPIRE).await.unwrap(),
             Fill::TooLarge
         );
-        let small = Bytes::from_static(b"1");
-        let lease = won(&cluster, &k).await;
         assert_eq!(
             cluster.fill(&k, lease, &small, 0, EXPIRE).await.unwrap(),
+            Fill::Stored,
+            "the lease survived: the key can be marked under it"
+        );
+        // Not told (no handshake): sent, refused by the server, which deletes the stub with it.
+        let ring = Ring::new([server.addr().parse().unwrap()]).unwrap();
+        let untold = Cluster::new(
+            ring,
+            &NodeConfig {
+                greet: false,
+                ..test_config()
+            },
+        );
+        let k = key("big-untold");
+        let lease = won(&untold, &k).await;
+        assert_eq!(
+            untold.fill(&k, lease, &big, 0, EXPIRE).await.unwrap(),
+            Fill::TooLarge
+        );
+        let lease = won(&untold, &k).await;
+        assert_eq!(
+            untold.fill(&k, lease, &small, 0, EXPIRE).await.unwrap(),
             Fill::Stored,
             "the connection is still in step"
         );

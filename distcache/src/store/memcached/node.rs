@@ -62,6 +62,7 @@ impl Node {
             next: AtomicUsize::new(0),
             wanted: config.connections,
             growing: AtomicBool::new(false),
+            item_size_max: AtomicUsize::new(0),
         });
         let manager = Manager {
             server: server.clone(),
@@ -107,6 +108,19 @@ impl Node {
     /// How many times the node was marked down, and brought back.
     pub(crate) fn transitions(&self) -> (u64, u64) {
         self.health.transitions()
+    }
+
+    /// Whether the server would refuse an item of `value` bytes under a key of `key` bytes as
+    /// too large, by the item size it said it has (`-I`). memcached deletes a lease's stub with
+    /// a value it refuses; a value refused here leaves the lease to mark the key with.
+    pub(crate) fn refuses(&self, key: usize, value: usize) -> bool {
+        // An item's header, CAS and the value's CRLF: memcached 1.6.18 takes 1,048,263 bytes of
+        // value under a 250-byte key with -I 1m, 63 bytes for the rest; 64 to be safe.
+        const HEADER: usize = 64;
+        match self.ready.item_size_max.load(Ordering::Relaxed) {
+            0 => false,
+            max => key + value + HEADER > max,
+        }
     }
 
     /// Sends `request` and awaits its reply within the I/O timeout, or until `deadline` if that
@@ -301,6 +315,8 @@ struct Ready {
     wanted: usize,
     /// A task is making one more.
     growing: AtomicBool,
+    /// The server's largest item, as its last connection's handshake said (0: unknown).
+    item_size_max: AtomicUsize,
 }
 
 impl Ready {
@@ -453,6 +469,13 @@ impl managed::Manager for Manager {
                 Connection::connect(&addrs, &config).await
             }
             .await;
+            if let Ok(conn) = &connected
+                && conn.item_size_max() != 0
+            {
+                ready
+                    .item_size_max
+                    .store(conn.item_size_max(), Ordering::Relaxed);
+            }
             if let Err(err) = &connected {
                 // A connect that timed out marks the node down at once, as a request's timeout
                 // does, when it was the node's only way in; with a connection still open (a
