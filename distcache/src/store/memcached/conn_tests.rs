@@ -347,7 +347,7 @@ async fn the_connections_timer_tells_a_request_its_deadline_passed_in_a_deep_que
         let at = started.elapsed();
         assert!(matches!(told, Ok(Err(ConnError::Deadline))), "{told:?}");
         assert!(
-            at >= Duration::from_millis(600) && at < Duration::from_millis(850),
+            at >= Duration::from_millis(600) && at < Duration::from_millis(1_100),
             "at its deadline: {at:?}"
         );
     };
