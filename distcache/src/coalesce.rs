@@ -244,16 +244,22 @@ mod tests {
         KeyEncoder::new("").unwrap().encode(k)
     }
 
+    /// The first caller of `k`, who leads, and the second, who follows.
+    fn leader_and_follower<'a>(flights: &'a Flights, k: &WireKey) -> (Leader<'a>, Follower) {
+        let Join::Leader(leader) = flights.join(k) else {
+            panic!("the first caller leads")
+        };
+        let Join::Follower(follower) = flights.join(k) else {
+            panic!("the second caller follows")
+        };
+        (leader, follower)
+    }
+
     #[tokio::test]
     async fn followers_get_the_leaders_value() {
         let flights = Flights::default();
         let k = key("k");
-        let Join::Leader(leader) = flights.join(&k) else {
-            panic!("the first caller leads")
-        };
-        let Join::Follower(follower) = flights.join(&k) else {
-            panic!("the second caller follows")
-        };
+        let (leader, follower) = leader_and_follower(&flights, &k);
         let waiting = tokio::spawn(follower.wait());
         tokio::task::yield_now().await;
         leader.publish(Bytes::from_static(b"42"));
@@ -302,12 +308,7 @@ mod tests {
     async fn followers_of_an_unshareable_value_are_told_to_run_their_own() {
         let flights = Flights::default();
         let k = key("k");
-        let Join::Leader(leader) = flights.join(&k) else {
-            panic!("the first caller leads")
-        };
-        let Join::Follower(follower) = flights.join(&k) else {
-            panic!("the second caller follows")
-        };
+        let (leader, follower) = leader_and_follower(&flights, &k);
         leader.uncached();
         assert_eq!(follower.wait().await, Ended::Uncached);
     }

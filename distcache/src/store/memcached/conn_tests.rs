@@ -180,14 +180,31 @@ async fn a_lease_won_before_an_abandoned_lookup_was_read_is_handed_back() {
     assert_eq!(within(read_line(&mut peer)).await, "md k C5 O2\r\n");
 }
 
-#[tokio::test]
-async fn a_lease_whose_connection_closed_before_it_was_handed_back_goes_on_the_next() {
+/// A scripted server whose connections keep their leases to hand back in one list.
+async fn with_orphans() -> (Scripted, Arc<Orphans>) {
     let orphans = Arc::new(Orphans::default());
     let server = Scripted::new(ConnConfig {
         orphans: Some(orphans.clone()),
         ..config(Duration::from_secs(5))
     })
     .await;
+    (server, orphans)
+}
+
+/// The lease `k` C5 is handed back on the next connection to `server`.
+async fn handed_back_on_the_next_connection(server: &Scripted, orphans: &Orphans) {
+    let (next, mut peer) = server.connect().await;
+    orphans.flush_onto(&next);
+    assert_eq!(
+        within(read_line(&mut peer)).await,
+        "md k C5 O0\r\n",
+        "handed back on the next connection"
+    );
+}
+
+#[tokio::test]
+async fn a_lease_whose_connection_closed_before_it_was_handed_back_goes_on_the_next() {
+    let (server, orphans) = with_orphans().await;
     let (conn, mut peer) = server.connect().await;
     let k = key("k");
     let won = conn.send(&get(&k)).unwrap();
@@ -203,23 +220,12 @@ async fn a_lease_whose_connection_closed_before_it_was_handed_back_goes_on_the_n
     assert!(matches!(within(next).await, Ok(Err(ConnError::Closed(_)))));
     // The won reply sits in its channel; its caller is cancelled only now.
     drop(won);
-    let (second, mut peer) = server.connect().await;
-    orphans.flush_onto(&second);
-    assert_eq!(
-        within(read_line(&mut peer)).await,
-        "md k C5 O0\r\n",
-        "handed back on the next connection"
-    );
+    handed_back_on_the_next_connection(&server, &orphans).await;
 }
 
 #[tokio::test]
 async fn a_hand_back_unanswered_when_its_connection_closes_goes_on_the_next() {
-    let orphans = Arc::new(Orphans::default());
-    let server = Scripted::new(ConnConfig {
-        orphans: Some(orphans.clone()),
-        ..config(Duration::from_secs(5))
-    })
-    .await;
+    let (server, orphans) = with_orphans().await;
     let (conn, mut peer) = server.connect().await;
     drop(conn.send(&get(&key("k"))).unwrap());
     within(read_line(&mut peer)).await;
@@ -235,13 +241,8 @@ async fn a_hand_back_unanswered_when_its_connection_closes_goes_on_the_next() {
         within(watcher).await,
         Ok(Err(ConnError::Closed(_)))
     ));
-    let (second, mut peer) = server.connect().await;
-    orphans.flush_onto(&second);
-    assert_eq!(
-        within(read_line(&mut peer)).await,
-        "md k C5 O0\r\n",
-        "sent again on the next connection: a second md under the same CAS is harmless"
-    );
+    // A second md under the same CAS is harmless.
+    handed_back_on_the_next_connection(&server, &orphans).await;
 }
 
 /// A reply for another request, or without its request's token, cannot be proven to be the
