@@ -358,6 +358,18 @@ impl Store for AnyStore {
         }
     }
 
+    async fn extend(
+        &self,
+        key: &WireKey,
+        lease: Lease,
+        lease_ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.extend(key, lease, lease_ttl).await,
+            AnyStore::Memcached(s) => s.extend(key, lease, lease_ttl).await,
+        }
+    }
+
     async fn release(&self, key: &WireKey, lease: Lease) -> Result<(), StoreError> {
         match self {
             AnyStore::Memory(s) => s.release(key, lease).await,

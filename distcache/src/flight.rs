@@ -53,6 +53,17 @@ fn in_range(duration: Duration) -> bool {
 /// the getter and returns the value without storing it.
 const MAX_DECODE_MISSES: u32 = 2;
 
+/// How long a lease lasts unless its holder extends it. A holder that dies, or never learns
+/// it won (its reply was lost), blocks the key this long at most, instead of its `exec_limit`.
+/// memcached's clock ticks in whole seconds: a TTL of 4 s lasts more than 3.
+pub(crate) const LEASE: Duration = Duration::from_secs(4);
+/// How often a holder extends its lease while its getter runs.
+const EXTEND_EVERY: Duration = Duration::from_secs(1);
+/// A lease is known to be alive for its TTL less this, after the lookup that won it or its last
+/// extension: memcached's one-second tick, and half a second for the round trip. Past that, the
+/// holder no longer touches the key, which may be another's by then.
+const LEASE_MARGIN: Duration = Duration::from_millis(1500);
+
 pub(crate) async fn get<S, T, E, F, Fut>(
     core: &Core,
     store: &S,
@@ -351,7 +362,7 @@ impl<S: Store> Call<'_, S> {
             lease: Some(lease),
             marker: None,
         };
-        let value = match self.run_getter(getter).await {
+        let value = match self.run_getter_holding(lease, getter).await {
             Ok(value) => value,
             Err(err) => {
                 // Hand the lease back before the followers hear of the failure (when `leader`
@@ -529,6 +540,55 @@ impl<S: Store> Call<'_, S> {
         })
     }
 
+    /// Runs the getter as `run_getter` does, extending `lease` every `EXTEND_EVERY` meanwhile.
+    async fn run_getter_holding<T, E, F, Fut>(&self, lease: Lease, getter: F) -> Result<T, E>
+    where
+        E: From<Error>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        tokio::select! {
+            biased;
+            ended = self.run_getter(getter) => ended,
+            never = self.keep(lease) => match never {},
+        }
+    }
+
+    /// Extends `lease` every `EXTEND_EVERY`, while it is known to be alive; never ends.
+    async fn keep(&self, lease: Lease) -> std::convert::Infallible {
+        let trusted = self.lease_ttl().saturating_sub(LEASE_MARGIN);
+        let mut alive_until = Instant::now() + trusted;
+        loop {
+            tokio::time::sleep(EXTEND_EVERY).await;
+            let sent = Instant::now();
+            if sent >= alive_until {
+                // The process stalled, or the node did not answer the last extensions: the stub
+                // may have expired, and the key be another's. Touching it could shorten another's
+                // value; the fill, gated on our CAS, tells whether the lease lasted.
+                debug!(
+                    key = self.key,
+                    "the lease may have expired while the getter ran; no longer extended"
+                );
+                return std::future::pending().await;
+            }
+            match self.store.extend(&self.wire, lease, self.lease_ttl()).await {
+                Ok(true) => {
+                    self.core.stats.lease_extensions.incr();
+                    alive_until = sent + trusted;
+                }
+                Ok(false) => {
+                    debug!(
+                        key = self.key,
+                        "the lease was taken over while the getter ran"
+                    );
+                    return std::future::pending().await;
+                }
+                // Tried again at the next tick, while the lease is known to be alive.
+                Err(err) => debug!(key = self.key, error = %err, "extending the lease failed"),
+            }
+        }
+    }
+
     /// Runs the getter within the deadline, a panic caught and made a typed error.
     async fn run_getter<T, E, F, Fut>(&self, getter: F) -> Result<T, E>
     where
@@ -603,9 +663,7 @@ impl<S: Store> Call<'_, S> {
         Error::timeout(self.key, self.exec_limit).into()
     }
 
-    /// memcached TTLs have one-second resolution: the lease lasts `exec_limit` rounded up to whole
-    /// seconds, plus one, so that a live holder (bounded by `exec_limit`) never outlives it, and a
-    /// crashed holder's lease frees itself.
+    /// The lease's TTL: `LEASE`, or less for an `exec_limit` that ends before the lease would.
     fn lease_ttl(&self) -> Duration {
         lease_ttl(self.exec_limit)
     }
@@ -622,9 +680,12 @@ impl<S: Store> Call<'_, S> {
     }
 }
 
+/// memcached TTLs have one-second resolution: `exec_limit` rounded up to whole seconds, plus one,
+/// outlasts a holder bounded by `exec_limit` without extending; longer limits get `LEASE`, which
+/// the holder extends while its getter runs.
 pub(crate) fn lease_ttl(exec_limit: Duration) -> Duration {
     let whole = exec_limit.as_secs() + u64::from(exec_limit.subsec_nanos() > 0);
-    Duration::from_secs(whole.saturating_add(1))
+    Duration::from_secs(whole.saturating_add(1)).min(LEASE)
 }
 
 /// A lease we hold: handed back explicitly, or from a spawned task if the call is cancelled.
@@ -731,7 +792,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_lease_outlives_the_exec_limit_by_at_least_a_second() {
+    fn the_lease_outlives_a_short_exec_limit_by_at_least_a_second_and_is_short() {
         assert_eq!(
             lease_ttl(Duration::from_millis(200)),
             Duration::from_secs(2)
@@ -741,6 +802,9 @@ mod tests {
             lease_ttl(Duration::from_millis(1001)),
             Duration::from_secs(3)
         );
-        assert_eq!(lease_ttl(Duration::from_secs(60)), Duration::from_secs(61));
+        assert_eq!(lease_ttl(Duration::from_secs(3)), LEASE);
+        assert_eq!(lease_ttl(Duration::from_secs(60)), LEASE);
+        // A holder extends its lease at least once more while it knows the lease alive.
+        assert!(EXTEND_EVERY * 2 <= LEASE - LEASE_MARGIN);
     }
 }

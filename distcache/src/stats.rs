@@ -63,6 +63,10 @@ pub struct Stats {
     /// the getter failed. Usually also counted in `hits` (in `misses` if the call waited for a
     /// lease first).
     pub refreshes: u64,
+    /// Leases kept alive while their getter ran: a lease lasts a few seconds, and its holder
+    /// extends it every second, so that a holder that dies frees its key within seconds (see
+    /// README, "Guarantees and their limits"). One round trip each, for getters over a second.
+    pub lease_extensions: u64,
 }
 
 /// One memcached server's health, as [`Cache::node_stats`](crate::Cache::node_stats) reports it.
@@ -115,6 +119,7 @@ counters!(
     uncached_calls,
     store_errors,
     refreshes,
+    lease_extensions,
 );
 
 /// A monotonic event counter.

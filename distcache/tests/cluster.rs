@@ -185,6 +185,47 @@ async fn a_slow_getter_is_cut_off_and_its_lease_handed_back_across_caches() {
     assert_eq!(b.stats().lease_waits, 0);
 }
 
+/// A lease lasts 4 s unless its holder extends it: a getter that runs 6 s keeps the key, so the
+/// other cache (another process) waits for its value instead of computing its own. The getter's
+/// 6 s are the work under test, in real time, as memcached's clock is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_getter_that_outlives_the_lease_keeps_it_by_extending_it() {
+    let server = Memcached::start().await;
+    let (a, b) = (
+        cache_on(&[&server]).build().unwrap(),
+        cache_on(&[&server]).build().unwrap(),
+    );
+    let (won_tx, won_rx) = tokio::sync::oneshot::channel();
+    let holder = tokio::spawn(async move {
+        let value: String = a
+            .get("long", MINUTE, MINUTE, || async {
+                let _ = won_tx.send(());
+                tokio::time::sleep(Duration::from_secs(6)).await;
+                Ok::<_, Error>("from the holder".to_owned())
+            })
+            .await
+            .unwrap();
+        (value, a.stats())
+    });
+    won_rx.await.expect("a won the lease");
+    let waited: String = within(b.get("long", MINUTE, MINUTE, || async {
+        Ok::<_, Error>("from the waiter".to_owned())
+    }))
+    .await
+    .unwrap();
+    let (value, holder) = holder.await.unwrap();
+    assert_eq!(
+        (value.as_str(), waited.as_str()),
+        ("from the holder", "from the holder")
+    );
+    assert_eq!(b.stats().getter_runs, 0, "the waiter never won the key");
+    assert!(
+        (4..=7).contains(&holder.lease_extensions),
+        "one extension a second: {holder:?}"
+    );
+    assert_eq!(holder.lost_fills, 0);
+}
+
 /// Fills `keys` through `cache` with values tagged `tag`.
 async fn fill(cache: &Cache, keys: &[String], tag: &str) -> Vec<String> {
     let mut values = Vec::new();

@@ -286,3 +286,75 @@ async fn a_reset_connection_does_not_strand_the_leases_its_process_holds() {
 async fn a_lease_is_filled_though_its_node_was_marked_down_meanwhile() {
     the_lease_is_filled_after(Disruption::Timeout).await;
 }
+
+/// F15: a lookup wins a lease, but its reply is lost (`fault`), so its caller never learns it
+/// holds one; then the node answers again. The key must be computable again within 5 s of the
+/// lookup, not after the winner's `exec_limit` of 60 s: the lease lasts seconds unless extended.
+async fn a_lease_nobody_heard_of_frees_its_key_within_5s(fault: Fault) {
+    let server = Memcached::start().await;
+    let proxy = FaultProxy::start(&server.addr()).await;
+    let unaware = Cache::builder()
+        .server(proxy.addr())
+        .io_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    // Connected first, so that the fault takes the lookup's reply, not the handshake's.
+    let _: String = unaware
+        .get("warm", MINUTE, MINUTE, || async {
+            Ok::<_, Error>("w".into())
+        })
+        .await
+        .unwrap();
+    proxy.set(fault);
+    let before = proxy.request_lines();
+    let sent = tokio::time::Instant::now();
+    let unheard: String = unaware
+        .get("orphan", MINUTE, MINUTE, || async {
+            Ok::<_, Error>("run without the store".into())
+        })
+        .await
+        .unwrap();
+    assert_eq!(unheard, "run without the store");
+    assert_eq!(
+        unaware.stats().degraded_calls,
+        1,
+        "its lookup got no answer"
+    );
+    assert!(
+        proxy.request_lines() > before,
+        "the lookup reached the server, which made its lease"
+    );
+    proxy.set(Fault::Pass);
+    let elsewhere = Cache::builder().server(server.addr()).build().unwrap();
+    let again = tokio::time::timeout(
+        Duration::from_secs(10),
+        elsewhere.get("orphan", MINUTE, MINUTE, || async {
+            Ok::<_, Error>("computed again".to_owned())
+        }),
+    )
+    .await
+    .expect("the orphaned lease blocked the key for 10 s")
+    .unwrap();
+    assert_eq!(again, "computed again");
+    let stats = elsewhere.stats();
+    assert_eq!(
+        (stats.lease_waits, stats.getter_runs),
+        (1, 1),
+        "it waited on the orphaned lease, then won the key: {stats:?}"
+    );
+    assert!(
+        sent.elapsed() <= Duration::from_secs(5),
+        "computed again {:?} after the lost lookup",
+        sent.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_lease_won_by_a_lookup_whose_reply_was_lost_frees_its_key_within_5s() {
+    a_lease_nobody_heard_of_frees_its_key_within_5s(Fault::LoseReplies).await;
+}
+
+#[tokio::test]
+async fn a_lease_won_by_a_lookup_whose_reply_came_too_late_frees_its_key_within_5s() {
+    a_lease_nobody_heard_of_frees_its_key_within_5s(Fault::Latency(Duration::from_secs(2))).await;
+}

@@ -25,13 +25,17 @@ fn main() -> ExitCode {
     if let Ok(role) = std::env::var(ROLE) {
         return runtime.block_on(child(&role));
     }
-    let tests: [Scenario; 3] = [
+    let tests: [Scenario; 4] = [
         ("four_processes_of_32_callers_run_each_getter_once", || {
             Box::pin(four_processes_of_32_callers_run_each_getter_once())
         }),
         ("a_killed_winner_is_replaced_within_its_lease", || {
             Box::pin(a_killed_winner_is_replaced_within_its_lease())
         }),
+        (
+            "a_winner_paused_past_its_lease_cannot_replace_the_newer_value",
+            || Box::pin(a_winner_paused_past_its_lease_cannot_replace_the_newer_value()),
+        ),
         (
             "the_default_cache_is_configured_from_the_environment",
             || Box::pin(the_default_cache_is_configured_from_the_environment()),
@@ -190,10 +194,15 @@ async fn herd_child() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// The winner's exec_limit: its lease lasts 3 s (rounded up, plus one).
-const WINNER_LIMIT: Duration = Duration::from_millis(1500);
-const WINNER_LEASE: Duration = Duration::from_secs(3);
+/// The winner's exec_limit, which no longer sets its lease's length.
+const WINNER_LIMIT: Duration = Duration::from_secs(60);
+/// The lease's length when its holder does not extend it (the library's `LEASE`).
+const LEASE: Duration = Duration::from_secs(4);
+/// The default `max_poll_interval`.
+const MAX_POLL: Duration = Duration::from_millis(200);
 
+/// F8: a waiter is done within the lease, one poll and a second of memcached's clock after the
+/// winner's process is SIGKILLed, though the winner's `exec_limit` is a minute.
 async fn a_killed_winner_is_replaced_within_its_lease() {
     let node = Memcached::start().await;
     let mut winner = spawn("winner", &[("DC_SERVERS", node.addr())]);
@@ -204,7 +213,7 @@ async fn a_killed_winner_is_replaced_within_its_lease() {
 
     let cache = Cache::builder().server(node.addr()).build().unwrap();
     let value: String = cache
-        .get("crash", Duration::from_secs(10), MINUTE, || async {
+        .get("crash", MINUTE, MINUTE, || async {
             Ok::<_, Error>("from the waiter".to_owned())
         })
         .await
@@ -217,9 +226,8 @@ async fn a_killed_winner_is_replaced_within_its_lease() {
         (1, 1),
         "it waited on the dead winner's lease, then won it: {stats:?}"
     );
-    // The lease, plus one poll (at most the 200 ms cap, +15% jitter), plus a round trip.
     assert!(
-        waited <= WINNER_LEASE + Duration::from_millis(300),
+        waited <= LEASE + MAX_POLL + Duration::from_secs(1),
         "won after {waited:?}"
     );
 }
@@ -236,6 +244,101 @@ async fn winner_child() -> ExitCode {
         })
         .await;
     unreachable!("killed while computing")
+}
+
+/// F8: a winner's process is SIGSTOPped past its lease; a waiter takes the key over and fills
+/// it; the winner resumes and finishes its getter. Its fill is refused, and the stored value is
+/// the newer one, with its own TTL: the resumed winner no longer extends (touches) a lease it
+/// cannot know to be alive.
+async fn a_winner_paused_past_its_lease_cannot_replace_the_newer_value() {
+    let node = Memcached::start().await;
+    let mut winner = spawn("paused", &[("DC_SERVERS", node.addr())]);
+    assert_eq!(line_from(&mut winner).await, "won");
+    let pid = winner.child.id().to_string();
+    let kill = |signal: &str| {
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    kill("-STOP");
+    let paused = Instant::now();
+    let cache = Cache::builder().server(node.addr()).build().unwrap();
+    let value: String = cache
+        .get("paused", MINUTE, MINUTE, || async {
+            Ok::<_, Error>("newer".to_owned())
+        })
+        .await
+        .unwrap();
+    assert_eq!(value, "newer");
+    assert!(
+        paused.elapsed() <= LEASE + MAX_POLL + Duration::from_secs(1),
+        "took the key over after {:?}",
+        paused.elapsed()
+    );
+    kill("-CONT");
+    say(winner.child.stdin.as_mut().unwrap(), "finish");
+    assert_eq!(
+        line_from(&mut winner).await,
+        "older, lost_fills 1",
+        "its value is returned to its caller, not stored"
+    );
+    assert!(winner.child.wait().unwrap().success());
+    let outside = Outside::connect(&node.addr()).await;
+    assert_eq!(
+        outside.get("paused").await.map(|(v, _)| v),
+        Some(b"\"newer\"".to_vec()),
+        "the newer value stays"
+    );
+    let ttl = remaining_ttl(&node.addr(), "paused").await;
+    assert!(
+        ttl > LEASE.as_secs() as i64,
+        "the newer value keeps its TTL ({ttl} s left of a minute)"
+    );
+}
+
+async fn paused_child() -> ExitCode {
+    let cache = Cache::builder()
+        .server(std::env::var("DC_SERVERS").unwrap())
+        .build()
+        .unwrap();
+    let value: String = cache
+        .get("paused", WINNER_LIMIT, MINUTE, || async {
+            println!("won");
+            let line = tokio::task::spawn_blocking(|| {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line).unwrap();
+                line
+            })
+            .await
+            .unwrap();
+            assert_eq!(line.trim(), "finish");
+            // Resumed, it computes on past its next extension's tick.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            Ok::<_, Error>("older".to_owned())
+        })
+        .await
+        .unwrap();
+    println!("{value}, lost_fills {}", cache.stats().lost_fills);
+    ExitCode::SUCCESS
+}
+
+/// The seconds `key` has left to live on the server at `addr` (`mg <key> t`).
+async fn remaining_ttl(addr: &str, key: &str) -> i64 {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut stream = tokio::io::BufReader::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    stream
+        .get_mut()
+        .write_all(format!("mg {key} t\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut line = String::new();
+    stream.read_line(&mut line).await.unwrap();
+    let ttl = line.split_whitespace().find_map(|f| f.strip_prefix('t'));
+    ttl.unwrap_or_else(|| panic!("no TTL in {line:?}"))
+        .parse()
+        .unwrap()
 }
 
 #[distcached(expire = "1m", exec_limit = "10s", name = "processes::double")]
@@ -280,6 +383,7 @@ async fn child(role: &str) -> ExitCode {
     match role {
         "herd" => herd_child().await,
         "winner" => winner_child().await,
+        "paused" => paused_child().await,
         "env" => env_child().await,
         other => panic!("unknown role {other:?}"),
     }

@@ -158,3 +158,52 @@ pub(crate) async fn a_value_near_its_end_is_refreshed_by_one<S: Store>(
     );
     assert_eq!(&hit(store, k, lease_ttl).await.data[..], b"2");
 }
+
+/// An extension keeps the holder's lease past its first TTL (other lookups still wait) and keeps
+/// its CAS (the fill is stored); a stranger's extension says it holds nothing; an extension of a
+/// released lease says it is gone. Waits out a 2-second TTL: memcached's clock is real time.
+pub(crate) async fn an_extended_lease_outlives_its_first_ttl<S: Store>(
+    store: &S,
+    k: &WireKey,
+    k2: &WireKey,
+) {
+    let first = Duration::from_secs(2);
+    let lease = won(store, k, first).await;
+    let stranger = Lease {
+        cas: lease.cas + 100,
+        ..lease
+    };
+    assert!(
+        !store.extend(k, stranger, first).await.unwrap(),
+        "a stranger holds nothing"
+    );
+    assert!(
+        store
+            .extend(k, lease, Duration::from_secs(6))
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(first + Duration::from_millis(500)).await;
+    assert!(
+        matches!(
+            store.lookup(k, first, Duration::ZERO, far()).await.unwrap(),
+            Lookup::Busy
+        ),
+        "held past its first TTL"
+    );
+    let data = Bytes::from_static(b"1");
+    assert_eq!(
+        store
+            .fill(k, lease, &data, 0, Duration::from_secs(60))
+            .await
+            .unwrap(),
+        Fill::Stored,
+        "the extended lease fills"
+    );
+    let released = won(store, k2, first).await;
+    store.release(k2, released).await.unwrap();
+    assert!(
+        !store.extend(k2, released, first).await.unwrap(),
+        "a released lease is gone"
+    );
+}

@@ -329,6 +329,26 @@ impl Store for MemoryStore {
         }
     }
 
+    async fn extend(
+        &self,
+        key: &WireKey,
+        lease: Lease,
+        lease_ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        let mut shard = self.inner.shard(key.as_str());
+        shard.drop_expired(key.as_str(), now);
+        // A later expiry leaves the shard's `earliest_expiry` a lower bound, as it must be, and
+        // the entry's weight as it was.
+        Ok(match shard.map.get_mut(key.as_str()) {
+            Some(mut entry) if entry.cas == lease.cas && entry.value.is_none() => {
+                entry.expires = now + lease_ttl;
+                true
+            }
+            _ => false,
+        })
+    }
+
     async fn release(&self, key: &WireKey, lease: Lease) -> Result<(), StoreError> {
         self.inner
             .shard(key.as_str())
@@ -389,6 +409,16 @@ mod tests {
         tokio::time::advance(LEASE).await;
         let fresh = won(&store, &k).await;
         contract::a_late_fill_is_refused(&store, &k, late, fresh, LEASE).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_extended_lease_outlives_its_first_ttl() {
+        contract::an_extended_lease_outlives_its_first_ttl(
+            &MemoryStore::default(),
+            &key("e"),
+            &key("f"),
+        )
+        .await;
     }
 
     #[tokio::test(start_paused = true)]

@@ -132,6 +132,17 @@ pub(crate) trait Store: Clone + Send + Sync + 'static {
         expire: Duration,
     ) -> impl Future<Output = Result<Fill, StoreError>> + Send;
 
+    /// Keeps `lease` for another `lease_ttl`, counted from now, if it is still the key's current
+    /// lease; `false` if it is not (it expired, was taken over or filled, or the key was
+    /// invalidated), and then nothing of the key changes, except as the memcached store's
+    /// documentation says.
+    fn extend(
+        &self,
+        key: &WireKey,
+        lease: Lease,
+        lease_ttl: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// Hands the lease back early, if it is still the key's current lease, so that the next
     /// lookup wins it at once; or removes an item, if it is still that version.
     fn release(

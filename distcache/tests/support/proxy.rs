@@ -26,6 +26,9 @@ pub enum Fault {
     Latency(Duration),
     /// Takes requests and never answers: they are read and dropped.
     BlackHole,
+    /// Passes requests to the server and drops its replies: the server acts on requests whose
+    /// senders never hear of it.
+    LoseReplies,
     /// New connections are refused (the proxy stops listening); open ones pass traffic.
     Refuse,
     /// Each connection's reply stream is cut (the connection closed) after this many bytes.
@@ -259,7 +262,7 @@ async fn replies(mut from: OwnedReadHalf, to: NoFin, faults: watch::Receiver<Fau
             let arrived = Instant::now();
             let fault = faults.borrow().clone();
             match fault {
-                Fault::BlackHole => {}
+                Fault::BlackHole | Fault::LoseReplies => {}
                 Fault::Latency(delay) => push(arrived + delay, buf[..n].to_vec()),
                 Fault::CutRepliesAfter(limit) => {
                     let room = limit.saturating_sub(forwarded);

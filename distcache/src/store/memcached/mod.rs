@@ -272,6 +272,32 @@ impl Store for Cluster {
         }
     }
 
+    /// A touch cannot compare the CAS: if the stub expired and the key was leased or filled by
+    /// another since, its TTL is set too. The flight only extends a lease it knows to be alive
+    /// (`flight::LEASE_MARGIN`), so that this takes a round trip delayed by seconds.
+    async fn extend(
+        &self,
+        key: &WireKey,
+        lease: Lease,
+        lease_ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let request = Request::Touch {
+            key,
+            ttl: ttl_seconds(lease_ttl),
+        };
+        let reply = match self.on_lease_node("extend", lease, request).await {
+            Err(err) if matches!(err.kind, StoreErrorKind::Restarted) => return Ok(false),
+            reply => reply?,
+        };
+        let server = &self.inner.nodes[lease.node].server;
+        let meta = meta("extend", server, reply)?;
+        let ours = meta.code == Code::Stored && meta.cas == Some(lease.cas);
+        if !ours && meta.code == Code::Stored {
+            debug!(node = %server, key = key.as_str(), "a lease extension touched another's item");
+        }
+        Ok(ours)
+    }
+
     async fn release(&self, key: &WireKey, lease: Lease) -> Result<(), StoreError> {
         let request = Request::Delete {
             key,
@@ -528,6 +554,17 @@ mod tests {
             refresh_token(Duration::from_secs(40 * 86400)),
             MAX_RELATIVE_TTL as u32
         );
+    }
+
+    #[tokio::test]
+    async fn an_extended_lease_outlives_its_first_ttl() {
+        let server = Memcached::start().await;
+        contract::an_extended_lease_outlives_its_first_ttl(
+            &cluster(&[&server]),
+            &key("e"),
+            &key("f"),
+        )
+        .await;
     }
 
     #[tokio::test]

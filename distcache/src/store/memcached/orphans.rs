@@ -11,7 +11,7 @@ use crate::key::WireKey;
 
 /// Leases won by lookups whose callers were gone, that their connection closed before it could
 /// hand back: the node sends them on a connection to the same run of the server before its next
-/// request. Without this, such a lease blocks its key until it expires (`exec_limit` + 1 s).
+/// request. Without this, such a lease blocks its key until it expires (a few seconds: `flight::LEASE`).
 #[derive(Debug, Default)]
 pub(crate) struct Orphans {
     /// Read on every request: set only while `leases` is not empty.

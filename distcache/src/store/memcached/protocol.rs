@@ -42,6 +42,10 @@ pub(crate) enum Request<'a> {
     },
     /// `md <key> [C<cas>] O<op>`: delete, only if the CAS is still `cas` when given.
     Delete { key: &'a WireKey, cas: Option<u64> },
+    /// `mg <key> c T<ttl> O<op>`: the item's CAS, its TTL set to `ttl` (touched). Unconditional:
+    /// memcached has no compare for a touch. On a lease's stub it keeps the CAS, and other
+    /// lookups still answer `Z` (checked against 1.6.18).
+    Touch { key: &'a WireKey, ttl: u32 },
 }
 
 impl Request<'_> {
@@ -85,6 +89,11 @@ impl Request<'_> {
                 if let Some(cas) = cas {
                     flag(out, b" C", cas);
                 }
+            }
+            Request::Touch { key, ttl } => {
+                out.extend_from_slice(b"mg ");
+                out.extend_from_slice(key.as_bytes());
+                flag(out, b" c T", ttl.into());
             }
         }
         flag(out, b" O", opaque.into());

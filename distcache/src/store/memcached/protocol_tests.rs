@@ -58,6 +58,10 @@ fn requests_are_built_from_typed_values() {
         encoded(Request::Delete { key: &k, cas: None }),
         "md user:1 O7\r\n"
     );
+    assert_eq!(
+        encoded(Request::Touch { key: &k, ttl: 4 }),
+        "mg user:1 c T4 O7\r\n"
+    );
 }
 
 #[test]
