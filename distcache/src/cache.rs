@@ -238,6 +238,13 @@ impl Cache {
     /// Removes `key`'s value, so that the next call computes it again (once). A getter running
     /// for the key meanwhile still returns its value to its callers, but cannot store it.
     ///
+    /// # Errors
+    ///
+    /// [`Error::Unreached`] when the key's own memcached server is marked down or does not
+    /// answer: the value was deleted where the key's calls go meanwhile, and is deleted on its
+    /// own server before this process's next request there; another process may read the old
+    /// value there until then.
+    ///
     /// ```
     /// # use std::time::Duration;
     /// # #[tokio::main(flavor = "current_thread")]
@@ -256,9 +263,17 @@ impl Cache {
         let wire = inner.core.keys.encode(key);
         inner.store.invalidate(&wire).await.map_err(|err| {
             inner.core.stats.store_errors.incr();
-            Error::Unavailable {
-                key: key.to_owned(),
-                source: err.into_box(),
+            let key = key.to_owned();
+            match &inner.store {
+                AnyStore::Memcached(cluster) => Error::Unreached {
+                    key,
+                    server: cluster.home_server(&wire).clone(),
+                    source: err.into_box(),
+                },
+                AnyStore::Memory(_) => Error::Unavailable {
+                    key,
+                    source: err.into_box(),
+                },
             }
         })
     }

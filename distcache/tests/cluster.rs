@@ -335,6 +335,82 @@ async fn a_paused_node_times_out_its_keys_move_and_come_back() {
     assert_eq!(cache.server_for(key).unwrap().to_string(), paused);
 }
 
+/// F16: `invalidate` while the key's own node is marked down is an error naming that node; the
+/// key is deleted where its calls go meanwhile, and on its own node before this process's next
+/// request there, so that neither this process nor one that finds the node back after it reads
+/// the old value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_while_the_keys_node_is_down_names_it_and_reaches_it_once_back() {
+    let servers = Memcached::start_many::<2>().await;
+    let refs: Vec<&Memcached> = servers.iter().collect();
+    let (here, there) = (
+        cache_on(&refs).build().unwrap(),
+        cache_on(&refs).build().unwrap(),
+    );
+    let home = servers[0].addr();
+    let key = (0..)
+        .map(|i| format!("inv:{i}"))
+        .find(|k| here.server_for(k).unwrap().to_string() == home)
+        .unwrap();
+    let get = |cache: &Cache, tag: &'static str| {
+        let (cache, key) = (cache.clone(), key.clone());
+        async move {
+            let value: String = cache
+                .get(&key, Duration::from_secs(5), MINUTE, || async {
+                    Ok::<_, Error>(tag.to_owned())
+                })
+                .await
+                .unwrap();
+            value
+        }
+    };
+    assert_eq!(get(&here, "old").await, "old");
+    assert_eq!(get(&there, "unused").await, "old", "stored on its node");
+
+    servers[0].pause();
+    // One I/O timeout each marks the node down; the key's calls move to the other node.
+    assert_eq!(get(&here, "during").await, "during");
+    assert_eq!(
+        get(&there, "unused").await,
+        "during",
+        "both on the fallback"
+    );
+    assert_ne!(here.server_for(&key).unwrap().to_string(), home);
+
+    let err = here.invalidate(&key).await.unwrap_err();
+    match &err {
+        Error::Unreached { key: k, server, .. } => {
+            assert_eq!(
+                (k.as_str(), server.to_string()),
+                (key.as_str(), home.clone())
+            );
+        }
+        other => panic!("expected Unreached, got {other:?}"),
+    }
+    assert!(err.to_string().contains(&home), "{err}");
+    assert_eq!(
+        get(&there, "after").await,
+        "after",
+        "deleted on the fallback: recomputed"
+    );
+
+    servers[0].resume();
+    // Once the retry interval has passed, the next request to the node probes it.
+    within(async {
+        while here.node_stats()[0].down || there.node_stats()[0].down {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        get(&here, "fresh").await,
+        "fresh",
+        "this process deleted it before its probe"
+    );
+    assert_eq!(here.server_for(&key).unwrap().to_string(), home, "back");
+    assert_eq!(get(&there, "unused").await, "fresh", "never the old value");
+}
+
 #[tokio::test]
 async fn a_restarted_node_is_probed_and_used_again() {
     let mut servers = Memcached::start_many::<2>().await;

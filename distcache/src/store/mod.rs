@@ -82,6 +82,8 @@ pub(crate) enum StoreErrorKind {
     Deadline,
     #[error("every node is marked down")]
     NoNode,
+    #[error("the node is marked down")]
+    MarkedDown,
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     #[error("cannot connect: {0}")]

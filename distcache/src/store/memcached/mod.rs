@@ -311,10 +311,58 @@ impl Store for Cluster {
         meta("release", &self.inner.nodes[lease.node].server, reply).map(drop)
     }
 
+    /// Deletes the key on its own node. If that node is marked down or does not answer, the
+    /// delete is owed to it (sent before this process's next request there), the key is
+    /// deleted on the node its calls go to meanwhile, and the error says the own node was not
+    /// reached: other processes may still read the old value there once it is back.
     async fn invalidate(&self, key: &WireKey) -> Result<(), StoreError> {
         let request = Request::Delete { key, cas: None };
-        let (node, reply, _) = self.on_key_node("invalidate", key, request, None).await?;
-        meta("invalidate", &self.inner.nodes[node].server, reply).map(drop)
+        let nodes = &self.inner.nodes;
+        let home = self.home(key);
+        let unreached = match nodes[home].admit() {
+            Some(ticket) => match nodes[home]
+                .execute(ticket, "invalidate", &request, None, None)
+                .await
+            {
+                Ok((reply, _)) => return meta("invalidate", &nodes[home].server, reply).map(drop),
+                Err(err) => err,
+            },
+            None => StoreError {
+                operation: "invalidate",
+                node: nodes[home].server.to_string(),
+                kind: StoreErrorKind::MarkedDown,
+            },
+        };
+        nodes[home].owe_invalidation(key);
+        let fallback = self.inner.ring.route(key.as_bytes(), |i| {
+            if i == home { None } else { nodes[i].admit() }
+        });
+        if let Some((index, ticket)) = fallback {
+            let deleted = nodes[index]
+                .execute(ticket, "invalidate", &request, None, None)
+                .await
+                .and_then(|(reply, _)| meta("invalidate", &nodes[index].server, reply));
+            if let Err(err) = deleted {
+                warn!(key = key.as_str(), error = %err, "invalidating on the fallback node failed");
+            }
+        }
+        Err(unreached)
+    }
+}
+
+impl Cluster {
+    /// The key's own node, up or down.
+    fn home(&self, key: &WireKey) -> usize {
+        self.inner
+            .ring
+            .successors(key.as_bytes())
+            .next()
+            .expect("a ring has at least one server")
+    }
+
+    /// The key's own server, up or down.
+    pub(crate) fn home_server(&self, key: &WireKey) -> &Server {
+        &self.inner.nodes[self.home(key)].server
     }
 }
 

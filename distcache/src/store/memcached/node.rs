@@ -15,6 +15,7 @@ use super::health::Health;
 pub(crate) use super::health::Ticket;
 use super::protocol::{Reply, Request};
 use super::ring::Server;
+use crate::key::WireKey;
 use crate::store::{StoreError, StoreErrorKind};
 use deadpool::managed::{self, Metrics, Pool, PoolError, RecycleError, RecycleResult, Timeouts};
 use tokio::time::Instant;
@@ -98,6 +99,11 @@ impl Node {
     /// down node, the first request to ask is admitted as the probe.
     pub(crate) fn admit(&self) -> Option<Ticket> {
         self.health.admit()
+    }
+
+    /// Deletes `key` on this node's server before this process's next request to it.
+    pub(crate) fn owe_invalidation(&self, key: &WireKey) {
+        self.orphans.invalidate(key);
     }
 
     /// Whether the node is marked down and not yet due for a probe (no side effect).
