@@ -358,3 +358,117 @@ async fn a_lease_won_by_a_lookup_whose_reply_was_lost_frees_its_key_within_5s() 
 async fn a_lease_won_by_a_lookup_whose_reply_came_too_late_frees_its_key_within_5s() {
     a_lease_nobody_heard_of_frees_its_key_within_5s(Fault::Latency(Duration::from_secs(2))).await;
 }
+
+/// F7: 10,000 calls over 2,000 keys (most of them misses), each cancelled at a random point (a timeout of 0 to 12 ms)
+/// while replies are delayed 0 to 5 ms: no value reaches the wrong key, no connection is broken
+/// by a cancelled request (none is replaced), no lease is left behind, and later callers see no
+/// error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_cancelled_calls_leave_no_wrong_value_lease_or_connection() {
+    const KEYS: usize = 2000;
+    let server = Memcached::start().await;
+    let proxy = FaultProxy::start(&server.addr()).await;
+    let cache = Cache::builder()
+        .server(proxy.addr())
+        .connections_per_server(2)
+        .build()
+        .unwrap();
+    // Connected first (both connections), so that the calls race replies, not the handshake.
+    let _: String = cache
+        .get("warm", MINUTE, MINUTE, || async {
+            Ok::<_, Error>("w".into())
+        })
+        .await
+        .unwrap();
+    proxy.set(Fault::Jitter(Duration::from_millis(5)));
+    let mut rng = fastrand::Rng::with_seed(7);
+    let (mut answered, mut cancelled) = (0, 0);
+    for _ in 0..100 {
+        let batch: Vec<_> = (0..100)
+            .map(|_| {
+                let (cache, key) = (cache.clone(), format!("c:{}", rng.usize(..KEYS)));
+                let patience = Duration::from_micros(rng.u64(..12_000));
+                let work = rng.u64(..2000);
+                tokio::spawn(async move {
+                    let call = cache.get(&key, MINUTE, MINUTE, || async {
+                        tokio::time::sleep(Duration::from_micros(work)).await;
+                        Ok::<_, Error>(value_of(&key))
+                    });
+                    match tokio::time::timeout(patience, call).await {
+                        Ok(got) => {
+                            let got: String = got.expect("an answered call succeeds");
+                            assert_eq!(got, value_of(&key), "the value of its own key");
+                            true
+                        }
+                        Err(_) => false,
+                    }
+                })
+            })
+            .collect();
+        for call in batch {
+            if call.await.unwrap() {
+                answered += 1;
+            } else {
+                cancelled += 1;
+            }
+        }
+    }
+    assert!(
+        cancelled > 1000 && answered > 1000,
+        "{cancelled} cancelled, {answered} answered"
+    );
+    proxy.set(Fault::Pass);
+    // Cancelled holders hand their leases back from spawned tasks: within a second, every key
+    // is a value or nothing, never a stub (a lease lasts 4 s unless extended, and a cancelled
+    // call's getter no longer runs to extend it).
+    let stubs = |raw: Vec<String>| raw.into_iter().filter(|l| l.contains(" s0")).count();
+    let mut left = usize::MAX;
+    for _ in 0..50 {
+        left = stubs(sizes(&server.addr(), KEYS).await);
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(left, 0, "leases left behind by cancelled calls");
+    for k in 0..KEYS {
+        let key = format!("c:{k}");
+        let got: String = cache
+            .get(&key, MINUTE, MINUTE, || async {
+                Ok::<_, Error>(value_of(&key))
+            })
+            .await
+            .expect("no error reaches a later caller");
+        assert_eq!(got, value_of(&key));
+    }
+    assert!(
+        proxy.accepted() <= 2,
+        "{} connections: a cancelled request broke one",
+        proxy.accepted()
+    );
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.store_errors, stats.degraded_calls),
+        (0, 0),
+        "{stats:?}"
+    );
+    assert_eq!(cache.node_stats()[0].marked_down, 0);
+}
+
+/// `mg c:<k> s` for each of `keys` keys, on a connection of its own: each answer's line.
+async fn sizes(addr: &str, keys: usize) -> Vec<String> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut stream = BufReader::new(TcpStream::connect(addr).await.unwrap());
+    let mut ask = String::new();
+    for k in 0..keys {
+        ask.push_str(&format!("mg c:{k} s\r\n"));
+    }
+    stream.get_mut().write_all(ask.as_bytes()).await.unwrap();
+    let mut lines = Vec::new();
+    for _ in 0..keys {
+        let mut line = String::new();
+        stream.read_line(&mut line).await.unwrap();
+        lines.push(line);
+    }
+    lines
+}

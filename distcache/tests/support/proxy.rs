@@ -24,6 +24,8 @@ pub enum Fault {
     /// Delays each reply byte by this long, counted from its arrival from the server, so that
     /// pipelined replies are not delayed more by queueing behind each other.
     Latency(Duration),
+    /// Delays each piece of the reply stream by a random time up to this long, in order.
+    Jitter(Duration),
     /// Takes requests and never answers: they are read and dropped.
     BlackHole,
     /// Passes requests to the server and drops its replies: the server acts on requests whose
@@ -264,6 +266,10 @@ async fn replies(mut from: OwnedReadHalf, to: NoFin, faults: watch::Receiver<Fau
             match fault {
                 Fault::BlackHole | Fault::LoseReplies => {}
                 Fault::Latency(delay) => push(arrived + delay, buf[..n].to_vec()),
+                Fault::Jitter(max) => {
+                    let delay = max.mul_f64(fastrand::f64());
+                    push(arrived + delay, buf[..n].to_vec());
+                }
                 Fault::CutRepliesAfter(limit) => {
                     let room = limit.saturating_sub(forwarded);
                     let kept = n.min(room);
