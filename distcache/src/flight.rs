@@ -7,9 +7,9 @@
 //!    end (`refresh_ahead`) may come with the right to refresh it: the leader hands the value to
 //!    this process's followers at once, then runs the getter and stores its result under the
 //!    value's version, returning the current value if that fails.
-//! 3. A winner runs the getter, bounded by the call's deadline with panics caught, then fills the
-//!    store under its lease, or hands the lease back if the getter failed, panicked or ran out of
-//!    time. A loser polls on the schedule of `schedule.rs` until the value appears, the lease
+//! 3. A winner runs the getter, bounded by the call's deadline with panics caught, extending its
+//!    short lease every second meanwhile, then fills the store under its lease, or hands the
+//!    lease back if the getter failed, panicked or ran out of time. A loser polls on the schedule of `schedule.rs` until the value appears, the lease
 //!    frees up (its holder died) and it wins it, or the deadline passes.
 //! 4. If the store cannot be reached, the leader runs the getter itself (degraded), unless the
 //!    cache is configured to fail.
