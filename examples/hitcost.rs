@@ -13,7 +13,9 @@
 //! callgrind follows no child) and hits it, one call at a time, on a current-thread runtime;
 //! `by-hand` does the same get with async-memcached and decodes the JSON itself: the reference.
 //! `concurrent` is `memcached` with 32 callers at once over 200 keys (the herd's warm phase in
-//! one process): the cost per hit when requests share writes and reads.
+//! one process): the cost per hit when requests share writes and reads. `misses` is `memcached`
+//! with a new key at every call: the cost of a lookup that wins the lease, an instant getter run
+//! under it, and the fill.
 
 #[path = "../distcache/tests/support/memcached.rs"]
 mod memcached;
@@ -35,7 +37,7 @@ fn main() {
     runtime.block_on(async {
         let (_server, cache) = match store.as_str() {
             "memory" => (None, Cache::builder().build().expect("a cache")),
-            "memcached" | "concurrent" => {
+            "memcached" | "concurrent" | "misses" => {
                 let server = memcached::Memcached::start().await;
                 let cache = Cache::builder()
                     .server(server.addr())
@@ -43,6 +45,10 @@ fn main() {
                     .expect("a cache");
                 if store == "concurrent" {
                     concurrent(&cache, hits).await;
+                    return;
+                }
+                if store == "misses" {
+                    misses(&cache, hits).await;
                     return;
                 }
                 (Some(server), cache)
@@ -59,7 +65,9 @@ fn main() {
                 }
                 return;
             }
-            other => panic!("the store is memory, memcached, by-hand or concurrent, not {other:?}"),
+            other => panic!(
+                "the store is memory, memcached, by-hand, concurrent or misses, not {other:?}"
+            ),
         };
         let value = "v".repeat(998);
         for _ in 0..hits + 1 {
@@ -115,4 +123,24 @@ async fn concurrent(cache: &Cache, hits: usize) {
         caller.await.expect("a caller");
     }
     assert_eq!(cache.stats().getter_runs, KEYS as u64, "every get hit");
+}
+
+/// `count` misses, one call at a time, each on a key of its own.
+async fn misses(cache: &Cache, count: usize) {
+    let value = "v".repeat(998);
+    for k in 0..count + 1 {
+        let got: String = cache
+            .get(&format!("miss:{k}"), MINUTE, MINUTE, || async {
+                Ok::<_, Error>(value.clone())
+            })
+            .await
+            .expect("a computed value");
+        std::hint::black_box(got);
+    }
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.misses, stats.getter_runs),
+        (count as u64 + 1, count as u64 + 1),
+        "{stats:?}"
+    );
 }

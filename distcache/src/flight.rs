@@ -683,6 +683,7 @@ impl<S: Store> Call<'_, S> {
 /// memcached TTLs have one-second resolution: `exec_limit` rounded up to whole seconds, plus one,
 /// outlasts a holder bounded by `exec_limit` without extending; longer limits get `LEASE`, which
 /// the holder extends while its getter runs.
+#[inline]
 pub(crate) fn lease_ttl(exec_limit: Duration) -> Duration {
     let whole = exec_limit.as_secs() + u64::from(exec_limit.subsec_nanos() > 0);
     Duration::from_secs(whole.saturating_add(1)).min(LEASE)
