@@ -77,6 +77,7 @@ impl Node {
             },
             health: health.clone(),
             ready: ready.clone(),
+            connecting: Arc::default(),
         };
         let pool = Pool::builder(manager)
             .max_size(config.connections)
@@ -148,7 +149,7 @@ impl Node {
             ticket,
             recorded: false,
         };
-        let result = self.round_trip(request, deadline, instance).await;
+        let result = self.round_trip(request, deadline, instance, ticket).await;
         match &result {
             Ok(_) => outcome.success(),
             // Nothing was sent: nothing was learnt of the node.
@@ -209,6 +210,7 @@ impl Node {
         request: &Request<'_>,
         deadline: Option<Instant>,
         instance: Option<Instance>,
+        ticket: Ticket,
     ) -> Result<(Reply, Instance), StoreErrorKind> {
         // Every request is bounded on its own: by the caller's deadline, or, for the operations
         // that have none (a fill, a hand-back, an invalidation), by `connect_timeout +
@@ -221,7 +223,10 @@ impl Node {
         let limit = deadline.unwrap_or_else(|| Instant::now() + own);
         let reply = match self.send_ready(request, instance, limit) {
             Some(sent) => sent?,
-            None => self.send_pooled(request, deadline, instance, limit).await?,
+            None => {
+                self.send_pooled(request, deadline, instance, limit, ticket)
+                    .await?
+            }
         };
         let instance = reply.instance();
         let passed = || match deadline {
@@ -254,11 +259,15 @@ impl Node {
         deadline: Option<Instant>,
         instance: Option<Instance>,
         limit: Instant,
+        ticket: Ticket,
     ) -> Result<PendingReply, StoreErrorKind> {
         // A connection at hand is taken without a timer. Otherwise the wait (for the slot, or for
         // a connect, itself bounded by connect_timeout) is bounded by connect_timeout, and by the
         // deadline when that comes sooner.
-        let mut get = std::pin::pin!(self.pool.get());
+        // A connect for it may be skipped if the node is marked down meanwhile: not for a
+        // probe, nor for a lease's fill or hand-back, which only this node can take.
+        let skippable = ticket == Ticket::Up && instance.is_none();
+        let mut get = std::pin::pin!(SKIPPABLE.scope(skippable, self.pool.get()));
         let got = match std::future::poll_fn(|cx| Poll::Ready(get.as_mut().poll(cx))).await {
             Poll::Ready(got) => got,
             Poll::Pending => {
@@ -432,6 +441,11 @@ impl Drop for Outcome<'_> {
     }
 }
 
+tokio::task_local! {
+    /// Whether the connect a pool checkout makes may be skipped while the node is marked down.
+    static SKIPPABLE: bool;
+}
+
 /// Creates and checks the pool's connections.
 #[derive(Debug)]
 struct Manager {
@@ -440,6 +454,8 @@ struct Manager {
     health: Arc<Health>,
     /// The node's open connections: whether a failed connect leaves it any.
     ready: Arc<Ready>,
+    /// Held while connecting: one connect at a time per node.
+    connecting: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl managed::Manager for Manager {
@@ -447,17 +463,31 @@ impl managed::Manager for Manager {
     type Error = io::Error;
 
     async fn create(&self) -> Result<Connection, io::Error> {
-        let (server, health, config, ready) = (
+        let (server, health, config, ready, connecting) = (
             self.server.clone(),
             self.health.clone(),
             self.config.clone(),
             self.ready.clone(),
+            self.connecting.clone(),
         );
         let connect_timeout = config.connect_timeout;
         // Spawned, so that a connect whose caller gave up at its deadline still runs to its own
         // timeout and tells the node's health how it ended: with an `exec_limit` shorter than
         // `connect_timeout`, a host that drops connects would otherwise never be marked down.
+        // One at a time: requests that queue behind a connect give up at their own
+        // `connect_timeout`, each freeing its pool slot for the next; without this, each would
+        // start a connect of its own to a node that is failing. Once the node is marked down,
+        // only a probe, or a lease's fill or hand-back, connects (or a connect for more
+        // connections, `grow`, when not down).
+        let skippable = SKIPPABLE.try_with(|skippable| *skippable).unwrap_or(true);
         let connect = tokio::spawn(async move {
+            let _turn = connecting.lock().await;
+            if skippable && health.is_down() {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    format!("{server} was marked down meanwhile"),
+                ));
+            }
             let connected = async {
                 // Resolved at each connect, so that a server's new address is picked up.
                 let addrs: Vec<SocketAddr> = tokio::time::timeout(
@@ -711,6 +741,62 @@ mod tests {
             started.elapsed() < Duration::from_secs(2),
             "connect_timeout: {:?}",
             started.elapsed()
+        );
+    }
+
+    /// Requests that queue behind a connect to a host that accepts and never answers (the
+    /// handshake hangs) each give up at their own `connect_timeout`: they must not each start
+    /// a connect of their own, a storm of connects to a node that is failing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_queued_behind_a_hanging_connect_do_not_each_connect() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let _peer = tokio::spawn({
+            let accepted = accepted.clone();
+            async move {
+                let mut held = Vec::new();
+                loop {
+                    let (stream, _) = listener.accept().await.unwrap();
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    held.push(stream);
+                }
+            }
+        });
+        let node = Arc::new(Node::new(
+            Server::new("127.0.0.1", port).unwrap(),
+            &NodeConfig {
+                greet: true,
+                failure_threshold: 2,
+                retry_interval: Duration::from_secs(60),
+                ..test_config(Duration::from_millis(200))
+            },
+            Instant::now(),
+        ));
+        let mut requests = tokio::task::JoinSet::new();
+        for i in 0..20u64 {
+            let node = node.clone();
+            requests.spawn(async move {
+                // Arriving 5 ms apart, as a herd's requests do.
+                tokio::time::sleep(Duration::from_millis(5 * i)).await;
+                let key = KeyEncoder::new("").unwrap().encode("k");
+                let request = Request::Delete {
+                    key: &key,
+                    cas: None,
+                };
+                if let Some(ticket) = node.admit() {
+                    let _ = node.execute(ticket, "t", &request, None, None).await;
+                }
+            });
+        }
+        while let Some(done) = requests.join_next().await {
+            done.unwrap();
+        }
+        assert!(node.is_down(), "the hanging connect marked the node down");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "one connect, not one per queued request"
         );
     }
 }
