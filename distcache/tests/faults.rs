@@ -472,3 +472,76 @@ async fn sizes(addr: &str, keys: usize) -> Vec<String> {
     }
     lines
 }
+
+/// F1 in one process: a node dies while lookups are in flight on its connection (held in the
+/// proxy, which the node's death then closes). Each lookup is asked again: the new connection is
+/// refused, which marks the node down, and the lookups move to the next node. None runs its
+/// getter without the store: a key would otherwise be computed once more there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_in_flight_when_their_node_dies_move_to_the_next_node() {
+    let mut servers = Memcached::start_many::<2>().await;
+    let proxy = FaultProxy::start(&servers[0].addr()).await;
+    let cache = Cache::builder()
+        .servers([proxy.addr(), servers[1].addr()])
+        .retry_interval(MINUTE)
+        .build()
+        .unwrap();
+    let dying = proxy.addr();
+    let keys: Vec<String> = (0..)
+        .map(|i| format!("dies:{i}"))
+        .filter(|k| cache.server_for(k).unwrap().to_string() == dying)
+        .take(11)
+        .collect();
+    // Connected first, so that the lookups below are in flight on an open connection.
+    let _: String = cache
+        .get(&keys[0], MINUTE, MINUTE, || async {
+            Ok::<_, Error>(value_of("warm"))
+        })
+        .await
+        .unwrap();
+    proxy.set(Fault::BlackHole);
+    let lines = proxy.accepted();
+    let in_flight: Vec<_> = keys[1..]
+        .iter()
+        .map(|key| {
+            let (cache, key) = (cache.clone(), key.clone());
+            tokio::spawn(async move {
+                cache
+                    .get(&key, MINUTE, MINUTE, || async {
+                        Ok::<_, Error>(value_of(&key))
+                    })
+                    .await
+                    .map(|v: String| v == value_of(&key))
+            })
+        })
+        .collect();
+    // The black hole takes requests without counting them: wait until the connection has had
+    // time to carry them, by a round trip on the other node.
+    let elsewhere = (0..)
+        .map(|i| format!("elsewhere:{i}"))
+        .find(|k| cache.server_for(k).unwrap().to_string() != dying)
+        .unwrap();
+    let _: String = cache
+        .get(&elsewhere, MINUTE, MINUTE, || async {
+            Ok::<_, Error>("e".into())
+        })
+        .await
+        .unwrap();
+    assert_eq!(proxy.accepted(), lines, "no new connection yet");
+    servers[0].kill();
+    for call in in_flight {
+        assert!(
+            call.await.unwrap().expect("the call succeeds"),
+            "its own value"
+        );
+    }
+    let stats = cache.stats();
+    assert_eq!(stats.degraded_calls, 0, "{stats:?}");
+    assert!(
+        cache.node_stats()[0].down,
+        "the refused connect marked it down"
+    );
+    for key in &keys[1..] {
+        assert_ne!(cache.server_for(key).unwrap().to_string(), dying);
+    }
+}

@@ -371,11 +371,13 @@ impl Shared {
     /// Closes the connection for a fault, and tells the node's health: once for the connection,
     /// however many requests it fails (they do not count it again, `Node::execute`).
     fn fail(&self, reason: &str) {
-        let first = !self.closed.load(Ordering::Acquire);
-        self.close(reason);
+        // Counted before the waiters hear of it: one that asks again at once, on a new
+        // connection, must find this failure counted beside its own.
+        let first = !self.closed.swap(true, Ordering::AcqRel);
         if let (true, Some(health)) = (first, &self.health) {
             health.failure(Ticket::Up, &StoreErrorKind::Connection(reason.to_owned()));
         }
+        self.close(reason);
     }
 
     /// Says why the connection closed: a named event, so that a close that no caller saw (each

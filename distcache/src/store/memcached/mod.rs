@@ -93,7 +93,10 @@ impl Cluster {
         deadline: Option<Instant>,
     ) -> Result<(usize, Reply, Instance), StoreError> {
         let nodes = &self.inner.nodes;
-        let mut retried = false;
+        // A request is asked again, at most twice: on the next node when its own was marked
+        // down, or on a new connection when its connection broke under it (a node that died
+        // refuses the new one, which marks it down, and the third try goes to the next node).
+        let mut tries = 0;
         loop {
             let Some((index, ticket)) = self.inner.ring.route(key.as_bytes(), |i| nodes[i].admit())
             else {
@@ -108,10 +111,14 @@ impl Cluster {
                 .await
             {
                 Ok((reply, instance)) => return Ok((index, reply, instance)),
-                Err(err) if retried || err.is_deadline() || !nodes[index].is_down() => {
-                    return Err(err);
+                Err(err) if tries == 2 || err.is_deadline() => return Err(err),
+                Err(err)
+                    if nodes[index].is_down()
+                        || matches!(err.kind, StoreErrorKind::Connection(_)) =>
+                {
+                    tries += 1;
                 }
-                Err(_) => retried = true,
+                Err(err) => return Err(err),
             }
         }
     }
