@@ -93,30 +93,37 @@ impl Cluster {
         deadline: Option<Instant>,
     ) -> Result<(usize, Reply, Instance), StoreError> {
         let nodes = &self.inner.nodes;
-        // A request is asked again, at most twice: on the next node when its own was marked
-        // down, or on a new connection when its connection broke under it (a node that died
-        // refuses the new one, which marks it down, and the third try goes to the next node).
+        // A request is asked again, at most three times: on the next node when its own was
+        // marked down, or on a new connection when its connection broke under it or could not
+        // be made (a node that died refuses new ones, which marks it down once they reach
+        // `failure_threshold`, and the next try goes to the next node).
         let mut tries = 0;
+        let mut last = None;
         loop {
             let Some((index, ticket)) = self.inner.ring.route(key.as_bytes(), |i| nodes[i].admit())
             else {
-                return Err(StoreError {
+                // The last try's error says more than "every node is marked down".
+                return Err(last.unwrap_or(StoreError {
                     operation,
                     node: "every node".into(),
                     kind: StoreErrorKind::NoNode,
-                });
+                }));
             };
             match nodes[index]
                 .execute(ticket, operation, &request, deadline, None)
                 .await
             {
                 Ok((reply, instance)) => return Ok((index, reply, instance)),
-                Err(err) if tries == 2 || err.is_deadline() => return Err(err),
+                Err(err) if tries == 3 || err.is_deadline() => return Err(err),
                 Err(err)
                     if nodes[index].is_down()
-                        || matches!(err.kind, StoreErrorKind::Connection(_)) =>
+                        || matches!(
+                            err.kind,
+                            StoreErrorKind::Connection(_) | StoreErrorKind::Io(_)
+                        ) =>
                 {
                     tries += 1;
+                    last = Some(err);
                 }
                 Err(err) => return Err(err),
             }
