@@ -279,10 +279,38 @@ async fn a_killed_node_moves_only_its_keys_and_calls_keep_succeeding() {
         }
     }
     let stats = cache.stats();
-    assert!(
-        stats.degraded_calls <= 1,
-        "one failed request before the node is marked down: {stats:?}"
+    assert_eq!(
+        stats.degraded_calls, 0,
+        "the first request finds its connection closed, asks again, is refused, which marks the \
+         node down, and goes to the next node: {stats:?}"
     );
+}
+
+/// A node whose connect is refused (nothing listens) is marked down at once, as after a timeout,
+/// not after `failure_threshold` refusals: the call goes to the next node instead of running its
+/// getter without the store.
+#[tokio::test]
+async fn a_node_that_refuses_connections_is_marked_down_at_once() {
+    let mut servers = Memcached::start_many::<2>().await;
+    let refs: Vec<&Memcached> = servers.iter().collect();
+    let cache = cache_on(&refs).failure_threshold(5).build().unwrap();
+    let dead = servers[0].addr();
+    let key = (0..)
+        .map(|i| format!("refused:{i}"))
+        .find(|k| cache.server_for(k).unwrap().to_string() == dead)
+        .unwrap();
+    servers[0].kill();
+    let value: String = cache
+        .get(&key, MINUTE, MINUTE, || async {
+            Ok::<_, Error>("v".to_owned())
+        })
+        .await
+        .unwrap();
+    assert_eq!(value, "v");
+    let stats = cache.stats();
+    assert_eq!(stats.degraded_calls, 0, "{stats:?}");
+    assert!(cache.node_stats()[0].down);
+    assert_ne!(cache.server_for(&key).unwrap().to_string(), dead);
 }
 
 #[tokio::test]

@@ -88,6 +88,8 @@ pub(crate) enum StoreErrorKind {
     Timeout(Duration),
     #[error("cannot connect: {0}")]
     Io(#[source] std::io::Error),
+    #[error("the server refused the connection: {0}")]
+    Refused(#[source] std::io::Error),
     #[error("{0}")]
     Connection(String),
     #[error("server error: {0}")]

@@ -128,7 +128,10 @@ impl Health {
     }
 
     pub(crate) fn failure(&self, ticket: Ticket, error: &StoreErrorKind) {
-        let timed_out = matches!(error, StoreErrorKind::Timeout(_));
+        let timed_out = matches!(
+            error,
+            StoreErrorKind::Timeout(_) | StoreErrorKind::Refused(_)
+        );
         let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
         if timed_out || failures >= self.threshold || ticket == Ticket::Probe {
             let until = self.now() + self.retry_interval.as_millis() as u64;

@@ -94,9 +94,9 @@ impl Cluster {
     ) -> Result<(usize, Reply, Instance), StoreError> {
         let nodes = &self.inner.nodes;
         // A request is asked again, at most three times: on the next node when its own was
-        // marked down, or on a new connection when its connection broke under it or could not
-        // be made (a node that died refuses new ones, which marks it down once they reach
-        // `failure_threshold`, and the next try goes to the next node).
+        // marked down, or on a new connection when its connection broke under it (a node that
+        // died refuses the new one, which marks it down at once, and the next try goes to the
+        // next node).
         let mut tries = 0;
         let mut last = None;
         loop {
@@ -117,10 +117,7 @@ impl Cluster {
                 Err(err) if tries == 3 || err.is_deadline() => return Err(err),
                 Err(err)
                     if nodes[index].is_down()
-                        || matches!(
-                            err.kind,
-                            StoreErrorKind::Connection(_) | StoreErrorKind::Io(_)
-                        ) =>
+                        || matches!(err.kind, StoreErrorKind::Connection(_)) =>
                 {
                     tries += 1;
                     last = Some(err);

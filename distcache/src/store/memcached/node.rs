@@ -441,6 +441,17 @@ impl Drop for Outcome<'_> {
     }
 }
 
+/// Whether a connect failed because the server is not there: refused, or reset or closed before
+/// its handshake was answered.
+fn refused(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::UnexpectedEof
+    )
+}
+
 tokio::task_local! {
     /// Whether the connect a pool checkout makes may be skipped while the node is marked down.
     static SKIPPABLE: bool;
@@ -519,6 +530,11 @@ impl managed::Manager for Manager {
                 // `failure_threshold`: one slow connect must not take down a node that answers.
                 let kind = if err.kind() == io::ErrorKind::TimedOut && !ready.any_open() {
                     StoreErrorKind::Timeout(connect_timeout)
+                } else if refused(err) && !ready.any_open() {
+                    // Nothing listens (or a proxy in front of it has nothing behind it): the
+                    // node is down now, as after a timeout; waiting for `failure_threshold`
+                    // would fail requests that the next node can answer.
+                    StoreErrorKind::Refused(io::Error::new(err.kind(), err.to_string()))
                 } else {
                     StoreErrorKind::Io(io::Error::new(err.kind(), err.to_string()))
                 };
