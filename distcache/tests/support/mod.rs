@@ -1,5 +1,6 @@
 //! Test support shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod history;
 pub mod memcached;
 pub mod proxy;
