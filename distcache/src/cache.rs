@@ -392,6 +392,13 @@ impl Store for AnyStore {
         }
     }
 
+    fn release_later(&self, key: &WireKey, lease: Lease) {
+        match self {
+            AnyStore::Memory(s) => s.release_later(key, lease),
+            AnyStore::Memcached(s) => s.release_later(key, lease),
+        }
+    }
+
     async fn invalidate(&self, key: &WireKey) -> Result<(), StoreError> {
         match self {
             AnyStore::Memory(s) => s.invalidate(key).await,

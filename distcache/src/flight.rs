@@ -397,6 +397,11 @@ impl<S: Store> Call<'_, S> {
             .fill(&self.wire, lease, &json, JSON_FLAGS, self.expire)
             .await;
         self.record_fill(&filled, json.len());
+        if filled.is_err() {
+            // Stored or not, nobody can tell: handed back when the node can next be reached,
+            // which does nothing if it was stored, and otherwise frees the key at once.
+            self.store.release_later(&self.wire, lease);
+        }
         // The lease is spent, except when the server refused the value's size: then `held`
         // marks the key from a spawned task when it drops (under a new lease: memcached deletes
         // the stub with the value it refuses), so that other processes do not take turns at the
@@ -729,7 +734,8 @@ impl<S: Store> HeldLease<'_, S> {
         if let Some(lease) = self.lease.take()
             && let Err(err) = self.store.release(self.wire, lease).await
         {
-            debug!(error = %err, "handing the lease back failed; it expires by itself");
+            debug!(error = %err, "handing the lease back failed; tried again on the next connection");
+            self.store.release_later(self.wire, lease);
         }
     }
 
@@ -753,7 +759,9 @@ impl<S: Store> Drop for HeldLease<'_, S> {
                 match marker {
                     Some(marker) => marker.leave(&store, &wire, lease).await,
                     None => {
-                        let _ = store.release(&wire, lease).await;
+                        if store.release(&wire, lease).await.is_err() {
+                            store.release_later(&wire, lease);
+                        }
                     }
                 }
             });

@@ -545,3 +545,69 @@ async fn lookups_in_flight_when_their_node_dies_move_to_the_next_node() {
         assert_ne!(cache.server_for(key).unwrap().to_string(), dying);
     }
 }
+
+/// A fill lost with its connection (sent into a black hole, the connection closed at
+/// `io_timeout`): nobody knows whether it was stored, so its lease is handed back on the node's
+/// next connection (here the probe that brings it back), and a caller elsewhere waiting on the
+/// key wins it then, not when the lease expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_whose_fill_was_lost_is_handed_back_on_the_next_connection() {
+    let server = Memcached::start().await;
+    let proxy = FaultProxy::start(&server.addr()).await;
+    let holder = Cache::builder()
+        .server(proxy.addr())
+        .io_timeout(Duration::from_millis(300))
+        .retry_interval(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let elsewhere = Cache::builder().server(server.addr()).build().unwrap();
+    let (won_tx, won_rx) = tokio::sync::oneshot::channel();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let holding = tokio::spawn({
+        let holder = holder.clone();
+        async move {
+            holder
+                .get("lost fill", MINUTE, MINUTE, || async move {
+                    let _ = won_tx.send(());
+                    let _ = go_rx.await;
+                    Ok::<_, Error>("from the holder".to_owned())
+                })
+                .await
+        }
+    });
+    won_rx.await.expect("the holder won the lease");
+    let won = tokio::time::Instant::now();
+    proxy.set(Fault::BlackHole);
+    let _ = go_tx.send(());
+    assert_eq!(holding.await.unwrap().unwrap(), "from the holder");
+    assert_eq!(holder.stats().store_errors, 1, "the fill was lost");
+    proxy.set(Fault::Pass);
+    let waiting = tokio::spawn(async move {
+        let value: String = elsewhere
+            .get("lost fill", MINUTE, MINUTE, || async {
+                Ok::<_, Error>("from elsewhere".to_owned())
+            })
+            .await
+            .unwrap();
+        value
+    });
+    // The holder's next request to the node, once its retry interval has passed, probes it on
+    // a new connection, which hands the lease back first.
+    while holder.node_stats()[0].down {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _: String = holder
+        .get("probe", MINUTE, MINUTE, || async {
+            Ok::<_, Error>("p".into())
+        })
+        .await
+        .unwrap();
+    assert_eq!(waiting.await.unwrap(), "from elsewhere");
+    // The lease lasts at least 3 s from the lookup that won it: handed back, it freed the key
+    // well before.
+    assert!(
+        won.elapsed() < Duration::from_millis(2500),
+        "the key was free again {:?} after the lease was won",
+        won.elapsed()
+    );
+}

@@ -357,6 +357,9 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    /// The in-process store never fails a fill or a hand-back.
+    fn release_later(&self, _key: &WireKey, _lease: Lease) {}
+
     async fn invalidate(&self, key: &WireKey) -> Result<(), StoreError> {
         self.inner.shard(key.as_str()).map.remove(key.as_str());
         Ok(())

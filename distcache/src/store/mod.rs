@@ -155,6 +155,11 @@ pub(crate) trait Store: Clone + Send + Sync + 'static {
         lease: Lease,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Hands `lease` back when the store can next be reached, after a fill or hand-back that
+    /// failed without saying whether it took effect: a fill that was stored changed the item's
+    /// CAS, and then this does nothing. Not for the version of a value (a refresh's).
+    fn release_later(&self, key: &WireKey, lease: Lease);
+
     /// Removes the key's value, or takes away its lease: the next lookup misses and wins the
     /// lease, and a fill with an older lease is refused.
     fn invalidate(&self, key: &WireKey) -> impl Future<Output = Result<(), StoreError>> + Send;

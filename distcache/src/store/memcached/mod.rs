@@ -322,6 +322,12 @@ impl Store for Cluster {
         meta("release", &self.inner.nodes[lease.node].server, reply).map(drop)
     }
 
+    /// Queued on the lease's node, sent on its next connection to the same run of the server
+    /// before any other request there.
+    fn release_later(&self, key: &WireKey, lease: Lease) {
+        self.inner.nodes[lease.node].owe_release(key, lease.cas, lease.instance);
+    }
+
     /// Deletes the key on its own node. If that node is marked down or does not answer, the
     /// delete is owed to it (sent before this process's next request there), the key is
     /// deleted on the node its calls go to meanwhile, and the error says the own node was not

@@ -102,6 +102,12 @@ impl Node {
         self.health.admit()
     }
 
+    /// Hands the lease of `key` back on this node's next connection to the run of its server
+    /// that granted it.
+    pub(crate) fn owe_release(&self, key: &WireKey, cas: u64, instance: Instance) {
+        self.orphans.push(key, cas, instance);
+    }
+
     /// Deletes `key` on this node's server before this process's next request to it.
     pub(crate) fn owe_invalidation(&self, key: &WireKey) {
         self.orphans.invalidate(key);
