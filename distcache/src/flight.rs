@@ -23,6 +23,7 @@ use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -552,15 +553,33 @@ impl<S: Store> Call<'_, S> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        tokio::select! {
+        let extending = AtomicBool::new(false);
+        let mut keep = pin!(self.keep(lease, &extending));
+        let ended = tokio::select! {
             biased;
             ended = self.run_getter(getter) => ended,
-            never = self.keep(lease) => match never {},
+            never = keep.as_mut() => match never {},
+        };
+        if ended.is_ok() && extending.load(Ordering::Relaxed) {
+            // An extension under way finishes before the fill: on another connection, it could
+            // reach the server after the fill and cut the stored value's TTL to the lease's.
+            // Within the deadline: past it, the fill is the call's one store operation left.
+            let extended = std::future::poll_fn(|cx| {
+                let _pending = keep.as_mut().poll(cx);
+                if extending.load(Ordering::Relaxed) {
+                    Poll::Pending
+                } else {
+                    Poll::Ready(())
+                }
+            });
+            let _ = timeout_at(self.deadline, extended).await;
         }
+        ended
     }
 
     /// Extends `lease` every `EXTEND_EVERY`, while it is known to be alive; never ends.
-    async fn keep(&self, lease: Lease) -> std::convert::Infallible {
+    /// `extending` is set while an extension is under way.
+    async fn keep(&self, lease: Lease, extending: &AtomicBool) -> std::convert::Infallible {
         let trusted = self.lease_ttl().saturating_sub(LEASE_MARGIN);
         let mut alive_until = Instant::now() + trusted;
         loop {
@@ -576,7 +595,10 @@ impl<S: Store> Call<'_, S> {
                 );
                 return std::future::pending().await;
             }
-            match self.store.extend(&self.wire, lease, self.lease_ttl()).await {
+            extending.store(true, Ordering::Relaxed);
+            let extended = self.store.extend(&self.wire, lease, self.lease_ttl()).await;
+            extending.store(false, Ordering::Relaxed);
+            match extended {
                 Ok(true) => {
                     self.core.stats.lease_extensions.incr();
                     alive_until = sent + trusted;
