@@ -271,8 +271,10 @@ impl Node {
         // a connect, itself bounded by connect_timeout) is bounded by connect_timeout, and by the
         // deadline when that comes sooner.
         // A connect for it may be skipped if the node is marked down meanwhile: not for a
-        // probe, nor for a lease's fill or hand-back, which only this node can take.
-        let skippable = ticket == Ticket::Up && instance.is_none();
+        // probe, nor for a lease's fill or hand-back, which only this node can take (a lease's
+        // extension may be: it is tried again a second later, while the lease is alive).
+        let skippable = ticket == Ticket::Up
+            && (instance.is_none() || matches!(request, Request::Touch { .. }));
         let mut get = std::pin::pin!(SKIPPABLE.scope(skippable, self.pool.get()));
         let got = match std::future::poll_fn(|cx| Poll::Ready(get.as_mut().poll(cx))).await {
             Poll::Ready(got) => got,
@@ -496,13 +498,16 @@ impl managed::Manager for Manager {
         // start a connect of its own to a node that is failing. Once the node is marked down,
         // only a probe, or a lease's fill or hand-back, connects (or a connect for more
         // connections, `grow`, when not down).
+        // A connect whose requester gave up while it waited its turn is not made either: it
+        // would be thrown away, and a backlog of them would burst at a node that comes back.
         let skippable = SKIPPABLE.try_with(|skippable| *skippable).unwrap_or(true);
+        let (requester, _waiting) = tokio::sync::oneshot::channel::<()>();
         let connect = tokio::spawn(async move {
             let _turn = connecting.lock().await;
-            if skippable && health.is_down() {
+            if requester.is_closed() || (skippable && health.is_down()) {
                 return Err(io::Error::new(
                     io::ErrorKind::NotConnected,
-                    format!("{server} was marked down meanwhile"),
+                    format!("no connect to {server}: marked down, or nobody waits for it"),
                 ));
             }
             let connected = async {
