@@ -18,7 +18,7 @@ use crate::schedule::{Estimates, Site, site_of};
 use crate::stats::{Counters, NodeStats, Stats};
 use crate::store::memcached::{Cluster, Server};
 use crate::store::memory::MemoryStore;
-use crate::store::{Fill, Lease, Lookup, Store, StoreError};
+use crate::store::{Fill, Lease, Lookup, Store, StoreError, StoreErrorKind};
 
 /// A handle to a distributed memoization cache. Cheap to clone: clones share the store, the
 /// in-process coalescing and the counters.
@@ -265,6 +265,13 @@ impl Cache {
             inner.core.stats.store_errors.incr();
             let key = key.to_owned();
             match &inner.store {
+                // The key's server answered, with an error of its own.
+                AnyStore::Memcached(_) if matches!(err.kind, StoreErrorKind::Server(_)) => {
+                    Error::Unavailable {
+                        key,
+                        source: err.into_box(),
+                    }
+                }
                 AnyStore::Memcached(cluster) => Error::Unreached {
                     key,
                     server: cluster.home_server(&wire).clone(),

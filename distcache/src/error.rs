@@ -46,8 +46,9 @@ pub enum Error {
 
     /// [`Cache::invalidate`](crate::Cache::invalidate) could not reach the key's own memcached
     /// server: it is marked down, or did not answer. The key was deleted on the server its
-    /// calls go to meanwhile, and this process deletes it on its own server before its next
-    /// request there (the probe that brings it back). Until then, another process that finds
+    /// calls go to meanwhile (when that one answered: a warning is logged otherwise), and this
+    /// process deletes it on its own server before its next request there (the probe that
+    /// brings it back). Until then, another process that finds
     /// that server back first can read the old value from it: call `invalidate` again, until it
     /// returns `Ok`, where that matters.
     #[error("key {key:?}: not invalidated on its server {server}, which could not be reached")]

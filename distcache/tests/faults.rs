@@ -611,3 +611,39 @@ async fn a_lease_whose_fill_was_lost_is_handed_back_on_the_next_connection() {
         won.elapsed()
     );
 }
+
+/// An `invalidate` whose connection is reset under it, its node healthy, is asked again on a
+/// new connection, as a lookup is: it succeeds, and the value is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidate_whose_connection_was_reset_is_asked_again() {
+    let server = Memcached::start().await;
+    let proxy = FaultProxy::start(&server.addr()).await;
+    let cache = Cache::builder().server(proxy.addr()).build().unwrap();
+    let first: String = cache
+        .get("inv", MINUTE, MINUTE, || async {
+            Ok::<_, Error>("first".into())
+        })
+        .await
+        .unwrap();
+    assert_eq!(first, "first");
+    proxy.set(Fault::Latency(Duration::from_secs(5)));
+    let before = proxy.request_lines();
+    let invalidating = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.invalidate("inv").await }
+    });
+    proxy.passed(before + 1).await;
+    proxy.reset();
+    proxy.set(Fault::Pass);
+    invalidating
+        .await
+        .unwrap()
+        .expect("asked again on a new connection");
+    let second: String = cache
+        .get("inv", MINUTE, MINUTE, || async {
+            Ok::<_, Error>("second".into())
+        })
+        .await
+        .unwrap();
+    assert_eq!(second, "second", "invalidated");
+}

@@ -330,25 +330,33 @@ impl Store for Cluster {
 
     /// Deletes the key on its own node. If that node is marked down or does not answer, the
     /// delete is owed to it (sent before this process's next request there), the key is
-    /// deleted on the node its calls go to meanwhile, and the error says the own node was not
-    /// reached: other processes may still read the old value there once it is back.
+    /// deleted on the node its calls go to meanwhile (a warning if that fails too), and the
+    /// error says the own node was not reached: other processes may still read the old value
+    /// there once it is back.
     async fn invalidate(&self, key: &WireKey) -> Result<(), StoreError> {
         let request = Request::Delete { key, cas: None };
         let nodes = &self.inner.nodes;
         let home = self.home(key);
-        let unreached = match nodes[home].admit() {
-            Some(ticket) => match nodes[home]
+        let mut tries = 0;
+        let unreached = loop {
+            tries += 1;
+            let Some(ticket) = nodes[home].admit() else {
+                break StoreError {
+                    operation: "invalidate",
+                    node: nodes[home].server.to_string(),
+                    kind: StoreErrorKind::MarkedDown,
+                };
+            };
+            match nodes[home]
                 .execute(ticket, "invalidate", &request, None, None)
                 .await
             {
+                // A server error reply is the node's answer: nothing is owed to it.
                 Ok((reply, _)) => return meta("invalidate", &nodes[home].server, reply).map(drop),
-                Err(err) => err,
-            },
-            None => StoreError {
-                operation: "invalidate",
-                node: nodes[home].server.to_string(),
-                kind: StoreErrorKind::MarkedDown,
-            },
+                // Asked again once on a new connection, as a lookup is.
+                Err(err) if tries == 1 && matches!(err.kind, StoreErrorKind::Connection(_)) => {}
+                Err(err) => break err,
+            }
         };
         nodes[home].owe_invalidation(key);
         let fallback = self.inner.ring.route(key.as_bytes(), |i| {
