@@ -183,10 +183,25 @@ impl Config {
         }
     }
 
-    /// README, "Bounded": a call returns within `exec_limit` plus at most one store operation,
-    /// itself bounded by `connect_timeout + io_timeout`.
-    fn call_bound(&self) -> Duration {
-        self.exec_limit + self.connect_timeout + self.io_timeout + SLACK
+    /// What no call may exceed under a node's fault, far under the promise's bound (README,
+    /// "Bounded": `exec_limit` + `connect_timeout` + `io_timeout`): its getter, a
+    /// request that times out (`io_timeout`) or a connect that fails (`connect_timeout`) before
+    /// its node is marked down, a wait on a lease whose holder lost its node (the lease, 4 s,
+    /// and a poll).
+    fn fault_bound(&self) -> Duration {
+        const LEASE: Duration = Duration::from_secs(4);
+        self.getter
+            + self.io_timeout
+            + self.connect_timeout
+            + LEASE
+            + self.max_poll_interval
+            + SLACK
+    }
+
+    /// A node is seen marked down within this of its fault: the first request to time out
+    /// (`io_timeout`; a dead node refuses at once), then a child's sample.
+    fn down_within(&self) -> Duration {
+        self.io_timeout + SAMPLE + SLACK
     }
 
     /// A node whose fault has ended is back within `retry_interval` and one probe: the last
@@ -810,16 +825,25 @@ fn down_and_back(
         })
         .collect();
     figure(format!(
-        "node {server} marked down (after the fault began) and back (after it ended, bound \
-         {:?}): {}",
+        "node {server} marked down (after the fault began, bound {:?}) and back (after it \
+         ended, bound {:?}): {}",
+        config.down_within(),
         config.back_within(),
         lines.join(", ")
     ));
     for (proc, (down, back)) in seen.iter().enumerate() {
         let samples = history.node(proc, server);
+        let down = down.unwrap_or_else(|| {
+            panic!(
+                "process {proc} never saw node {server} marked down after the fault: {samples:?}"
+            )
+        });
         assert!(
-            down.is_some(),
-            "process {proc} never saw node {server} marked down after the fault: {samples:?}"
+            down <= fault + us(config.down_within()),
+            "process {proc} saw node {server} marked down {} after the fault began, over {:?}: \
+             {samples:?}",
+            secs(down, fault),
+            config.down_within(),
         );
         let back = back
             .unwrap_or_else(|| panic!("process {proc} never saw node {server} back: {samples:?}"));
@@ -974,7 +998,7 @@ async fn f1_a_node_killed_mid_herd() {
     figure(format!(
         "{} (bound {:?})",
         Figures::of(&history, &produced),
-        config.call_bound()
+        config.fault_bound()
     ));
     figure(format!(
         "max runs per key: {} on the killed node's keys, {} on the others'",
@@ -995,7 +1019,7 @@ async fn f1_a_node_killed_mid_herd() {
 
     history.check_failed(0);
     history.check_integrity(&produced);
-    history.check_bounded(config.call_bound());
+    history.check_bounded(config.fault_bound());
     // The killed node's keys are computed once more, on their new node; no other key moves.
     history.check_uniqueness(&produced, |key| if victims(key) { 2 } else { 1 });
 }
@@ -1020,7 +1044,7 @@ async fn f2_a_node_paused_for_5s() {
     figure(format!(
         "{} (bound {:?})",
         Figures::of(&history, &produced),
-        config.call_bound()
+        config.fault_bound()
     ));
     figure(format!(
         "max runs per key: {} on the paused node's keys (not bounded by F2), {} on the others'",
@@ -1030,7 +1054,7 @@ async fn f2_a_node_paused_for_5s() {
     figure(stats_line(&history));
     history.check_failed(0);
     history.check_integrity(&produced);
-    history.check_bounded(config.call_bound());
+    history.check_bounded(config.fault_bound());
     let back = down_and_back(&history, &config, VICTIM, paused, resumed);
     // Afterwards, 2,000 calls and more, all with their key's value (checked above).
     let after = history.calls.iter().filter(|c| c.start >= back).count();
@@ -1079,7 +1103,7 @@ async fn f3_a_node_restarted_empty() {
     figure(format!(
         "{} (bound {:?})",
         Figures::of(&history, &produced),
-        config.call_bound()
+        config.fault_bound()
     ));
     figure(format!(
         "max runs per key: {} on the restarted node's keys ({} keys run twice or more), {} on \
@@ -1095,7 +1119,7 @@ async fn f3_a_node_restarted_empty() {
     figure(stats_line(&history));
     history.check_failed(0);
     history.check_integrity(&produced);
-    history.check_bounded(config.call_bound());
+    history.check_bounded(config.fault_bound());
     down_and_back(&history, &config, VICTIM, killed, restarted);
     let over: Vec<String> = after_back
         .iter()
@@ -1205,7 +1229,7 @@ async fn f4_every_node_unreachable(policy: OnUnavailable) {
     figure(format!(
         "{} (bound {:?})",
         Figures::of(&history, &produced),
-        config.call_bound()
+        config.fault_bound()
     ));
     figure(format!(
         "{} calls inside the outage; at most {} run of a key at once in a process; max runs per \
@@ -1224,7 +1248,7 @@ async fn f4_every_node_unreachable(policy: OnUnavailable) {
     figure(stats_line(&history));
 
     history.check_integrity(&produced);
-    history.check_bounded(config.call_bound());
+    history.check_bounded(config.fault_bound());
     history.check_one_run_at_a_time();
     assert!(
         inside.len() > 100,
@@ -1335,7 +1359,7 @@ async fn f5_replies_delayed_50ms_then_800ms() {
     figure(format!(
         "{} (bound {:?})",
         Figures::of(&history, &produced),
-        config.call_bound()
+        config.fault_bound()
     ));
     figure(format!(
         "50 ms phase: {} calls, longest {:.3}s; max runs per key {}",
@@ -1351,7 +1375,7 @@ async fn f5_replies_delayed_50ms_then_800ms() {
     figure(stats_line(&history));
     history.check_failed(0);
     history.check_integrity(&produced);
-    history.check_bounded(config.call_bound());
+    history.check_bounded(config.fault_bound());
     // 50 ms: no node marked down, by any process, until the 800 ms began ...
     let marked: Vec<&NodeSample> = history
         .nodes
@@ -1416,7 +1440,7 @@ async fn f9_a_failing_or_panicking_getter_is_rerun_at_once() {
     figure(format!(
         "{} (bound {:?})",
         Figures::of(&history, &produced),
-        config.call_bound()
+        config.fault_bound()
     ));
     figure(format!(
         "{} failed or panicked runs, {} failed calls; {} failures awaited by other callers, \
@@ -1428,7 +1452,7 @@ async fn f9_a_failing_or_panicking_getter_is_rerun_at_once() {
     ));
     figure(stats_line(&history));
     history.check_integrity(&produced);
-    history.check_bounded(config.call_bound());
+    history.check_bounded(config.fault_bound());
     history.check_uniqueness(&produced, |key| if failing(key) { 2 } else { 1 });
     assert!(
         failed_runs.len() >= 4,
@@ -1498,13 +1522,15 @@ async fn f14_connections_cut_mid_reply_or_reset() {
         let cut = handshake_len(&proxy.addr()).await + offset;
         let accepted = proxy.accepted();
         proxy.set(Fault::CutRepliesAfter(cut));
-        // Brief: until as many connects as processes (each reconnects after its cut), or 1 s.
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        // Held until as many connects as processes (each reconnects after its cut, at once or
+        // after its retry interval if the cut marked the node down).
+        tokio::time::timeout(PATIENCE, async {
             while proxy.accepted() < accepted + config.processes {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
-        .await;
+        .await
+        .expect("every process reconnects after its cut");
         proxy.set(Fault::Pass);
         cuts.push(format!("{cut} ({} connects)", proxy.accepted() - accepted));
         herd_for(Duration::from_secs(2)).await;

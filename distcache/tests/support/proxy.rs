@@ -53,6 +53,8 @@ struct Shared {
     accepted: AtomicUsize,
     /// Request lines (LFs) passed to the server since the proxy started.
     request_lines: AtomicUsize,
+    /// Request lines taken from clients, passed or not (a black hole takes them).
+    taken_lines: AtomicUsize,
     /// The connections' tasks, to reset them.
     connections: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -69,6 +71,7 @@ impl FaultProxy {
             upstream,
             accepted: AtomicUsize::new(0),
             request_lines: AtomicUsize::new(0),
+            taken_lines: AtomicUsize::new(0),
             connections: Mutex::new(Vec::new()),
         });
         let task = tokio::spawn(accept(listener, addr, faults, shared.clone()));
@@ -99,6 +102,23 @@ impl FaultProxy {
     /// data is one, a store two.
     pub fn request_lines(&self) -> usize {
         self.shared.request_lines.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `lines` request lines have been taken from clients in all, passed to the
+    /// server or not.
+    pub async fn taken(&self, lines: usize) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while self.shared.taken_lines.load(Ordering::SeqCst) < lines {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the requests reach the proxy within 10 s");
+    }
+
+    /// Request lines taken from clients since the proxy started, passed to the server or not.
+    pub fn taken_lines(&self) -> usize {
+        self.shared.taken_lines.load(Ordering::SeqCst)
     }
 
     /// Waits until `lines` request lines have passed to the server in all.
@@ -228,6 +248,8 @@ async fn requests(
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
+        let lines = buf[..n].iter().filter(|&&b| b == b'\n').count();
+        shared.taken_lines.fetch_add(lines, Ordering::SeqCst);
         let fault = faults.borrow().clone();
         let sent = match fault {
             Fault::BlackHole => Ok(()),
@@ -238,7 +260,6 @@ async fn requests(
             return;
         }
         if fault != Fault::BlackHole {
-            let lines = buf[..n].iter().filter(|&&b| b == b'\n').count();
             shared.request_lines.fetch_add(lines, Ordering::SeqCst);
         }
     }

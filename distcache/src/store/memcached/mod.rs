@@ -82,9 +82,10 @@ impl Cluster {
         }
     }
 
-    /// Runs `request` on the key's node. If that node fails and is marked down by the failure,
-    /// the request is tried once more on the key's next node, so that a node's death costs its
-    /// keys one failed request at most per process, not a degraded call each.
+    /// Runs `request` on the key's node. If its connection breaks under it, it is asked again on
+    /// a new one; if the node is marked down by the failure, on the key's next node: a node's
+    /// death costs its keys no degraded call (a dead node refuses the new connection, which marks
+    /// it down at once).
     async fn on_key_node(
         &self,
         operation: &'static str,
