@@ -4,15 +4,16 @@
 use std::time::Duration;
 
 use proc_macro2::{Span, TokenStream};
+use syn::ext::IdentExt;
 use syn::parse::Parser;
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
-use syn::{Expr, ExprLit, Lit, LitStr, Meta, Token};
+use syn::{Expr, ExprLit, Ident, Lit, LitStr, Meta, Token};
 
 /// distcache's longest `expire` or `exec_limit`.
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
-const VALID: &str = "`expire`, `exec_limit`, `name` and `cache`";
+const VALID: &str = "`expire`, `exec_limit`, `name`, `cache`, `skip(...)` and `key`";
 
 /// The checked arguments.
 pub(crate) struct Args {
@@ -20,14 +21,45 @@ pub(crate) struct Args {
     pub(crate) exec_limit: Duration,
     pub(crate) name: Option<LitStr>,
     pub(crate) cache: Option<Expr>,
+    /// The arguments left out of the key, `self` included, as written (checked against the
+    /// function's by `expand::check`), and the `skip` keyword's span.
+    pub(crate) skip: Option<(Span, Vec<Ident>)>,
+    /// The key's value, replacing the argument list.
+    pub(crate) key: Option<Expr>,
 }
 
 pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
     let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(tokens)?;
     let mut errors = Errors::default();
     let (mut expire, mut exec_limit, mut name, mut cache) = (None, None, None, None);
+    let (mut skip, mut key) = (None, None);
     let mut given = Vec::new();
     for meta in metas {
+        if let Meta::List(list) = &meta
+            && list.path.is_ident("skip")
+        {
+            if given.iter().any(|g| g == "skip") {
+                errors.push(syn::Error::new_spanned(
+                    &list.path,
+                    "duplicate argument `skip`",
+                ));
+                continue;
+            }
+            given.push("skip".to_owned());
+            let names = (|input: syn::parse::ParseStream<'_>| {
+                Punctuated::<Ident, Token![,]>::parse_terminated_with(input, Ident::parse_any)
+            })
+            .parse2(list.tokens.clone())
+            .map(|names| names.into_iter().collect::<Vec<_>>());
+            match names {
+                Ok(names) => skip = Some((list.path.span(), names)),
+                Err(err) => errors.push(syn::Error::new(
+                    err.span(),
+                    "expected the names of arguments to leave out of the key, as in `skip(db, self)`",
+                )),
+            }
+            continue;
+        }
         let Meta::NameValue(nv) = meta else {
             // Reported here; not again as missing.
             if let Some(ident) = meta.path().get_ident() {
@@ -61,11 +93,17 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
             "exec_limit" => set(&mut exec_limit, duration(&nv.value), &mut errors),
             "name" => set(&mut name, function_name(&nv.value), &mut errors),
             "cache" => set(&mut cache, Ok(nv.value.clone()), &mut errors),
+            "key" => set(&mut key, Ok(nv.value.clone()), &mut errors),
+            "skip" => errors.push(syn::Error::new_spanned(
+                &nv,
+                "write the arguments to leave out of the key as a list: `skip(db, self)`",
+            )),
             other => {
                 let meant = match other {
                     "ttl" | "expiry" | "expires" | "expiration" | "max_age" => Some("expire"),
                     "timeout" | "limit" | "exec_timeout" | "deadline" => Some("exec_limit"),
-                    "key" | "prefix" => Some("name"),
+                    "prefix" => Some("name"),
+                    "ignore" | "exclude" | "skip_args" => Some("skip"),
                     _ => None,
                 };
                 let hint = match meant {
@@ -100,6 +138,8 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
         exec_limit: exec_limit.expect("checked"),
         name,
         cache,
+        skip,
+        key,
     })
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use proc_macro2::{Span, TokenStream, TokenTree};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{FnArg, GenericParam, ItemFn, Pat, ReturnType};
+use syn::{Expr, FnArg, GenericParam, ItemFn, Pat, ReceiverKind, ReturnType, Type};
 
 use crate::args::{self, Args, Errors};
 
@@ -22,7 +22,7 @@ pub(crate) fn distcached(args: TokenStream, item: TokenStream) -> TokenStream {
         }
     };
     let args = args::parse(args);
-    let checked = check(&function);
+    let checked = check(&function, args.as_ref().ok());
     match (args, checked) {
         (Ok(args), Ok(())) => expand(args, function),
         (args, checked) => {
@@ -45,7 +45,8 @@ fn with_errors(item: TokenStream, err: syn::Error) -> TokenStream {
 }
 
 /// What the key cannot represent, or the expansion cannot keep, is refused at its own tokens.
-fn check(function: &ItemFn) -> syn::Result<()> {
+/// `args` is `None` when they did not parse (their errors are reported apart).
+fn check(function: &ItemFn, args: Option<&Args>) -> syn::Result<()> {
     let sig = &function.sig;
     let mut errors = Errors::default();
     if sig.asyncness.is_none() {
@@ -69,21 +70,99 @@ fn check(function: &ItemFn) -> syn::Result<()> {
             "#[distcached] functions cannot be variadic",
         ));
     }
+    let has_key = args.is_some_and(|args| args.key.is_some());
+    let skipped = |name: &str| {
+        args.and_then(|args| args.skip.as_ref())
+            .is_some_and(|(_, names)| names.iter().any(|n| n == name))
+    };
+    // The names `skip` may use: the receiver's and each argument bound by a plain name.
+    let mut names: Vec<String> = Vec::new();
     for input in &sig.inputs {
         match input {
-            FnArg::Receiver(receiver) => errors.push(syn::Error::new_spanned(
-                receiver,
-                "#[distcached] cannot take `self`: the receiver is not part of the key; \
-                 pass what identifies the value as arguments of a free function",
-            )),
-            FnArg::Typed(arg) => {
-                if let Some(span) = impl_trait(arg.ty.to_token_stream()) {
-                    errors.push(syn::Error::new(
-                        span,
-                        "#[distcached] arguments cannot be `impl Trait`: the key needs one concrete, serializable type",
-                    ));
+            FnArg::Receiver(receiver) => {
+                names.push("self".to_owned());
+                let shared = match &receiver.kind {
+                    ReceiverKind::Reference(_, _, mutability) => Some(mutability.is_none()),
+                    ReceiverKind::Typed(_, ty) => match &**ty {
+                        Type::Reference(reference) => Some(reference.mutability.is_none()),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                match shared {
+                    Some(true) => {
+                        if !skipped("self") && !has_key {
+                            errors.push(syn::Error::new_spanned(
+                                receiver,
+                                "`self` is not part of the key: add `skip(self)` to leave it out \
+                                 (calls on every instance then share their entries), or say what \
+                                 tells instances apart with `key = (self.id, ...)`",
+                            ));
+                        }
+                    }
+                    Some(false) => errors.push(syn::Error::new_spanned(
+                        receiver,
+                        "#[distcached] methods take `&self`: with `&mut self`, the calls that share \
+                         an entry would need the instance mutably at once",
+                    )),
+                    None => errors.push(syn::Error::new_spanned(
+                        receiver,
+                        "#[distcached] methods take `&self` (or `self: &Arc<Self>`), not `self` by \
+                         value: the calls that share an entry would each need an instance to give",
+                    )),
                 }
             }
+            FnArg::Typed(arg) => {
+                let name = match &*arg.pat {
+                    Pat::Ident(binding) => Some(binding.ident.to_string()),
+                    _ => None,
+                };
+                let in_key = !has_key && !name.as_deref().is_some_and(skipped);
+                if in_key && let Some(span) = impl_trait(arg.ty.to_token_stream()) {
+                    errors.push(syn::Error::new(
+                        span,
+                        "#[distcached] arguments cannot be `impl Trait`: the key needs one concrete, \
+                         serializable type (or leave it out with `skip`)",
+                    ));
+                }
+                names.extend(name);
+            }
+        }
+    }
+    if let Some((skip_span, skip)) = args.and_then(|args| args.skip.as_ref()) {
+        if has_key {
+            errors.push(syn::Error::new(
+                *skip_span,
+                "`skip` does nothing with `key`: the key is `key`'s value alone; remove `skip`",
+            ));
+        }
+        for (i, name) in skip.iter().enumerate() {
+            let written = name.to_string();
+            if skip[..i].iter().any(|n| *n == written) {
+                errors.push(syn::Error::new_spanned(
+                    name,
+                    format!("`{written}` is skipped twice"),
+                ));
+            } else if !names.contains(&written) {
+                errors.push(syn::Error::new_spanned(
+                    name,
+                    format!(
+                        "no argument `{written}` to skip; the arguments are: {}",
+                        names.join(", ")
+                    ),
+                ));
+            }
+        }
+        if !has_key
+            && !sig.inputs.is_empty()
+            && names.len() == sig.inputs.len()
+            && names.iter().all(|n| skipped(n))
+        {
+            errors.push(syn::Error::new(
+                *skip_span,
+                "every argument is skipped: every call would share one entry; if that is meant, \
+                 say so with `key = ()`",
+            ));
         }
     }
     if let ReturnType::Default = sig.output {
@@ -106,9 +185,21 @@ fn impl_trait(tokens: TokenStream) -> Option<Span> {
 
 fn expand(args: Args, mut function: ItemFn) -> TokenStream {
     let fn_name = function.sig.ident.to_string();
-    let path = match &args.name {
+    let receiver = function.sig.inputs.iter().find_map(|input| match input {
+        FnArg::Receiver(receiver) => Some(receiver.clone()),
+        FnArg::Typed(_) => None,
+    });
+    // The key's function part: `name`; or, for a method, its type's path (`type_name`, which
+    // names the module too) and its name; or the module's path and the function's name.
+    let label = match &args.name {
         Some(name) => quote!(#name),
         None => quote!(::core::concat!(::core::module_path!(), "::", #fn_name)),
+    };
+    let new_key = match (&args.name, &receiver) {
+        (None, Some(_)) => quote! {
+            ::distcache::__private::Key::method(::core::any::type_name::<Self>(), #fn_name)
+        },
+        _ => quote!(::distcache::__private::Key::new(#label)),
     };
     let cache = match &args.cache {
         Some(expr) => quote_spanned!(expr.span()=> ::distcache::__private::user_cache(&(#expr))),
@@ -118,14 +209,21 @@ fn expand(args: Args, mut function: ItemFn) -> TokenStream {
         unreachable!("checked: the function returns a type")
     };
     let return_type = return_type.clone();
+    let skipped = |ident: &syn::Ident| {
+        args.skip
+            .as_ref()
+            .is_some_and(|(_, names)| names.iter().any(|n| n == ident))
+    };
 
     // Arguments bound by a plain name keep it; others (destructuring patterns) are passed as
     // `__distcache_argN` and destructured inside, as the body expects.
     let mut key_args = Vec::new();
     let mut destructure = Vec::new();
+    // The parameters of `<fn>_key` and `<fn>_invalidate`: what the key is made of.
+    let mut key_params = Vec::new();
     for (i, input) in function.sig.inputs.iter_mut().enumerate() {
         let FnArg::Typed(arg) = input else {
-            unreachable!("checked: no receiver")
+            continue;
         };
         let ident = match &*arg.pat {
             Pat::Ident(binding) if binding.by_ref.is_none() && binding.subpat.is_none() => {
@@ -138,11 +236,32 @@ fn expand(args: Args, mut function: ItemFn) -> TokenStream {
                 ident
             }
         };
-        // Spanned at the type: a missing `Serialize` is reported there.
-        key_args.push(quote_spanned! {arg.ty.span()=>
-            __distcache_key.arg(&#ident);
-        });
+        if args.key.is_none() && skipped(&ident) {
+            continue;
+        }
+        let ty = &arg.ty;
+        key_params.push(quote!(#ident: #ty));
+        if args.key.is_none() {
+            // Spanned at the type: a missing `Serialize` is reported there.
+            key_args.push(quote_spanned! {arg.ty.span()=>
+                __distcache_key.arg(&#ident);
+            });
+        }
     }
+    match &args.key {
+        // `key = ()`: one entry for every call, said in so many words.
+        Some(Expr::Tuple(unit)) if unit.elems.is_empty() => {}
+        Some(expr) => key_args.push(quote_spanned! {expr.span()=>
+            __distcache_key.value(&(#expr));
+        }),
+        None => {}
+    }
+    // `<fn>_key` is a method when the key reads `self` (through `key`), and an associated
+    // function when `self` is skipped.
+    let key_receiver = match (&receiver, &args.key) {
+        (Some(receiver), Some(_)) => Some(quote!(#receiver,)),
+        _ => None,
+    };
     // `return` and `?` in the body must infer against the declared type, not whatever the async
     // block's first `return` suggests: an unreachable `return` of that type pins it.
     let fake_return = quote_spanned! {return_type.span()=>
@@ -167,7 +286,7 @@ fn expand(args: Args, mut function: ItemFn) -> TokenStream {
     let call = quote_spanned! {return_type.span()=>
         ::distcache::__private::call::<#return_type, _, _>(
             #cache,
-            #path,
+            #label,
             __distcache_key,
             #exec_limit,
             #expire,
@@ -181,13 +300,52 @@ fn expand(args: Args, mut function: ItemFn) -> TokenStream {
     };
     let body = quote! {
         {
-            let mut __distcache_key = ::distcache::__private::Key::new(#path);
+            let mut __distcache_key = #new_key;
             #(#key_args)*
             #call
         }
     };
     function.block = Box::new(syn::parse2(body).expect("the expansion is a block"));
-    function.into_token_stream()
+
+    let vis = &function.vis;
+    let generics = &function.sig.generics;
+    let key_fn = format_ident!("{}_key", function.sig.ident);
+    let invalidate_fn = format_ident!("{}_invalidate", function.sig.ident);
+    let key_doc = format!(
+        "The cache key of [`{fn_name}`]'s entry for these arguments (`None` when they cannot be \
+         serialized into one: such calls run uncached). Generated by `#[distcached]`."
+    );
+    let invalidate_doc = format!(
+        "Removes [`{fn_name}`]'s entry for these arguments, so that the next call computes it \
+         again; as `Cache::invalidate` with its key. Generated by `#[distcached]`."
+    );
+    let helpers = quote! {
+        #[doc = #key_doc]
+        #[allow(dead_code, unused_variables, clippy::needless_pass_by_value)]
+        #vis fn #key_fn #generics (#key_receiver #(#key_params),*)
+            -> ::core::option::Option<::std::string::String>
+        {
+            let mut __distcache_key = #new_key;
+            #(#key_args)*
+            __distcache_key.into_key()
+        }
+
+        #[doc = #invalidate_doc]
+        #[allow(dead_code, unused_variables, clippy::needless_pass_by_value)]
+        #vis async fn #invalidate_fn #generics (#key_receiver #(#key_params),*)
+            -> ::core::result::Result<(), ::distcache::Error>
+        {
+            let mut __distcache_key = #new_key;
+            #(#key_args)*
+            match __distcache_key.into_key() {
+                ::core::option::Option::Some(key) => (#cache)?.invalidate(&key).await,
+                ::core::option::Option::None => ::core::result::Result::Ok(()),
+            }
+        }
+    };
+    let mut out = function.into_token_stream();
+    out.extend(helpers);
+    out
 }
 
 fn duration(d: Duration) -> TokenStream {

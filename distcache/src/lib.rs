@@ -229,12 +229,68 @@ pub use store::memcached::ring::Ring;
 ///   changes when the function moves; pin it to keep the cached values across such a move.
 /// - `cache = EXPR`: the [`Cache`] to use, any expression that derefs to one (a
 ///   `static LazyLock<Cache>`, a `&Cache`). Default: [`default_cache()`].
+/// - `skip(db, self)`: arguments left out of the key, which then need no `Serialize`: a pool,
+///   a client, a config, the receiver of a method. Unknown names and duplicates are errors, and so
+///   is skipping every argument: write `key = ()` if every call should share one entry.
+/// - `key = EXPR`: the key's value, replacing the argument list: an expression over the
+///   arguments (`self` included), taken by reference, whose value is `Serialize`. No argument
+///   then needs `Serialize`, and `skip` is an error (it would do nothing).
 ///
-/// The key is the function part followed by the arguments serialized as a JSON array, so every
-/// argument must implement `Serialize` (where JSON would write two values alike, the key does not:
-/// NaN and ±infinity, `None` and `Some(None)`, a `HashMap` in another order; a `HashSet`, which
-/// serde cannot tell from a list, is keyed in its iteration order, so prefer a `BTreeSet`); the function may not take `self`, type or const
-/// generics, or `impl Trait` arguments. `T: Serialize + DeserializeOwned` and
+/// **The key** is the function part, then the arguments' JSON as an array:
+/// `my_crate::billing::stock["A-1",3]`. Where JSON would write two values alike, the key does
+/// not: NaN and ±infinity, `None` and `Some(None)`, a `HashMap` in another order. A `HashSet`,
+/// which serde cannot tell from a list, is keyed in its iteration order: prefer a `BTreeSet`.
+/// With `key = EXPR`, the array is the value's JSON when that is an array (a tuple, a `Vec`:
+/// `key = (tenant.id, id)` gives `my_crate::billing::invoice[7,42]`), and an array of that one
+/// value otherwise (`key = id` gives `…::invoice[42]`); `key = ()` gives `…::invoice[]`.
+///
+/// **The function part** is `name`, or `module_path!()::fn_name`, or for a method (one that
+/// takes `&self` or `self: &Arc<Self>`) `std::any::type_name::<Self>()::fn_name`, such as
+/// `my_crate::billing::Service::profile`: methods of the same name on two types get different
+/// keys, and one build of a service gives every process the same. `type_name` is not promised
+/// stable across compiler versions: a deployment whose processes were built by two different
+/// compilers may compute such a key once per compiler (pin it with `name` if that matters). Two
+/// types cannot share a `type_name` in one build, as it includes the module path. Associated
+/// functions without `self` are keyed by module and name: give those of two types in one module
+/// distinct `name`s.
+///
+/// ```
+/// # #[derive(Debug, thiserror::Error)]
+/// # enum AppError { #[error(transparent)] Cache(#[from] distcache::Error) }
+/// struct Db; // a pool: not `Serialize`
+/// struct Service { db: Db }
+///
+/// impl Service {
+///     #[distcache::distcached(expire = "30s", exec_limit = "5s", skip(self))]
+///     async fn profile(&self, id: u64) -> Result<String, AppError> {
+///         Ok(format!("profile {id}")) // self.db.query(...)
+///     }
+/// }
+///
+/// #[distcache::distcached(expire = "30s", exec_limit = "5s", skip(db))]
+/// async fn user(db: &Db, id: u64) -> Result<String, AppError> {
+///     Ok(format!("user {id}"))
+/// }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), AppError> {
+/// let service = Service { db: Db };
+/// assert_eq!(service.profile(7).await?, "profile 7");
+/// assert!(Service::profile_key(7).unwrap().ends_with("::Service::profile[7]"));
+/// Service::profile_invalidate(7).await?; // the next call computes it again
+/// assert_eq!(user(&Db, 1).await?, "user 1");
+/// assert!(user_key(1).unwrap().ends_with("::user[1]"));
+/// # Ok(())
+/// # }
+/// ```
+///
+/// **Beside the function**, the attribute emits `<fn>_key(args)`, the key of the entry for
+/// those arguments (`None` if they cannot be serialized; such calls run uncached), and
+/// `async <fn>_invalidate(args)`, which removes that entry (as [`Cache::invalidate`]). They take
+/// the arguments the key is made of: all but the skipped ones, or all of them with `key`; for a
+/// method, `&self` when `key` reads it, and otherwise none (`Service::profile_key(7)`).
+///
+/// The function may not take `&mut self` or `self` by value, type or const generics, or
+/// `impl Trait` arguments in the key. `T: Serialize + DeserializeOwned` and
 /// `E: From<distcache::Error>`. The function keeps its signature and attributes, and its future
 /// is `Send` when the body's is.
 pub use distcache_macros::distcached;

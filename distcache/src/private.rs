@@ -23,6 +23,8 @@ pub use crate::global::default_cache;
 pub struct Key {
     buf: Vec<u8>,
     error: Option<json::Error>,
+    /// A `key = EXPR` value that is itself a JSON array closes the key.
+    closed: bool,
 }
 
 impl Key {
@@ -31,7 +33,44 @@ impl Key {
         let mut buf = Vec::with_capacity(function.len() + 32);
         buf.extend_from_slice(function.as_bytes());
         buf.push(b'[');
-        Key { buf, error: None }
+        Key {
+            buf,
+            error: None,
+            closed: false,
+        }
+    }
+
+    /// Starts the key of a call of the method `function` of the type named `type_name`
+    /// (`std::any::type_name::<Self>()`, which names its module too).
+    pub fn method(type_name: &str, function: &str) -> Self {
+        let mut buf = Vec::with_capacity(type_name.len() + function.len() + 34);
+        buf.extend_from_slice(type_name.as_bytes());
+        buf.extend_from_slice(b"::");
+        buf.extend_from_slice(function.as_bytes());
+        buf.push(b'[');
+        Key {
+            buf,
+            error: None,
+            closed: false,
+        }
+    }
+
+    /// Sets the key's value (`key = EXPR`), in place of the argument list: a JSON array (a
+    /// tuple, a `Vec`) as it is, anything else as an array of one.
+    pub fn value<A: Serialize + ?Sized>(&mut self, value: &A) {
+        self.buf.pop();
+        let start = self.buf.len();
+        match json::write_key_arg(&mut self.buf, value) {
+            Ok(()) if self.buf.get(start) == Some(&b'[') => self.closed = true,
+            Ok(()) => self.buf.insert(start, b'['),
+            Err(err) => self.error = Some(err),
+        }
+    }
+
+    /// The key, as `Cache::get` and `Cache::invalidate` take it; `None` when the arguments
+    /// could not be serialized into one.
+    pub fn into_key(self) -> Option<String> {
+        self.finish().ok()
     }
 
     /// Appends an argument.
@@ -51,7 +90,9 @@ impl Key {
         if let Some(err) = self.error {
             return Err(err);
         }
-        self.buf.push(b']');
+        if !self.closed {
+            self.buf.push(b']');
+        }
         Ok(String::from_utf8(self.buf).expect("a &str followed by JSON-like text is UTF-8"))
     }
 }
