@@ -13,7 +13,8 @@ use syn::{Expr, ExprLit, Ident, Lit, LitStr, Meta, Token};
 /// distcache's longest `expire` or `exec_limit`.
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
-const VALID: &str = "`expire`, `exec_limit`, `name`, `cache`, `skip(...)` and `key`";
+const VALID: &str =
+    "`expire`, `exec_limit`, `name`, `cache`, `skip(...)`, `key` and `refresh_ahead`";
 
 /// The checked arguments.
 pub(crate) struct Args {
@@ -26,13 +27,15 @@ pub(crate) struct Args {
     pub(crate) skip: Option<(Span, Vec<Ident>)>,
     /// The key's value, replacing the argument list.
     pub(crate) key: Option<Expr>,
+    /// The fraction of `expire` refreshed ahead, for this function's calls.
+    pub(crate) refresh_ahead: Option<f64>,
 }
 
 pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
     let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(tokens)?;
     let mut errors = Errors::default();
     let (mut expire, mut exec_limit, mut name, mut cache) = (None, None, None, None);
-    let (mut skip, mut key) = (None, None);
+    let (mut skip, mut key, mut refresh_ahead) = (None, None, None);
     let mut given = Vec::new();
     for meta in metas {
         if let Meta::List(list) = &meta
@@ -94,6 +97,7 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
             "name" => set(&mut name, function_name(&nv.value), &mut errors),
             "cache" => set(&mut cache, Ok(nv.value.clone()), &mut errors),
             "key" => set(&mut key, Ok(nv.value.clone()), &mut errors),
+            "refresh_ahead" => set(&mut refresh_ahead, fraction(&nv.value), &mut errors),
             "skip" => errors.push(syn::Error::new_spanned(
                 &nv,
                 "write the arguments to leave out of the key as a list: `skip(db, self)`",
@@ -140,6 +144,7 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
         cache,
         skip,
         key,
+        refresh_ahead,
     })
 }
 
@@ -180,6 +185,30 @@ fn duration(value: &Expr) -> syn::Result<Duration> {
                 "invalid duration {:?}: {err}; write it as \"10s\", \"500ms\" or \"1h 30m\"",
                 lit.value()
             ),
+        )),
+    }
+}
+
+/// A `refresh_ahead` fraction: a number literal at least 0 and under 1.
+fn fraction(value: &Expr) -> syn::Result<f64> {
+    let parsed = match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Float(f), ..
+        }) => f.base10_parse::<f64>().ok(),
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(i), ..
+        }) => i.base10_parse::<u32>().ok().map(f64::from),
+        _ => None,
+    };
+    match parsed {
+        Some(f) if (0.0..1.0).contains(&f) => Ok(f),
+        Some(_) => Err(syn::Error::new(
+            value.span(),
+            "refresh_ahead is a fraction of `expire`: at least 0 (off) and under 1, as in 0.2",
+        )),
+        None => Err(syn::Error::new(
+            value.span(),
+            "expected a number: the fraction of `expire` to refresh ahead, as in 0.2",
         )),
     }
 }

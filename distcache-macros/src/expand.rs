@@ -280,6 +280,14 @@ fn expand(args: Args, mut function: ItemFn) -> TokenStream {
         }
     };
     let (exec_limit, expire) = (duration(args.exec_limit), duration(args.expire));
+    let refresh_ahead = args
+        .refresh_ahead
+        .map(|fraction| quote!(.refresh_ahead(#fraction)));
+    // The function's settings, built once, at compile time.
+    let options = quote! {
+        static __DISTCACHE_OPTIONS: ::distcache::GetOptions =
+            ::distcache::GetOptions::new(#exec_limit, #expire) #refresh_ahead;
+    };
     let block = &function.block;
     // The call is spanned at the return type: a type that is not a cacheable `Result` is
     // reported there, once.
@@ -288,8 +296,7 @@ fn expand(args: Args, mut function: ItemFn) -> TokenStream {
             #cache,
             #label,
             __distcache_key,
-            #exec_limit,
-            #expire,
+            &__DISTCACHE_OPTIONS,
             move || async move {
                 #(#destructure)*
                 #fake_return
@@ -300,6 +307,7 @@ fn expand(args: Args, mut function: ItemFn) -> TokenStream {
     };
     let body = quote! {
         {
+            #options
             let mut __distcache_key = #new_key;
             #(#key_args)*
             #call

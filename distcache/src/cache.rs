@@ -14,6 +14,7 @@ use crate::coalesce::Flights;
 use crate::error::Error;
 use crate::flight;
 use crate::key::{KeyEncoder, WireKey};
+use crate::options::GetOptions;
 use crate::schedule::{Estimates, Site, site_of};
 use crate::stats::{Counters, NodeStats, Stats};
 use crate::store::memcached::{Cluster, Server};
@@ -185,17 +186,50 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        self.get_at(site_of::<F>(), key, exec_limit, expire, getter)
-            .await
+        let options = GetOptions::new(exec_limit, expire);
+        self.get_at(site_of::<F>(), key, &options, getter).await
     }
 
-    /// [`Cache::get`] for a getter whose call site is not its own type (the macro's wrapper).
+    /// [`Cache::get`] with a call's settings as one value, per-call options included, which
+    /// take precedence over the cache's own.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use distcache::GetOptions;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), distcache::Error> {
+    /// let cache = distcache::Cache::builder().build().unwrap();
+    /// let options = GetOptions::new(Duration::from_secs(5), Duration::from_secs(60)).refresh_ahead(0.2);
+    /// let price: u64 = cache
+    ///     .get_with("price:42", &options, || async { Ok::<_, distcache::Error>(1999) })
+    ///     .await?;
+    /// assert_eq!(price, 1999);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn get_with<T, E, F, Fut>(
+        &self,
+        key: &str,
+        options: &GetOptions,
+        getter: F,
+    ) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned,
+        E: From<Error>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.get_at(site_of::<F>(), key, options, getter).await
+    }
+
+    /// [`Cache::get_with`] for a getter whose call site is not its own type (the macro's
+    /// wrapper).
     pub(crate) async fn get_at<T, E, F, Fut>(
         &self,
         site: Site,
         key: &str,
-        exec_limit: Duration,
-        expire: Duration,
+        options: &GetOptions,
         getter: F,
     ) -> Result<T, E>
     where
@@ -205,16 +239,7 @@ impl Cache {
         Fut: Future<Output = Result<T, E>>,
     {
         let inner = &*self.inner;
-        flight::get(
-            &inner.core,
-            &inner.store,
-            site,
-            key,
-            exec_limit,
-            expire,
-            getter,
-        )
-        .await
+        flight::get(&inner.core, &inner.store, site, key, options, getter).await
     }
 
     /// Runs `getter` without the store, for a call that has no usable key.

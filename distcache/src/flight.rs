@@ -32,11 +32,13 @@ use serde::de::DeserializeOwned;
 use tokio::time::{Instant, sleep_until, timeout_at};
 use tracing::{debug, error, warn};
 
+use crate::builder::refresh_ahead_in_range;
 use crate::cache::{Core, OnUnavailable};
 use crate::coalesce::{Ended, Join, Leader};
 use crate::codec::{self, DecodeError, EncodeError, JSON_FLAGS};
 use crate::error::Error;
 use crate::key::WireKey;
+use crate::options::GetOptions;
 use crate::schedule::{Knowledge, PollSchedule, Site, SiteWait};
 use crate::store::{Fill, Lease, Lookup, Store, StoreError};
 
@@ -70,8 +72,7 @@ pub(crate) async fn get<S, T, E, F, Fut>(
     store: &S,
     site: Site,
     key: &str,
-    exec_limit: Duration,
-    expire: Duration,
+    options: &GetOptions,
     getter: F,
 ) -> Result<T, E>
 where
@@ -88,12 +89,25 @@ where
         }
         .into())
     };
+    let GetOptions {
+        exec_limit,
+        expire,
+        refresh_ahead,
+    } = *options;
     if !in_range(exec_limit) {
         return invalid(EXEC_LIMIT_RANGE);
     }
     if !in_range(expire) {
         return invalid("expire must be more than zero and at most 365 days");
     }
+    // Per call (or per function), then the cache's.
+    let refresh_ahead = match refresh_ahead {
+        Some(fraction) if !refresh_ahead_in_range(fraction) => {
+            return invalid("refresh_ahead must be at least 0 and under 1");
+        }
+        Some(fraction) => fraction,
+        None => core.config.refresh_ahead,
+    };
     let call = Call {
         core,
         store,
@@ -102,6 +116,7 @@ where
         deadline: Instant::now() + exec_limit,
         exec_limit,
         expire,
+        refresh_ahead,
         site,
     };
     loop {
@@ -160,6 +175,7 @@ where
         deadline: Instant::now() + exec_limit,
         exec_limit,
         expire: exec_limit,
+        refresh_ahead: 0.0,
         site,
     };
     call.run_getter(getter).await
@@ -197,6 +213,8 @@ struct Call<'a, S> {
     deadline: Instant,
     exec_limit: Duration,
     expire: Duration,
+    /// The fraction of `expire` refreshed ahead (0: never): the call's, or the cache's.
+    refresh_ahead: f64,
     site: Site,
 }
 
@@ -698,7 +716,7 @@ impl<S: Store> Call<'_, S> {
     /// How near its end a value is refreshed ahead (zero: never), from `refresh_ahead`.
     #[inline]
     fn refresh_window(&self) -> Duration {
-        let fraction = self.core.config.refresh_ahead;
+        let fraction = self.refresh_ahead;
         if fraction > 0.0 {
             self.expire.mul_f64(fraction)
         } else {

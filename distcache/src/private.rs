@@ -5,7 +5,6 @@
 //! a cacheable `Result` is reported once, there.
 
 use std::future::Future;
-use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -13,7 +12,7 @@ use tracing::warn;
 
 use crate::json;
 use crate::schedule::site_of;
-use crate::{Cache, Error};
+use crate::{Cache, Error, GetOptions};
 
 pub use crate::global::default_cache;
 
@@ -136,8 +135,7 @@ pub async fn call<R, F, Fut>(
     cache: Result<&Cache, Error>,
     function: &'static str,
     key: Key,
-    exec_limit: Duration,
-    expire: Duration,
+    options: &GetOptions,
     getter: F,
 ) -> R
 where
@@ -155,10 +153,12 @@ where
         async move { future.await.into_result() }
     };
     R::from_result(match key.finish() {
-        Ok(key) => cache.get_at(site, &key, exec_limit, expire, getter).await,
+        Ok(key) => cache.get_at(site, &key, options, getter).await,
         Err(err) => {
             warn!(function, error = %err, "the arguments cannot be serialized into a key; running the function uncached");
-            cache.run_uncached(site, function, exec_limit, getter).await
+            cache
+                .run_uncached(site, function, options.exec_limit, getter)
+                .await
         }
     })
 }

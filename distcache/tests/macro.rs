@@ -231,3 +231,24 @@ async fn the_default_cache_is_built_from_the_environment() {
         "already in place"
     );
 }
+
+static REPORT_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+/// The cache has `refresh_ahead` off; the function turns it on for its own calls.
+#[distcached(expire = "10s", exec_limit = "5s", refresh_ahead = 0.2, cache = REPORTS)]
+async fn report(day: u32) -> Result<String, AppError> {
+    REPORT_RUNS.fetch_add(1, Ordering::SeqCst);
+    Ok(format!("report {day}"))
+}
+
+static REPORTS: LazyLock<Cache> = LazyLock::new(|| Cache::builder().build().unwrap());
+
+#[tokio::test(start_paused = true)]
+async fn refresh_ahead_is_set_per_function() {
+    assert_eq!(report(1).await.unwrap(), "report 1");
+    tokio::time::advance(Duration::from_millis(8500)).await;
+    // 1.5 s left of 10, under a fifth: this call returns the value and computes the next.
+    assert_eq!(report(1).await.unwrap(), "report 1");
+    assert_eq!(REPORTS.stats().refreshes, 1);
+    assert_eq!(REPORT_RUNS.load(Ordering::SeqCst), 2);
+}

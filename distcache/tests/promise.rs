@@ -556,3 +556,55 @@ fn calls_are_send_when_their_getters_are() {
     fn assert_clone_send_sync<T: Clone + Send + Sync>() {}
     assert_clone_send_sync::<Cache>();
 }
+
+/// `get_with`'s per-call `refresh_ahead` takes precedence over the cache's: on where the cache
+/// has it off, and off (0) where the cache has it on; out of range, a typed error.
+#[tokio::test(start_paused = true)]
+async fn a_calls_refresh_ahead_takes_precedence_over_the_caches() {
+    use distcache::GetOptions;
+    let expire = Duration::from_secs(10);
+    let refreshes_near_the_end = |cache: Cache, options: GetOptions| async move {
+        let get = |value: u64| {
+            let cache = cache.clone();
+            async move {
+                cache
+                    .get_with::<u64, Error, _, _>("p", &options, || async move { Ok(value) })
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(get(1).await, 1);
+        tokio::time::advance(Duration::from_millis(8500)).await;
+        // 1.5 s left of 10: a fifth refreshes now (the call returns the new value), and off
+        // leaves the value.
+        let value = get(2).await;
+        (value, cache.stats().refreshes)
+    };
+    let on = GetOptions::new(MINUTE, expire).refresh_ahead(0.2);
+    let off = GetOptions::new(MINUTE, expire).refresh_ahead(0.0);
+    assert_eq!(
+        refreshes_near_the_end(cache(), on).await,
+        (2, 1),
+        "on for the call"
+    );
+    let cache_wide = Cache::builder().refresh_ahead(0.2).build().unwrap();
+    assert_eq!(
+        refreshes_near_the_end(cache_wide, off).await,
+        (1, 0),
+        "off for the call"
+    );
+    let cache_wide = Cache::builder().refresh_ahead(0.2).build().unwrap();
+    let inherits = GetOptions::new(MINUTE, expire);
+    assert_eq!(
+        refreshes_near_the_end(cache_wide, inherits).await,
+        (2, 1),
+        "the cache's"
+    );
+
+    let bad = GetOptions::new(MINUTE, expire).refresh_ahead(1.0);
+    let err = cache()
+        .get_with::<u64, Error, _, _>("p", &bad, || async { Ok(1) })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+}
