@@ -2,13 +2,26 @@
 
 use std::time::Duration;
 
-use crate::cache::{AnyStore, Config, Core, OnUnavailable};
 use crate::codec::DEFAULT_MAX_VALUE_BYTES;
+use crate::core::{Config, Core, OnUnavailable, refresh_ahead_in_range};
 use crate::key::KeyEncoder;
+use crate::store::AnyStore;
 use crate::store::memcached::ring::Ring;
 use crate::store::memcached::{Cluster, NodeConfig, Server};
 use crate::store::memory::{MemoryLimits, MemoryStore};
 use crate::{BuildError, Cache};
+
+impl Cache {
+    /// Starts configuring a cache. With no servers, it keeps values in this process.
+    ///
+    /// ```
+    /// let cache = distcache::Cache::builder().namespace("myapp").build()?;
+    /// # Ok::<(), distcache::BuildError>(())
+    /// ```
+    pub fn builder() -> CacheBuilder {
+        CacheBuilder::default()
+    }
+}
 
 /// The largest `max_value_bytes`: memcached's own ceiling for its item size (`-I`) is 1 GiB.
 const MAX_VALUE_BYTES_CEILING: usize = 1024 * 1024 * 1024;
@@ -19,11 +32,6 @@ const IN_PROCESS_ENTRIES: std::ops::RangeInclusive<usize> = 16..=1_000_000_000;
 
 /// The range of `in_process_max_bytes`: from 4 KiB for each of the store's 16 shards to 1 TiB.
 const IN_PROCESS_BYTES: std::ops::RangeInclusive<u64> = 64 * 1024..=1 << 40;
-
-/// Whether `fraction` is a `refresh_ahead` a cache accepts: at least 0 (off), under 1.
-pub(crate) fn refresh_ahead_in_range(fraction: f64) -> bool {
-    (0.0..1.0).contains(&fraction)
-}
 
 /// Configures a [`Cache`]. Nothing is checked or connected until [`build`](CacheBuilder::build).
 #[derive(Debug, Clone)]

@@ -5,21 +5,18 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::builder::CacheBuilder;
-use crate::coalesce::Flights;
+use crate::core::Core;
 use crate::error::Error;
 use crate::flight;
-use crate::key::{KeyEncoder, WireKey};
 use crate::options::GetOptions;
-use crate::schedule::{Estimates, Site, site_of};
-use crate::stats::{Counters, NodeStats, Stats};
-use crate::store::memcached::{Cluster, Server};
-use crate::store::memory::MemoryStore;
-use crate::store::{Fill, Lease, Lookup, Store, StoreError, StoreErrorKind};
+use crate::schedule::{Site, site_of};
+use crate::stats::Stats;
+use crate::store::memcached::NodeStats;
+use crate::store::memcached::Server;
+use crate::store::{AnyStore, Store, StoreErrorKind};
 
 /// A handle to a distributed memoization cache. Cheap to clone: clones share the store, the
 /// in-process coalescing and the counters.
@@ -35,58 +32,7 @@ struct Inner {
     store: AnyStore,
 }
 
-/// Everything of a cache but its store: what `flight.rs` needs besides the store.
-#[derive(Debug)]
-pub(crate) struct Core {
-    pub(crate) keys: KeyEncoder,
-    pub(crate) flights: Flights,
-    pub(crate) stats: Counters,
-    pub(crate) estimates: Estimates,
-    pub(crate) config: Config,
-}
-
-#[derive(Debug, Clone)]
-pub(crate) struct Config {
-    pub(crate) max_value_bytes: usize,
-    pub(crate) on_unavailable: OnUnavailable,
-    pub(crate) max_poll_interval: Duration,
-    /// The share of `expire` before the end in which a value is refreshed; 0: never.
-    pub(crate) refresh_ahead: f64,
-}
-
-/// What a call does when the store cannot be reached.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum OnUnavailable {
-    /// Run the getter without the store and return its value (degraded mode, counted in
-    /// [`Stats::degraded_calls`] and logged). The calls of this process still share one run
-    /// per key; other processes run their own. The default: callers get their values.
-    #[default]
-    RunGetter,
-    /// Fail the call with [`Error::Unavailable`]: for getters too expensive to run once per
-    /// process when the cluster is down.
-    Fail,
-}
-
-/// The stores a [`Cache`] can sit on: one type, so that the algorithm is compiled once per value
-/// type, and a `match` per store operation picks the store.
-#[derive(Debug, Clone)]
-pub(crate) enum AnyStore {
-    Memory(MemoryStore),
-    Memcached(Cluster),
-}
-
 impl Cache {
-    /// Starts configuring a cache. With no servers, it keeps values in this process.
-    ///
-    /// ```
-    /// let cache = distcache::Cache::builder().namespace("myapp").build()?;
-    /// # Ok::<(), distcache::BuildError>(())
-    /// ```
-    pub fn builder() -> CacheBuilder {
-        CacheBuilder::default()
-    }
-
     #[cfg(test)]
     pub(crate) fn refresh_ahead(&self) -> f64 {
         self.inner.core.config.refresh_ahead
@@ -373,68 +319,6 @@ impl fmt::Display for Cache {
                 }
                 Ok(())
             }
-        }
-    }
-}
-
-impl Store for AnyStore {
-    async fn lookup(
-        &self,
-        key: &WireKey,
-        lease_ttl: Duration,
-        refresh: Duration,
-        deadline: tokio::time::Instant,
-    ) -> Result<Lookup, StoreError> {
-        match self {
-            AnyStore::Memory(s) => s.lookup(key, lease_ttl, refresh, deadline).await,
-            AnyStore::Memcached(s) => s.lookup(key, lease_ttl, refresh, deadline).await,
-        }
-    }
-
-    async fn fill(
-        &self,
-        key: &WireKey,
-        lease: Lease,
-        data: &Bytes,
-        flags: u32,
-        expire: Duration,
-    ) -> Result<Fill, StoreError> {
-        match self {
-            AnyStore::Memory(s) => s.fill(key, lease, data, flags, expire).await,
-            AnyStore::Memcached(s) => s.fill(key, lease, data, flags, expire).await,
-        }
-    }
-
-    async fn extend(
-        &self,
-        key: &WireKey,
-        lease: Lease,
-        lease_ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        match self {
-            AnyStore::Memory(s) => s.extend(key, lease, lease_ttl).await,
-            AnyStore::Memcached(s) => s.extend(key, lease, lease_ttl).await,
-        }
-    }
-
-    async fn release(&self, key: &WireKey, lease: Lease) -> Result<(), StoreError> {
-        match self {
-            AnyStore::Memory(s) => s.release(key, lease).await,
-            AnyStore::Memcached(s) => s.release(key, lease).await,
-        }
-    }
-
-    fn release_later(&self, key: &WireKey, lease: Lease) {
-        match self {
-            AnyStore::Memory(s) => s.release_later(key, lease),
-            AnyStore::Memcached(s) => s.release_later(key, lease),
-        }
-    }
-
-    async fn invalidate(&self, key: &WireKey) -> Result<(), StoreError> {
-        match self {
-            AnyStore::Memory(s) => s.invalidate(key).await,
-            AnyStore::Memcached(s) => s.invalidate(key).await,
         }
     }
 }

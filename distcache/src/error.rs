@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::build_error::BuildError;
+
 /// A boxed error from a dependency, so that no dependency's type leaks into our API.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -75,38 +77,6 @@ pub enum Error {
     /// `DISTCACHE_*` variables); every call through it fails until the configuration is fixed.
     #[error("the default cache could not be built: {0}")]
     DefaultCache(#[source] BuildError),
-}
-
-/// Why [`CacheBuilder::build`](crate::CacheBuilder::build) refused a configuration.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum BuildError {
-    /// The namespace is longer than the limit or holds a character memcached keys cannot carry.
-    #[error("invalid namespace {namespace:?}: {reason}")]
-    InvalidNamespace {
-        /// The namespace as given.
-        namespace: String,
-        /// What is wrong with it.
-        reason: &'static str,
-    },
-
-    /// A server is not `host:port[:weight]`, or is listed twice.
-    #[error("invalid server {server:?}: {reason}")]
-    InvalidServer {
-        /// The server as given.
-        server: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-
-    /// A size, count or duration is out of its range.
-    #[error("invalid {setting}: {reason}")]
-    InvalidSetting {
-        /// The builder method that set it.
-        setting: &'static str,
-        /// What is wrong with it.
-        reason: String,
-    },
 }
 
 impl Error {

@@ -32,10 +32,9 @@ use serde::de::DeserializeOwned;
 use tokio::time::{Instant, sleep_until, timeout_at};
 use tracing::{debug, error, warn};
 
-use crate::builder::refresh_ahead_in_range;
-use crate::cache::{Core, OnUnavailable};
 use crate::coalesce::{Ended, Join, Leader};
 use crate::codec::{self, DecodeError, EncodeError, JSON_FLAGS};
+use crate::core::{Core, OnUnavailable, refresh_ahead_in_range};
 use crate::error::Error;
 use crate::key::WireKey;
 use crate::options::GetOptions;

@@ -4,7 +4,7 @@ use std::sync::OnceLock;
 
 use tracing::info;
 
-use crate::builder::refresh_ahead_in_range;
+use crate::core::refresh_ahead_in_range;
 use crate::{BuildError, Cache, Error};
 
 static DEFAULT: OnceLock<Result<Cache, BuildError>> = OnceLock::new();

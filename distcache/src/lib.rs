@@ -84,10 +84,12 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod build_error;
 mod builder;
 mod cache;
 mod coalesce;
 mod codec;
+mod core;
 mod error;
 mod flight;
 mod global;
@@ -198,12 +200,15 @@ pub mod __bench {
     }
 }
 
+pub use build_error::BuildError;
 pub use builder::CacheBuilder;
-pub use cache::{Cache, OnUnavailable};
-pub use error::{BoxError, BuildError, Error};
+pub use cache::Cache;
+pub use core::OnUnavailable;
+pub use error::{BoxError, Error};
 pub use global::{default_cache, set_default};
 pub use options::GetOptions;
-pub use stats::{NodeStats, Stats};
+pub use stats::Stats;
+pub use store::memcached::NodeStats;
 pub use store::memcached::Server;
 pub use store::memcached::ring::Ring;
 

@@ -9,7 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::error::BoxError;
+use self::memcached::Cluster;
+use self::memory::MemoryStore;
 use crate::key::WireKey;
 
 #[cfg(test)]
@@ -99,7 +100,8 @@ pub(crate) enum StoreErrorKind {
 }
 
 impl StoreError {
-    pub(crate) fn into_box(self) -> BoxError {
+    /// As `crate::BoxError` (written out: the store does not depend on the public errors).
+    pub(crate) fn into_box(self) -> Box<dyn std::error::Error + Send + Sync + 'static> {
         Box::new(self)
     }
 
@@ -163,4 +165,74 @@ pub(crate) trait Store: Clone + Send + Sync + 'static {
     /// Removes the key's value, or takes away its lease: the next lookup misses and wins the
     /// lease, and a fill with an older lease is refused.
     fn invalidate(&self, key: &WireKey) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// The stores a [`Cache`](crate::Cache) can sit on: one type, so that the algorithm is compiled once per value
+/// type, and a `match` per store operation picks the store.
+#[derive(Debug, Clone)]
+pub(crate) enum AnyStore {
+    Memory(MemoryStore),
+    Memcached(Cluster),
+}
+
+impl Store for AnyStore {
+    async fn lookup(
+        &self,
+        key: &WireKey,
+        lease_ttl: Duration,
+        refresh: Duration,
+        deadline: tokio::time::Instant,
+    ) -> Result<Lookup, StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.lookup(key, lease_ttl, refresh, deadline).await,
+            AnyStore::Memcached(s) => s.lookup(key, lease_ttl, refresh, deadline).await,
+        }
+    }
+
+    async fn fill(
+        &self,
+        key: &WireKey,
+        lease: Lease,
+        data: &Bytes,
+        flags: u32,
+        expire: Duration,
+    ) -> Result<Fill, StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.fill(key, lease, data, flags, expire).await,
+            AnyStore::Memcached(s) => s.fill(key, lease, data, flags, expire).await,
+        }
+    }
+
+    async fn extend(
+        &self,
+        key: &WireKey,
+        lease: Lease,
+        lease_ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.extend(key, lease, lease_ttl).await,
+            AnyStore::Memcached(s) => s.extend(key, lease, lease_ttl).await,
+        }
+    }
+
+    async fn release(&self, key: &WireKey, lease: Lease) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.release(key, lease).await,
+            AnyStore::Memcached(s) => s.release(key, lease).await,
+        }
+    }
+
+    fn release_later(&self, key: &WireKey, lease: Lease) {
+        match self {
+            AnyStore::Memory(s) => s.release_later(key, lease),
+            AnyStore::Memcached(s) => s.release_later(key, lease),
+        }
+    }
+
+    async fn invalidate(&self, key: &WireKey) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.invalidate(key).await,
+            AnyStore::Memcached(s) => s.invalidate(key).await,
+        }
+    }
 }

@@ -19,6 +19,23 @@ use tracing::{info, warn};
 use super::ring::Server;
 use crate::store::StoreErrorKind;
 
+/// One memcached server's health, as [`Cache::node_stats`](crate::Cache::node_stats) reports it.
+///
+/// Each change is also a `tracing` event: `distcache.node.down` (warn) when the server is marked
+/// down, `distcache.node.back` (info) when a probe brings it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NodeStats {
+    /// The server, as configured.
+    pub server: Server,
+    /// Whether it is marked down now (its keys go to the next server on the ring).
+    pub down: bool,
+    /// How many times it was marked down since the cache was built.
+    pub marked_down: u64,
+    /// How many times a probe brought it back since the cache was built.
+    pub back: u64,
+}
+
 /// `down_until` of a node that is up.
 const UP: u64 = 0;
 

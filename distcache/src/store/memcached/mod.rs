@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use self::handshake::Instance;
+pub use self::health::NodeStats;
 pub(crate) use self::node::NodeConfig;
 use self::node::{Node, Ticket};
 use self::protocol::{Code, ErrorKind, MAX_RELATIVE_TTL, Meta, Reply, Request};
@@ -55,13 +56,13 @@ impl Cluster {
     }
 
     /// Each node's health, in the order the servers were configured.
-    pub(crate) fn node_stats(&self) -> Vec<crate::NodeStats> {
+    pub(crate) fn node_stats(&self) -> Vec<NodeStats> {
         self.inner
             .nodes
             .iter()
             .map(|node| {
                 let (marked_down, back) = node.transitions();
-                crate::NodeStats {
+                NodeStats {
                     server: node.server.clone(),
                     down: node.is_down(),
                     marked_down,

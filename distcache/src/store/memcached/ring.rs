@@ -17,7 +17,7 @@ use std::str::FromStr;
 
 use md5::{Digest, Md5};
 
-use crate::BuildError;
+use crate::build_error::BuildError;
 
 const POINTS_PER_SERVER: f32 = 160.0;
 const POINTS_PER_HASH: u32 = 4;

@@ -1,0 +1,47 @@
+//! What a cache is made of besides its store, and its settings: shared by the public face
+//! (`cache.rs`, `builder.rs`) and the algorithm (`flight.rs`), which imports no public-face file.
+
+use std::time::Duration;
+
+use crate::coalesce::Flights;
+use crate::key::KeyEncoder;
+use crate::schedule::Estimates;
+use crate::stats::Counters;
+
+/// Everything of a cache but its store: what `flight.rs` needs besides the store.
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub(crate) keys: KeyEncoder,
+    pub(crate) flights: Flights,
+    pub(crate) stats: Counters,
+    pub(crate) estimates: Estimates,
+    pub(crate) config: Config,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) max_value_bytes: usize,
+    pub(crate) on_unavailable: OnUnavailable,
+    pub(crate) max_poll_interval: Duration,
+    /// The share of `expire` before the end in which a value is refreshed; 0: never.
+    pub(crate) refresh_ahead: f64,
+}
+
+/// What a call does when the store cannot be reached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OnUnavailable {
+    /// Run the getter without the store and return its value (degraded mode, counted in
+    /// [`Stats::degraded_calls`](crate::Stats::degraded_calls) and logged). The calls of this process still share one run
+    /// per key; other processes run their own. The default: callers get their values.
+    #[default]
+    RunGetter,
+    /// Fail the call with [`Error::Unavailable`](crate::Error::Unavailable): for getters too expensive to run once per
+    /// process when the cluster is down.
+    Fail,
+}
+
+/// Whether `fraction` is a `refresh_ahead` a cache accepts: at least 0 (off), under 1.
+pub(crate) fn refresh_ahead_in_range(fraction: f64) -> bool {
+    (0.0..1.0).contains(&fraction)
+}
