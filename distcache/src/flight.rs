@@ -39,7 +39,7 @@ use crate::error::Error;
 use crate::key::WireKey;
 use crate::options::GetOptions;
 use crate::schedule::{Knowledge, PollSchedule, Site, SiteWait};
-use crate::store::{Fill, Lease, Lookup, Store, StoreError};
+use crate::store::{Fill, Lease, Lookup, Store, StoreError, whole_seconds};
 
 /// The longest `expire` or `exec_limit`: far beyond any memoization, and well within what
 /// memcached's signed 32-bit absolute times and `Instant` arithmetic can carry.
@@ -729,8 +729,7 @@ impl<S: Store> Call<'_, S> {
 /// the holder extends while its getter runs.
 #[inline]
 pub(crate) fn lease_ttl(exec_limit: Duration) -> Duration {
-    let whole = exec_limit.as_secs() + u64::from(exec_limit.subsec_nanos() > 0);
-    Duration::from_secs(whole.saturating_add(1)).min(LEASE)
+    Duration::from_secs(whole_seconds(exec_limit).saturating_add(1)).min(LEASE)
 }
 
 /// A lease we hold: handed back explicitly, or from a spawned task if the call is cancelled.

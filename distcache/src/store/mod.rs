@@ -18,6 +18,13 @@ pub(crate) mod contract;
 pub(crate) mod memcached;
 pub(crate) mod memory;
 
+/// `d` in whole seconds, rounded up, as memcached counts TTLs: the one place that rounds (the
+/// in-process store keeps exact durations).
+#[inline]
+pub(crate) fn whole_seconds(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
 /// A stored value, its client flags, and its version.
 #[derive(Debug, Clone)]
 pub(crate) struct Item {

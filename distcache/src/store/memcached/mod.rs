@@ -15,7 +15,7 @@ use self::node::{Node, Ticket};
 use self::protocol::{Code, ErrorKind, MAX_RELATIVE_TTL, Meta, Reply, Request};
 use self::ring::Ring;
 pub use self::ring::Server;
-use super::{Fill, Item, Lease, Lookup, Store, StoreError, StoreErrorKind};
+use super::{Fill, Item, Lease, Lookup, Store, StoreError, StoreErrorKind, whole_seconds};
 use crate::key::WireKey;
 
 mod conn;
@@ -165,7 +165,7 @@ fn meta(operation: &'static str, node: &Server, reply: Reply) -> Result<Meta, St
 /// A TTL in memcached's terms: whole seconds, at least one (0 would mean "never expires"), and
 /// past 30 days an absolute Unix time, as memcached reads any larger number.
 pub(crate) fn ttl_seconds(ttl: Duration) -> u32 {
-    let secs = (ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0)).max(1);
+    let secs = whole_seconds(ttl).max(1);
     if secs <= MAX_RELATIVE_TTL {
         return secs as u32;
     }
