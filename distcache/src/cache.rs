@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 
 use crate::core::Core;
 use crate::error::Error;
-use crate::flight;
+use crate::flight::{self, Getter};
 use crate::options::GetOptions;
 use crate::schedule::{Site, site_of};
 use crate::stats::Stats;
@@ -171,7 +171,7 @@ impl Cache {
 
     /// [`Cache::get_with`] for a getter whose call site is not its own type (the macro's
     /// wrapper).
-    pub(crate) async fn get_at<T, E, F, Fut>(
+    pub(crate) async fn get_at<T, E, F>(
         &self,
         site: Site,
         key: &str,
@@ -181,15 +181,14 @@ impl Cache {
     where
         T: Serialize + DeserializeOwned,
         E: From<Error>,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
+        F: Getter<T, E>,
     {
         let inner = &*self.inner;
         flight::get(&inner.core, &inner.store, site, key, options, getter).await
     }
 
     /// Runs `getter` without the store, for a call that has no usable key.
-    pub(crate) async fn run_uncached<T, E, F, Fut>(
+    pub(crate) async fn run_uncached<T, E, F>(
         &self,
         site: Site,
         label: &str,
@@ -199,8 +198,7 @@ impl Cache {
     where
         T: Serialize + DeserializeOwned,
         E: From<Error>,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
+        F: Getter<T, E>,
     {
         let inner = &*self.inner;
         flight::run_uncached(&inner.core, &inner.store, site, label, exec_limit, getter).await

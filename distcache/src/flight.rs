@@ -66,7 +66,27 @@ const EXTEND_EVERY: Duration = Duration::from_secs(1);
 /// holder no longer touches the key, which may be another's by then.
 const LEASE_MARGIN: Duration = Duration::from_millis(1500);
 
-pub(crate) async fn get<S, T, E, F, Fut>(
+/// What a call computes its value with: called at most once, its future resolving to the value
+/// or the caller's own error. The one bound every function that passes a getter along takes.
+pub(crate) trait Getter<T, E> {
+    type Future: Future<Output = Result<T, E>>;
+    fn call(self) -> Self::Future;
+}
+
+impl<T, E, F, Fut> Getter<T, E> for F
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    type Future = Fut;
+
+    #[inline]
+    fn call(self) -> Fut {
+        self()
+    }
+}
+
+pub(crate) async fn get<S, T, E, F>(
     core: &Core,
     store: &S,
     site: Site,
@@ -78,8 +98,7 @@ where
     S: Store,
     T: Serialize + DeserializeOwned,
     E: From<Error>,
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = Result<T, E>>,
+    F: Getter<T, E>,
 {
     let invalid = |reason| {
         Err(Error::InvalidArgument {
@@ -144,7 +163,7 @@ where
 
 /// Runs `getter` within `exec_limit`, without the store: the call has no usable key (the
 /// macro could not serialize its arguments). Counted as uncached.
-pub(crate) async fn run_uncached<S, T, E, F, Fut>(
+pub(crate) async fn run_uncached<S, T, E, F>(
     core: &Core,
     store: &S,
     site: Site,
@@ -155,8 +174,7 @@ pub(crate) async fn run_uncached<S, T, E, F, Fut>(
 where
     S: Store,
     E: From<Error>,
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = Result<T, E>>,
+    F: Getter<T, E>,
 {
     if !in_range(exec_limit) {
         return Err(Error::InvalidArgument {
@@ -218,12 +236,11 @@ struct Call<'a, S> {
 }
 
 impl<S: Store> Call<'_, S> {
-    async fn lead<T, E, F, Fut>(&self, leader: Leader<'_>, getter: F) -> Result<T, E>
+    async fn lead<T, E, F>(&self, leader: Leader<'_>, getter: F) -> Result<T, E>
     where
         T: Serialize + DeserializeOwned,
         E: From<Error>,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
+        F: Getter<T, E>,
     {
         let stats = &self.core.stats;
         let mut waiting: Option<(Instant, PollSchedule, SiteWait<'_>)> = None;
@@ -362,17 +379,11 @@ impl<S: Store> Call<'_, S> {
     }
 
     /// We hold the lease: run the getter, then store its value or hand the lease back.
-    async fn compute<T, E, F, Fut>(
-        &self,
-        leader: Leader<'_>,
-        lease: Lease,
-        getter: F,
-    ) -> Result<T, E>
+    async fn compute<T, E, F>(&self, leader: Leader<'_>, lease: Lease, getter: F) -> Result<T, E>
     where
         T: Serialize + DeserializeOwned,
         E: From<Error>,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
+        F: Getter<T, E>,
     {
         let mut held = HeldLease {
             store: self.store,
@@ -474,12 +485,11 @@ impl<S: Store> Call<'_, S> {
     /// The value is near its end and ours to refresh: run the getter and store its value under
     /// the item's version (a fill refused because the item changed meanwhile is only counted).
     /// If the getter fails, the current value (left in the store to expire) is the answer.
-    async fn refresh<T, E, F, Fut>(&self, version: Lease, current: T, getter: F) -> T
+    async fn refresh<T, E, F>(&self, version: Lease, current: T, getter: F) -> T
     where
         T: Serialize + DeserializeOwned,
         E: From<Error>,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
+        F: Getter<T, E>,
     {
         let stats = &self.core.stats;
         stats.refreshes.incr();
@@ -513,7 +523,7 @@ impl<S: Store> Call<'_, S> {
     }
 
     /// The store cannot be reached: run the getter without it, or fail, as configured.
-    async fn without_store<T, E, F, Fut>(
+    async fn without_store<T, E, F>(
         &self,
         leader: Leader<'_>,
         getter: F,
@@ -522,8 +532,7 @@ impl<S: Store> Call<'_, S> {
     where
         T: Serialize + DeserializeOwned,
         E: From<Error>,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
+        F: Getter<T, E>,
     {
         let stats = &self.core.stats;
         stats.store_errors.incr();
@@ -546,12 +555,11 @@ impl<S: Store> Call<'_, S> {
 
     /// Runs the getter without a lease and without storing its value; this process's waiting
     /// callers still share it.
-    async fn run_unstored<T, E, F, Fut>(&self, leader: Leader<'_>, getter: F) -> Result<T, E>
+    async fn run_unstored<T, E, F>(&self, leader: Leader<'_>, getter: F) -> Result<T, E>
     where
         T: Serialize + DeserializeOwned,
         E: From<Error>,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
+        F: Getter<T, E>,
     {
         let value = self.run_getter(getter).await?;
         Ok(match codec::encode(&value, usize::MAX) {
@@ -564,11 +572,10 @@ impl<S: Store> Call<'_, S> {
     }
 
     /// Runs the getter as `run_getter` does, extending `lease` every `EXTEND_EVERY` meanwhile.
-    async fn run_getter_holding<T, E, F, Fut>(&self, lease: Lease, getter: F) -> Result<T, E>
+    async fn run_getter_holding<T, E, F>(&self, lease: Lease, getter: F) -> Result<T, E>
     where
         E: From<Error>,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
+        F: Getter<T, E>,
     {
         let extending = AtomicBool::new(false);
         let mut keep = pin!(self.keep(lease, &extending));
@@ -634,11 +641,10 @@ impl<S: Store> Call<'_, S> {
     }
 
     /// Runs the getter within the deadline, a panic caught and made a typed error.
-    async fn run_getter<T, E, F, Fut>(&self, getter: F) -> Result<T, E>
+    async fn run_getter<T, E, F>(&self, getter: F) -> Result<T, E>
     where
         E: From<Error>,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
+        F: Getter<T, E>,
     {
         self.try_getter(getter)
             .await
@@ -654,15 +660,14 @@ impl<S: Store> Call<'_, S> {
     }
 
     /// Runs the getter within the deadline, a panic caught; logs and counts how it ended.
-    async fn try_getter<T, E, F, Fut>(&self, getter: F) -> Result<T, Failed<E>>
+    async fn try_getter<T, E, F>(&self, getter: F) -> Result<T, Failed<E>>
     where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
+        F: Getter<T, E>,
     {
         let stats = &self.core.stats;
         stats.getter_runs.incr();
         let started = Instant::now();
-        match timeout_at(self.deadline, catch_unwind(getter)).await {
+        match timeout_at(self.deadline, catch_unwind(|| getter.call())).await {
             Err(_elapsed) => {
                 warn!(key = self.key, limit = ?self.exec_limit, "the getter ran out of time and was dropped");
                 Err(Failed::TimedOut)
