@@ -1,4 +1,5 @@
-//! The locked get: what happens on a call, top to bottom, over any [`Store`].
+//! The locked get: what happens on a call, top to bottom, over any [`Store`] (ARCHITECTURE.md,
+//! "The path of a call").
 //!
 //! 1. Within this process, the first caller of a key leads; later callers await the leader's
 //!    result (`coalesce.rs`) and try again if it ends without a value.
