@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use proc_macro2::{Span, TokenStream};
+use quote::quote;
 use syn::ext::IdentExt;
 use syn::parse::Parser;
 use syn::punctuated::Punctuated;
@@ -27,15 +28,17 @@ pub(crate) struct Args {
     pub(crate) skip: Option<(Span, Vec<Ident>)>,
     /// The key's value, replacing the argument list.
     pub(crate) key: Option<Expr>,
-    /// The fraction of `expire` refreshed ahead, for this function's calls.
-    pub(crate) refresh_ahead: Option<f64>,
+    /// The per-function options, as calls of `GetOptions`' builder methods, in order: a new
+    /// option is parsed here and needs nothing from `expand.rs`.
+    pub(crate) options: Vec<TokenStream>,
 }
 
 pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
     let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(tokens)?;
     let mut errors = Errors::default();
     let (mut expire, mut exec_limit, mut name, mut cache) = (None, None, None, None);
-    let (mut skip, mut key, mut refresh_ahead) = (None, None, None);
+    let (mut skip, mut key) = (None, None);
+    let mut options = Vec::new();
     let mut given = Vec::new();
     for meta in metas {
         if let Meta::List(list) = &meta
@@ -97,7 +100,10 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
             "name" => set(&mut name, function_name(&nv.value), &mut errors),
             "cache" => set(&mut cache, Ok(nv.value.clone()), &mut errors),
             "key" => set(&mut key, Ok(nv.value.clone()), &mut errors),
-            "refresh_ahead" => set(&mut refresh_ahead, fraction(&nv.value), &mut errors),
+            "refresh_ahead" => match fraction(&nv.value) {
+                Ok(fraction) => options.push(quote!(.refresh_ahead(#fraction))),
+                Err(err) => errors.push(err),
+            },
             "skip" => errors.push(syn::Error::new_spanned(
                 &nv,
                 "write the arguments to leave out of the key as a list: `skip(db, self)`",
@@ -144,7 +150,7 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
         cache,
         skip,
         key,
-        refresh_ahead,
+        options,
     })
 }
 

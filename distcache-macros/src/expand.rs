@@ -280,13 +280,11 @@ fn expand(args: Args, mut function: ItemFn) -> TokenStream {
         }
     };
     let (exec_limit, expire) = (duration(args.exec_limit), duration(args.expire));
-    let refresh_ahead = args
-        .refresh_ahead
-        .map(|fraction| quote!(.refresh_ahead(#fraction)));
+    let per_function = &args.options;
     // The function's settings, built once, at compile time.
     let options = quote! {
         static __DISTCACHE_OPTIONS: ::distcache::GetOptions =
-            ::distcache::GetOptions::new(#exec_limit, #expire) #refresh_ahead;
+            ::distcache::GetOptions::new(#exec_limit, #expire) #(#per_function)*;
     };
     let block = &function.block;
     // The call is spanned at the return type: a type that is not a cacheable `Result` is
