@@ -95,6 +95,14 @@ async fn settings(db: &Db) -> Result<String, AppError> {
     Ok(db.query("settings".into()).await)
 }
 
+static REPORT_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[distcached(expire = "30s", exec_limit = "5s", refresh_ahead = 0.2, cache = STORE)]
+async fn report(day: u32) -> Result<String, AppError> {
+    REPORT_RUNS.fetch_add(1, Ordering::SeqCst);
+    Ok(format!("report {day}"))
+}
+
 /// A method whose key says what tells instances apart.
 struct Shard {
     id: u32,
@@ -203,6 +211,14 @@ async fn the_forms_run_once_per_key_with_their_keys() {
         left.row_key(5).unwrap(),
         format!("{}::Shard::row[1,5]", module())
     );
+
+    let (a, b, c) = tokio::join!(report(1), report(1), report(2));
+    assert_eq!(
+        (a.unwrap(), b.unwrap(), c.unwrap()),
+        ("report 1".into(), "report 1".into(), "report 2".into())
+    );
+    assert_eq!(REPORT_RUNS.load(Ordering::SeqCst), 2, "once per key");
+    assert_eq!(report_key(1).unwrap(), format!("{}::report[1]", module()));
 
     // The key is what the cache stores under: a direct get with it finds the macro's value.
     let second = std::time::Duration::from_secs(1);
