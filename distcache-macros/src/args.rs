@@ -14,8 +14,8 @@ use syn::{Expr, ExprLit, Ident, Lit, LitStr, Meta, Token};
 /// distcache's longest `expire` or `exec_limit`.
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
-const VALID: &str =
-    "`expire`, `exec_limit`, `name`, `cache`, `skip(...)`, `key` and `refresh_ahead`";
+const VALID: &str = "`expire`, `exec_limit`, `name`, `cache`, `skip(...)`, `key`, \
+                     `refresh_ahead` and `helpers`";
 
 /// The checked arguments.
 pub(crate) struct Args {
@@ -31,13 +31,16 @@ pub(crate) struct Args {
     /// The per-function options, as calls of `GetOptions`' builder methods, in order: a new
     /// option is parsed here and needs nothing from `expand.rs`.
     pub(crate) options: Vec<TokenStream>,
+    /// Whether to emit `<fn>_key` and `<fn>_invalidate` beside the function (not in a trait
+    /// impl, which takes no other items).
+    pub(crate) helpers: bool,
 }
 
 pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
     let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(tokens)?;
     let mut errors = Errors::default();
     let (mut expire, mut exec_limit, mut name, mut cache) = (None, None, None, None);
-    let (mut skip, mut key) = (None, None);
+    let (mut skip, mut key, mut helpers) = (None, None, None);
     let mut options = Vec::new();
     let mut given = Vec::new();
     for meta in metas {
@@ -100,6 +103,7 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
             "name" => set(&mut name, function_name(&nv.value), &mut errors),
             "cache" => set(&mut cache, Ok(nv.value.clone()), &mut errors),
             "key" => set(&mut key, Ok(nv.value.clone()), &mut errors),
+            "helpers" => set(&mut helpers, boolean(&nv.value), &mut errors),
             "refresh_ahead" => match fraction(&nv.value) {
                 Ok(fraction) => options.push(quote!(.refresh_ahead(#fraction))),
                 Err(err) => errors.push(err),
@@ -151,6 +155,7 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
         skip,
         key,
         options,
+        helpers: helpers.unwrap_or(true),
     })
 }
 
@@ -192,6 +197,15 @@ fn duration(value: &Expr) -> syn::Result<Duration> {
                 lit.value()
             ),
         )),
+    }
+}
+
+fn boolean(value: &Expr) -> syn::Result<bool> {
+    match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Bool(b), ..
+        }) => Ok(b.value),
+        other => Err(syn::Error::new(other.span(), "expected `true` or `false`")),
     }
 }
 

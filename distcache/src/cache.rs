@@ -69,7 +69,7 @@ impl Cache {
     /// - **Values.** Stored as JSON. A value that cannot be stored (over the size limit, not
     ///   serializable) is still returned to its caller, and counted. Stored bytes that do not
     ///   decode as `T` are a miss: the value is recomputed.
-    /// - **Refresh ahead.** With [`CacheBuilder::refresh_ahead`], the first call to find a value
+    /// - **Refresh ahead.** With [`CacheBuilder::refresh_ahead`](crate::CacheBuilder::refresh_ahead), the first call to find a value
     ///   near its end runs the getter and returns its result while the other callers keep reading
     ///   the current value; such a key's getter then runs somewhat more often than once per
     ///   `expire`.

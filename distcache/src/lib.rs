@@ -239,25 +239,37 @@ pub use store::memcached::ring::Ring;
 /// - `skip(db, self)`: arguments left out of the key, which then need no `Serialize`: a pool,
 ///   a client, a config, the receiver of a method. Unknown names and duplicates are errors, and so
 ///   is skipping every argument: write `key = ()` if every call should share one entry.
-/// - `key = EXPR`: the key's value, replacing the argument list: an expression over the
-///   arguments (`self` included), taken by reference, whose value is `Serialize`. No argument
-///   then needs `Serialize`, and `skip` is an error (it would do nothing).
+/// - `key = EXPR`: what the key is made of, instead of the arguments: `key = (tenant.id, id)`
+///   keys the call as arguments `tenant.id` and `id` would be, each borrowed where it is (a
+///   field that is not `Copy`, such as `self.name`, is not moved); `key = id` as one argument;
+///   `key = ()` as none, one entry for every call. The arguments and `self` may be read by
+///   their names. No argument then needs `Serialize`, and `skip` is an error (it would do
+///   nothing).
+/// - `refresh_ahead = 0.2`: refresh the value ahead of its expiry, as
+///   [`CacheBuilder::refresh_ahead`] does, for this function's calls; it takes precedence over
+///   the cache's setting, which takes precedence over `DISTCACHE_REFRESH_AHEAD` for the default
+///   cache (0 turns it off for the function).
+/// - `helpers = false`: no `<fn>_key` and `<fn>_invalidate` beside the function; needed in a
+///   trait impl, which takes no other items.
 ///
 /// **The key** is the function part, then the arguments' JSON as an array:
 /// `my_crate::billing::stock["A-1",3]`. Where JSON would write two values alike, the key does
 /// not: NaN and ±infinity, `None` and `Some(None)`, a `HashMap` in another order. A `HashSet`,
 /// which serde cannot tell from a list, is keyed in its iteration order: prefer a `BTreeSet`.
-/// With `key = EXPR`, the array is the value's JSON when that is an array (a tuple, a `Vec`:
-/// `key = (tenant.id, id)` gives `my_crate::billing::invoice[7,42]`), and an array of that one
-/// value otherwise (`key = id` gives `…::invoice[42]`); `key = ()` gives `…::invoice[]`.
+/// With `key`, the array holds the tuple's elements, or the one value (`key = (tenant.id, id)`
+/// gives `my_crate::billing::invoice[7,42]`, `key = id` gives `…::invoice[42]`, `key = ()`
+/// gives `…::invoice[]`). Only arguments bound by a plain name can be skipped or read by `key`,
+/// not those destructured in the signature.
 ///
 /// **The function part** is `name`, or `module_path!()::fn_name`, or for a method (one that
 /// takes `&self` or `self: &Arc<Self>`) `std::any::type_name::<Self>()::fn_name`, such as
 /// `my_crate::billing::Service::profile`: methods of the same name on two types get different
 /// keys, and one build of a service gives every process the same. `type_name` is not promised
 /// stable across compiler versions: a deployment whose processes were built by two different
-/// compilers may compute such a key once per compiler (pin it with `name` if that matters). Two
-/// types cannot share a `type_name` in one build, as it includes the module path. Associated
+/// compilers may compute such a key once per compiler (pin it with `name` if that matters). The
+/// name includes the module path, so two types of one crate do not share it in practice (the
+/// standard library does not promise it; two versions of one crate in one build would print the
+/// same names). Associated
 /// functions without `self` are keyed by module and name: give those of two types in one module
 /// distinct `name`s.
 ///
@@ -283,7 +295,7 @@ pub use store::memcached::ring::Ring;
 /// let service = Service { db: Db };
 /// assert_eq!(service.profile(7).await?, "profile 7");
 /// assert!(Service::profile_key(7).unwrap().ends_with("::Service::profile[7]"));
-/// Service::profile_invalidate(7).await?; // the next call computes it again
+/// service.profile_invalidate(7).await?; // the next call computes it again
 /// assert_eq!(user(&Db, 1).await?, "user 1");
 /// assert!(user_key(1).unwrap().ends_with("::user[1]"));
 /// # Ok(())
@@ -292,9 +304,11 @@ pub use store::memcached::ring::Ring;
 ///
 /// **Beside the function**, the attribute emits `<fn>_key(args)`, the key of the entry for
 /// those arguments (`None` if they cannot be serialized; such calls run uncached), and
-/// `async <fn>_invalidate(args)`, which removes that entry (as [`Cache::invalidate`]). They take
-/// the arguments the key is made of: all but the skipped ones, or all of them with `key`; for a
-/// method, `&self` when `key` reads it, and otherwise none (`Service::profile_key(7)`).
+/// `async <fn>_invalidate(args)`, which removes that entry (as [`Cache::invalidate`]).
+/// `<fn>_key` takes the arguments the key is made of: all but the skipped ones, or all of them
+/// with `key` (and `&self` then); for a method with `skip(self)`, it is an associated function
+/// (`Service::profile_key(7)`). `<fn>_invalidate` takes what the function takes, as the cache
+/// expression may read any of it (`service.profile_invalidate(7)`).
 ///
 /// The function may not take `&mut self` or `self` by value, type or const generics, or
 /// `impl Trait` arguments in the key. `T: Serialize + DeserializeOwned` and

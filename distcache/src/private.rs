@@ -22,8 +22,6 @@ pub use crate::global::default_cache;
 pub struct Key {
     buf: Vec<u8>,
     error: Option<json::Error>,
-    /// A `key = EXPR` value that is itself a JSON array closes the key.
-    closed: bool,
 }
 
 impl Key {
@@ -32,11 +30,7 @@ impl Key {
         let mut buf = Vec::with_capacity(function.len() + 32);
         buf.extend_from_slice(function.as_bytes());
         buf.push(b'[');
-        Key {
-            buf,
-            error: None,
-            closed: false,
-        }
+        Key { buf, error: None }
     }
 
     /// Starts the key of a call of the method `function` of the type named `type_name`
@@ -47,23 +41,7 @@ impl Key {
         buf.extend_from_slice(b"::");
         buf.extend_from_slice(function.as_bytes());
         buf.push(b'[');
-        Key {
-            buf,
-            error: None,
-            closed: false,
-        }
-    }
-
-    /// Sets the key's value (`key = EXPR`), in place of the argument list: a JSON array (a
-    /// tuple, a `Vec`) as it is, anything else as an array of one.
-    pub fn value<A: Serialize + ?Sized>(&mut self, value: &A) {
-        self.buf.pop();
-        let start = self.buf.len();
-        match json::write_key_arg(&mut self.buf, value) {
-            Ok(()) if self.buf.get(start) == Some(&b'[') => self.closed = true,
-            Ok(()) => self.buf.insert(start, b'['),
-            Err(err) => self.error = Some(err),
-        }
+        Key { buf, error: None }
     }
 
     /// The key, as `Cache::get` and `Cache::invalidate` take it; `None` when the arguments
@@ -89,9 +67,7 @@ impl Key {
         if let Some(err) = self.error {
             return Err(err);
         }
-        if !self.closed {
-            self.buf.push(b']');
-        }
+        self.buf.push(b']');
         Ok(String::from_utf8(self.buf).expect("a &str followed by JSON-like text is UTF-8"))
     }
 }

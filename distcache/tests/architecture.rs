@@ -71,7 +71,7 @@ fn dependencies(source: &str) -> BTreeSet<&'static str> {
 fn sources(module: &str) -> String {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let file = src.join(format!("{module}.rs"));
-    let mut text = std::fs::read_to_string(&file).unwrap_or_default();
+    let mut text = without_tests(&std::fs::read_to_string(&file).unwrap_or_default()).to_owned();
     let dir = src.join(module);
     if dir.is_dir() {
         let mut stack = vec![dir];
@@ -80,20 +80,20 @@ fn sources(module: &str) -> String {
                 let path = entry.unwrap().path();
                 if path.is_dir() {
                     stack.push(path);
-                } else if path.extension().is_some_and(|e| e == "rs")
-                    && !path
-                        .file_stem()
-                        .unwrap()
-                        .to_string_lossy()
-                        .ends_with("_tests")
-                {
+                } else if path.extension().is_some_and(|e| e == "rs") && !test_only(&path) {
                     let source = std::fs::read_to_string(&path).unwrap();
                     text.push_str(without_tests(&source));
                 }
             }
         }
     }
-    without_tests(&text).to_owned()
+    text
+}
+
+/// Test-only files: `*_tests.rs`, `tests.rs`, and the store contract (`#[cfg(test)] mod`).
+fn test_only(path: &Path) -> bool {
+    let stem = path.file_stem().unwrap().to_string_lossy();
+    stem == "tests" || stem == "contract" || stem.ends_with("_tests")
 }
 
 #[test]

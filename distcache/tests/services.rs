@@ -40,6 +40,7 @@ impl Db {
 /// A tenant: not `Serialize` either.
 struct Tenant {
     id: u64,
+    name: String,
     db: Db,
 }
 
@@ -83,6 +84,41 @@ async fn invoice(tenant: &Tenant, id: u64) -> Result<String, AppError> {
         .db
         .query(format!("invoice {id} of {}", tenant.id))
         .await)
+}
+
+/// A key that borrows a field that is not `Copy`.
+#[distcached(expire = "30s", exec_limit = "5s", key = (tenant.name, id), cache = STORE)]
+async fn statement(tenant: &Tenant, id: u64) -> Result<String, AppError> {
+    Ok(tenant
+        .db
+        .query(format!("statement {id} of {}", tenant.name))
+        .await)
+}
+
+/// A service that holds its own cache, which the attribute reads through `self`.
+struct Own {
+    cache: Cache,
+    db: Db,
+}
+
+impl Own {
+    #[distcached(expire = "30s", exec_limit = "5s", skip(self), cache = self.cache)]
+    async fn item(&self, id: u64) -> Result<String, AppError> {
+        Ok(self.db.query(format!("item {id}")).await)
+    }
+}
+
+/// A trait implemented with a cached method: a trait impl takes no other items, so the helpers
+/// are turned off.
+trait Catalog {
+    async fn title(&self, id: u64) -> Result<String, AppError>;
+}
+
+impl Catalog for Service {
+    #[distcached(expire = "30s", exec_limit = "5s", skip(self), helpers = false, cache = STORE)]
+    async fn title(&self, id: u64) -> Result<String, AppError> {
+        Ok(self.db.query(format!("title {id}")).await)
+    }
 }
 
 #[distcached(expire = "30s", exec_limit = "5s", key = id, cache = STORE)]
@@ -160,6 +196,7 @@ async fn the_forms_run_once_per_key_with_their_keys() {
 
     let tenant = Tenant {
         id: 3,
+        name: "acme".into(),
         db: Db::default(),
     };
     assert_eq!(invoice(&tenant, 42).await.unwrap(), "invoice 42 of 3");
@@ -212,6 +249,32 @@ async fn the_forms_run_once_per_key_with_their_keys() {
         format!("{}::Shard::row[1,5]", module())
     );
 
+    assert_eq!(statement(&tenant, 9).await.unwrap(), "statement 9 of acme");
+    assert_eq!(
+        statement_key(&tenant, 9).unwrap(),
+        format!("{}::statement[\"acme\",9]", module())
+    );
+    let own = Own {
+        cache: STORE.clone(),
+        db: Db::default(),
+    };
+    assert_eq!(own.item(1).await.unwrap(), "item 1");
+    assert_eq!(own.item(1).await.unwrap(), "item 1");
+    own.item_invalidate(1).await.unwrap();
+    assert_eq!(own.item(1).await.unwrap(), "item 1");
+    assert_eq!(
+        own.db.queries.load(Ordering::SeqCst),
+        2,
+        "invalidated through self.cache"
+    );
+    assert_eq!(service.title(4).await.unwrap(), "title 4");
+    assert_eq!(service.title(4).await.unwrap(), "title 4");
+    assert_eq!(
+        service.db.queries.load(Ordering::SeqCst),
+        2,
+        "profile once, title once"
+    );
+
     let (a, b, c) = tokio::join!(report(1), report(1), report(2));
     assert_eq!(
         (a.unwrap(), b.unwrap(), c.unwrap()),
@@ -234,18 +297,22 @@ async fn the_forms_run_once_per_key_with_their_keys() {
     assert_eq!(stored, "invoice 42 of 3");
 
     // Invalidation by arguments: the next call computes again, once.
+    let queries = |db: &Db| db.queries.load(Ordering::SeqCst);
+    let before = queries(&tenant.db);
     invoice_invalidate(&tenant, 42).await.unwrap();
     assert_eq!(invoice(&tenant, 42).await.unwrap(), "invoice 42 of 3");
-    assert_eq!(tenant.db.queries.load(Ordering::SeqCst), 2);
-    Service::profile_invalidate(7).await.unwrap();
+    assert_eq!(invoice(&tenant, 42).await.unwrap(), "invoice 42 of 3");
+    assert_eq!(queries(&tenant.db), before + 1, "computed again, once");
+    let before = queries(&service.db);
+    service.profile_invalidate(7).await.unwrap();
     assert_eq!(service.profile(7).await.unwrap(), "profile 7");
-    assert_eq!(service.db.queries.load(Ordering::SeqCst), 2);
+    assert_eq!(queries(&service.db), before + 1);
     assert_eq!(
         other.db.queries.load(Ordering::SeqCst),
         1,
         "Other's entry stays"
     );
-    user_invalidate(1).await.unwrap();
+    user_invalidate(&db, 1).await.unwrap();
     user(&db, 1).await.unwrap();
     assert_eq!(db.queries.load(Ordering::SeqCst), 3);
 }
