@@ -317,25 +317,51 @@ async fn the_forms_run_once_per_key_with_their_keys() {
     assert_eq!(db.queries.load(Ordering::SeqCst), 3);
 }
 
+/// In a second process on the same memcached: every entry the first process left is found, and
+/// no getter runs. The same methods, keyed alike in two processes.
+async fn a_second_process_finds_the_first_ones_entries() {
+    let db = Db::default();
+    assert_eq!(user(&db, 1).await.unwrap(), "user 1");
+    let service = Service { db: Db::default() };
+    assert_eq!(service.profile(7).await.unwrap(), "profile 7");
+    let other = Arc::new(Other { db: Db::default() });
+    assert_eq!(other.profile(7).await.unwrap(), "other profile 7");
+    let tenant = Tenant {
+        id: 3,
+        name: "acme".into(),
+        db: Db::default(),
+    };
+    assert_eq!(invoice(&tenant, 42).await.unwrap(), "invoice 42 of 3");
+    assert_eq!(report(1).await.unwrap(), "report 1");
+    let queries =
+        [&db, &service.db, &other.db, &tenant.db].map(|db| db.queries.load(Ordering::SeqCst));
+    assert_eq!(queries, [0; 4], "every entry found");
+    assert_eq!(REPORT_RUNS.load(Ordering::SeqCst), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_forms_on_the_in_process_store_and_on_memcached() {
     // The in-process store first; then the same in a child process on memcached (the cache is
-    // a static: one store per process).
-    if std::env::var("DC_SERVICES_SERVER").is_ok() {
-        the_forms_run_once_per_key_with_their_keys().await;
-        return;
+    // a static: one store per process), and a second child that finds the first one's entries.
+    match std::env::var("DC_SERVICES_ROLE").as_deref() {
+        Ok("first") => return the_forms_run_once_per_key_with_their_keys().await,
+        Ok("second") => return a_second_process_finds_the_first_ones_entries().await,
+        _ => {}
     }
     the_forms_run_once_per_key_with_their_keys().await;
     let server = Memcached::start().await;
-    let status = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "the_forms_on_the_in_process_store_and_on_memcached",
-        ])
-        .env("DC_SERVICES_SERVER", server.addr())
-        .status()
-        .unwrap();
-    assert!(status.success(), "the same on memcached");
+    for role in ["first", "second"] {
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "the_forms_on_the_in_process_store_and_on_memcached",
+            ])
+            .env("DC_SERVICES_SERVER", server.addr())
+            .env("DC_SERVICES_ROLE", role)
+            .status()
+            .unwrap();
+        assert!(status.success(), "the {role} process on memcached");
+    }
     assert!(
         STORE.server_for("k").is_none(),
         "the parent used the in-process store"
