@@ -21,7 +21,7 @@ mod support;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,12 +29,11 @@ use distcache::{Cache, Error, OnUnavailable};
 use support::history::{
     Call, Failure, Figures, History, NodeSample, ProcStats, Run, now_us, parse_value, us, value_for,
 };
+use support::kids::{Kid, ROLE, line_from, say, spawn};
 use support::memcached::{Memcached, Outside};
 use support::proxy::{Fault, FaultProxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
-
-const ROLE: &str = "DISTCACHE_TEST_ROLE";
 
 const PROCESSES: usize = 4;
 const SERVERS: usize = 3;
@@ -593,30 +592,6 @@ async fn herd_child() -> ExitCode {
 // ---------------------------------------------------------------------------------------------
 // The parent: the fleet, its faults, and the history.
 
-/// A child process and its output, read line by line through one buffer.
-struct Kid {
-    child: Child,
-    out: Option<BufReader<ChildStdout>>,
-}
-
-/// The next line a child prints, read on a blocking thread.
-async fn line_from(kid: &mut Kid) -> String {
-    let mut out = kid.out.take().expect("one reader at a time");
-    let (line, out) = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        out.read_line(&mut line).expect("read a child's line");
-        (line, out)
-    })
-    .await
-    .expect("the reader thread");
-    kid.out = Some(out);
-    line.trim_end().to_owned()
-}
-
-fn say(stdin: &mut ChildStdin, line: &str) {
-    writeln!(stdin, "{line}").expect("write to a child");
-}
-
 /// The servers, their proxies, the counter and the children of one scenario.
 struct Fleet {
     config: Config,
@@ -680,19 +655,7 @@ impl Fleet {
                     dir.join(format!("{proc}.json")).display().to_string(),
                 ),
             ]);
-            let mut child = Command::new(std::env::current_exe().expect("the test binary"))
-                .env(ROLE, "herd")
-                .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("spawn a child");
-            let out = BufReader::new(child.stdout.take().expect("piped stdout"));
-            kids.push(Kid {
-                child,
-                out: Some(out),
-            });
+            kids.push(spawn("herd", &envs));
         }
         for kid in &mut kids {
             assert_eq!(line_from(kid).await, "ready");

@@ -5,15 +5,15 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
+use std::io::Write;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use distcache::{Cache, Error, distcached};
+use support::kids::{Kid, ROLE, line_from, say, spawn};
 use support::memcached::{Memcached, Outside};
 
-const ROLE: &str = "DISTCACHE_TEST_ROLE";
 const MINUTE: Duration = Duration::from_secs(60);
 
 fn main() -> ExitCode {
@@ -64,47 +64,6 @@ fn main() -> ExitCode {
 /// A test scenario: its name and what runs it.
 type Scenario = (&'static str, fn() -> Test);
 type Test = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
-
-/// A child process and its output, read line by line through one buffer.
-struct Kid {
-    child: Child,
-    out: Option<BufReader<ChildStdout>>,
-}
-
-/// Re-spawns this binary in `role`, with `envs`.
-fn spawn(role: &str, envs: &[(&str, String)]) -> Kid {
-    let mut child = Command::new(std::env::current_exe().expect("the test binary"))
-        .env(ROLE, role)
-        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn a child");
-    let out = BufReader::new(child.stdout.take().expect("piped stdout"));
-    Kid {
-        child,
-        out: Some(out),
-    }
-}
-
-/// The next line a child prints, read on a blocking thread.
-async fn line_from(kid: &mut Kid) -> String {
-    let mut out = kid.out.take().expect("one reader at a time");
-    let (line, out) = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        out.read_line(&mut line).expect("read a child's line");
-        (line, out)
-    })
-    .await
-    .expect("the reader thread");
-    kid.out = Some(out);
-    line.trim_end().to_owned()
-}
-
-fn say(stdin: &mut ChildStdin, line: &str) {
-    writeln!(stdin, "{line}").expect("write to a child");
-}
 
 const KEYS: usize = 50;
 const CALLERS: usize = 32;

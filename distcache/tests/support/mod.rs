@@ -2,5 +2,6 @@
 #![allow(dead_code)]
 
 pub mod history;
+pub mod kids;
 pub mod memcached;
 pub mod proxy;
