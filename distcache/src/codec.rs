@@ -105,6 +105,11 @@ pub(crate) fn refused_marker(size: usize) -> (Bytes, u32) {
     )
 }
 
+/// The marker item for a value its getter chose not to store (`entry::skip_store`).
+pub(crate) fn skipped_marker() -> (Bytes, u32) {
+    marker(true, "the getter chose not to store this value")
+}
+
 fn marker(shareable: bool, reason: &str) -> (Bytes, u32) {
     let mut bytes = Vec::with_capacity(1 + reason.len());
     bytes.push(if shareable { b'L' } else { b'U' });

@@ -36,6 +36,7 @@ use tracing::{debug, error, warn};
 use crate::coalesce::{Ended, Join, Leader};
 use crate::codec::{self, DecodeError, EncodeError, JSON_FLAGS};
 use crate::core::{Core, OnUnavailable, refresh_ahead_in_range};
+use crate::entry::{self, Decision};
 use crate::error::Error;
 use crate::key::WireKey;
 use crate::options::GetOptions;
@@ -66,6 +67,9 @@ const EXTEND_EVERY: Duration = Duration::from_secs(1);
 /// extension: memcached's one-second tick, and half a second for the round trip. Past that, the
 /// holder no longer touches the key, which may be another's by then.
 const LEASE_MARGIN: Duration = Duration::from_millis(1500);
+/// How long a key is marked after its getter chose not to store the value: memcached's least,
+/// enough for the callers waiting on the lease to see it.
+const SKIPPED_MARKER_TTL: Duration = Duration::from_secs(1);
 
 /// What a call computes its value with: called at most once, its future resolving to the value
 /// or the caller's own error. The one bound every function that passes a getter along takes.
@@ -392,8 +396,8 @@ impl<S: Store> Call<'_, S> {
             lease: Some(lease),
             marker: None,
         };
-        let value = match self.run_getter_holding(lease, getter).await {
-            Ok(value) => value,
+        let (value, decision) = match self.run_getter_holding(lease, getter).await {
+            Ok(ended) => ended,
             Err(err) => {
                 // Hand the lease back before the followers hear of the failure (when `leader`
                 // drops), so that the one that tries next wins it at once.
@@ -401,6 +405,23 @@ impl<S: Store> Call<'_, S> {
                 return Err(err);
             }
         };
+        if decision.skip_store {
+            // The getter chose not to store its value: this process's callers share it; the
+            // key is marked for a second, so that callers waiting in other processes run their
+            // own at once, and later calls lease it again.
+            held.disarm();
+            self.core.stats.skipped_stores.incr();
+            debug!(key = self.key, "the getter chose not to store its value");
+            let (marker, flags) = codec::skipped_marker();
+            let marked = self
+                .store
+                .fill(&self.wire, lease, &marker, flags, SKIPPED_MARKER_TTL)
+                .await;
+            if marked.is_err() {
+                self.store.release_later(&self.wire, lease);
+            }
+            return Ok(self.run_shared(leader, value));
+        }
         let json = match codec::encode_for_store(&value, self.core.config.max_value_bytes) {
             Ok(json) => json,
             Err(err) => {
@@ -424,7 +445,13 @@ impl<S: Store> Call<'_, S> {
         };
         let filled = self
             .store
-            .fill(&self.wire, lease, &json, JSON_FLAGS, self.expire)
+            .fill(
+                &self.wire,
+                lease,
+                &json,
+                JSON_FLAGS,
+                self.expire_of(decision),
+            )
             .await;
         self.record_fill(&filled, json.len());
         if filled.is_err() {
@@ -450,6 +477,24 @@ impl<S: Store> Call<'_, S> {
         }
         leader.publish(json);
         Ok(value)
+    }
+
+    /// The value's expire: the getter's choice (`entry::set_expire`, at most 365 days), or the
+    /// call's.
+    fn expire_of(&self, decision: Decision) -> Duration {
+        decision
+            .expire
+            .map_or(self.expire, |expire| expire.min(MAX_DURATION))
+    }
+
+    /// A value not stored but shared with this process's callers waiting for it: as JSON, or,
+    /// if it has none, each of them computes its own.
+    fn run_shared<T: Serialize>(&self, leader: Leader<'_>, value: T) -> T {
+        match codec::encode(&value, usize::MAX) {
+            Ok(json) => leader.publish(json),
+            Err(_) => leader.uncached(),
+        }
+        value
     }
 
     /// How long a marker of an unstorable value lives: `expire`, at most `MARKER_TTL`.
@@ -494,8 +539,8 @@ impl<S: Store> Call<'_, S> {
     {
         let stats = &self.core.stats;
         stats.refreshes.incr();
-        let value = match self.try_getter(getter).await {
-            Ok(value) => value,
+        let (value, decision) = match self.try_getter(getter).await {
+            Ok(ended) => ended,
             Err(failed) => {
                 if matches!(failed, Failed::TimedOut) {
                     stats.timeouts.incr();
@@ -507,6 +552,11 @@ impl<S: Store> Call<'_, S> {
                 return current;
             }
         };
+        if decision.skip_store {
+            // The current value stays, to expire as usual.
+            stats.skipped_stores.incr();
+            return value;
+        }
         let json = match codec::encode_for_store(&value, self.core.config.max_value_bytes) {
             Ok(json) => json,
             Err(err) => {
@@ -517,7 +567,13 @@ impl<S: Store> Call<'_, S> {
         };
         let filled = self
             .store
-            .fill(&self.wire, version, &json, JSON_FLAGS, self.expire)
+            .fill(
+                &self.wire,
+                version,
+                &json,
+                JSON_FLAGS,
+                self.expire_of(decision),
+            )
             .await;
         self.record_fill(&filled, json.len());
         value
@@ -573,7 +629,7 @@ impl<S: Store> Call<'_, S> {
     }
 
     /// Runs the getter as `run_getter` does, extending `lease` every `EXTEND_EVERY` meanwhile.
-    async fn run_getter_holding<T, E, F>(&self, lease: Lease, getter: F) -> Result<T, E>
+    async fn run_getter_holding<T, E, F>(&self, lease: Lease, getter: F) -> Result<(T, Decision), E>
     where
         E: From<Error>,
         F: Getter<T, E>,
@@ -582,7 +638,7 @@ impl<S: Store> Call<'_, S> {
         let mut keep = pin!(self.keep(lease, &extending));
         let ended = tokio::select! {
             biased;
-            ended = self.run_getter(getter) => ended,
+            ended = self.run_getter_deciding(getter) => ended,
             never = keep.as_mut() => match never {},
         };
         if ended.is_ok() && extending.load(Ordering::Relaxed) {
@@ -647,6 +703,17 @@ impl<S: Store> Call<'_, S> {
         E: From<Error>,
         F: Getter<T, E>,
     {
+        self.run_getter_deciding(getter)
+            .await
+            .map(|(value, _decision)| value)
+    }
+
+    /// As `run_getter`, with what the getter decided about storing its value (`entry.rs`).
+    async fn run_getter_deciding<T, E, F>(&self, getter: F) -> Result<(T, Decision), E>
+    where
+        E: From<Error>,
+        F: Getter<T, E>,
+    {
         self.try_getter(getter)
             .await
             .map_err(|failed| match failed {
@@ -661,32 +728,33 @@ impl<S: Store> Call<'_, S> {
     }
 
     /// Runs the getter within the deadline, a panic caught; logs and counts how it ended.
-    async fn try_getter<T, E, F>(&self, getter: F) -> Result<T, Failed<E>>
+    async fn try_getter<T, E, F>(&self, getter: F) -> Result<(T, Decision), Failed<E>>
     where
         F: Getter<T, E>,
     {
         let stats = &self.core.stats;
         stats.getter_runs.incr();
         let started = Instant::now();
-        match timeout_at(self.deadline, catch_unwind(|| getter.call())).await {
+        let run = entry::deciding(catch_unwind(|| getter.call()));
+        match timeout_at(self.deadline, run).await {
             Err(_elapsed) => {
                 warn!(key = self.key, limit = ?self.exec_limit, "the getter ran out of time and was dropped");
                 Err(Failed::TimedOut)
             }
-            Ok(Err(panic)) => {
+            Ok((Err(panic), _)) => {
                 stats.getter_panics.incr();
                 let message = panic_message(&*panic);
                 error!(key = self.key, panic = %message, "the getter panicked");
                 Err(Failed::Panicked(message))
             }
-            Ok(Ok(Err(err))) => {
+            Ok((Ok(Err(err)), _)) => {
                 stats.getter_errors.incr();
                 debug!(key = self.key, "the getter failed");
                 Err(Failed::Error(err))
             }
-            Ok(Ok(Ok(value))) => {
+            Ok((Ok(Ok(value)), decision)) => {
                 self.core.estimates.record_run(self.site, started.elapsed());
-                Ok(value)
+                Ok((value, decision))
             }
         }
     }

@@ -90,6 +90,7 @@ mod cache;
 mod coalesce;
 mod codec;
 mod core;
+pub mod entry;
 mod error;
 mod flight;
 mod global;

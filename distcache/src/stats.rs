@@ -67,6 +67,9 @@ pub struct Stats {
     /// extends it every second, so that a holder that dies frees its key within seconds (see
     /// README, "Guarantees and their limits"). One round trip each, for getters over a second.
     pub lease_extensions: u64,
+    /// Values their getter chose not to store (`distcache::entry::skip_store`): returned to
+    /// their callers, not stored.
+    pub skipped_stores: u64,
 }
 
 macro_rules! counters {
@@ -103,6 +106,7 @@ counters!(
     store_errors,
     refreshes,
     lease_extensions,
+    skipped_stores,
 );
 
 /// A monotonic event counter.

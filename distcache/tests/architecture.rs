@@ -12,6 +12,7 @@ const MODULES: &[(&str, &[&str])] = &[
     ("coalesce", &[]),
     ("codec", &[]),
     ("core", &["OnUnavailable"]),
+    ("entry", &[]),
     ("error", &["BoxError", "Error"]),
     ("flight", &[]),
     ("global", &["default_cache", "set_default"]),

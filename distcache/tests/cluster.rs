@@ -667,3 +667,98 @@ fn server_for_needs_no_connection() {
             .is_none()
     );
 }
+
+/// On memcached, a getter that chooses not to store its value leaves the key marked for a
+/// second: a caller in another process waiting on the lease runs its own getter at once, rather
+/// than waiting for the value. A value whose getter set a short expire lives that long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_getters_own_decisions_reach_other_processes() {
+    use distcache::entry;
+    let server = Memcached::start().await;
+    let (a, b) = (
+        cache_on(&[&server]).build().unwrap(),
+        cache_on(&[&server]).build().unwrap(),
+    );
+    let (won_tx, won_rx) = tokio::sync::oneshot::channel();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let holder = tokio::spawn({
+        let a = a.clone();
+        async move {
+            let value: String = a
+                .get("partial", MINUTE, MINUTE, || async move {
+                    let _ = won_tx.send(());
+                    let _ = go_rx.await;
+                    entry::skip_store();
+                    Ok::<_, Error>("partial".to_owned())
+                })
+                .await
+                .unwrap();
+            value
+        }
+    });
+    won_rx.await.unwrap();
+    let waiting = tokio::spawn({
+        let b = b.clone();
+        async move {
+            let value: String = b
+                .get("partial", MINUTE, MINUTE, || async {
+                    Ok::<_, Error>("its own".to_owned())
+                })
+                .await
+                .unwrap();
+            value
+        }
+    });
+    // Waiting on the lease before the holder decides.
+    within(async {
+        while b.stats().lease_waits == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let _ = go_tx.send(());
+    assert_eq!(holder.await.unwrap(), "partial");
+    assert_eq!(waiting.await.unwrap(), "its own", "ran its own getter");
+    let stats = b.stats();
+    assert_eq!(
+        (stats.getter_runs, stats.uncached_calls),
+        (1, 1),
+        "{stats:?}"
+    );
+    let outside = Outside::connect(&server.addr()).await;
+    let marked = outside.get("partial").await.map(|(v, _)| v);
+    assert!(
+        marked.as_deref() != Some(&b"\"partial\""[..]),
+        "not stored: {marked:?}"
+    );
+
+    let _: String = a
+        .get("brief", MINUTE, MINUTE, || async {
+            entry::set_expire(Duration::from_secs(3));
+            Ok::<_, Error>("brief".to_owned())
+        })
+        .await
+        .unwrap();
+    let ttl = remaining_ttl(&server.addr(), "brief").await;
+    assert!(
+        (1..=3).contains(&ttl),
+        "lives 3 s, not a minute: {ttl} s left"
+    );
+}
+
+/// The seconds `key` has left on the server at `addr` (`mg <key> t`).
+async fn remaining_ttl(addr: &str, key: &str) -> i64 {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut stream = tokio::io::BufReader::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    stream
+        .get_mut()
+        .write_all(format!("mg {key} t\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut line = String::new();
+    stream.read_line(&mut line).await.unwrap();
+    let ttl = line.split_whitespace().find_map(|f| f.strip_prefix('t'));
+    ttl.unwrap_or_else(|| panic!("no TTL in {line:?}"))
+        .parse()
+        .unwrap()
+}

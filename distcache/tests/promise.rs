@@ -608,3 +608,48 @@ async fn a_calls_refresh_ahead_takes_precedence_over_the_caches() {
         .unwrap_err();
     assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
 }
+
+/// The getter decides per result: `set_expire` keeps this value for less (or more) than the
+/// call's `expire`; `skip_store` returns it without storing it (this process's waiting callers
+/// share it), and the next call computes again.
+#[tokio::test(start_paused = true)]
+async fn the_getter_sets_its_values_expire_or_skips_storing_it() {
+    use distcache::entry;
+    let cache = cache();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let get = |key: &'static str, decide: fn()| {
+        let (cache, runs) = (cache.clone(), runs.clone());
+        async move {
+            cache
+                .get::<u64, Error, _, _>(key, MINUTE, MINUTE, || async move {
+                    decide();
+                    tokio::task::yield_now().await;
+                    Ok(runs.fetch_add(1, Ordering::SeqCst) as u64)
+                })
+                .await
+                .unwrap()
+        }
+    };
+    // Kept 2 s instead of a minute.
+    let short = || entry::set_expire(Duration::from_secs(2));
+    assert_eq!(get("short", short).await, 0);
+    assert_eq!(get("short", short).await, 0, "stored");
+    tokio::time::advance(Duration::from_millis(2500)).await;
+    assert_eq!(get("short", short).await, 1, "expired after 2 s");
+
+    // Not stored: two concurrent callers share the run, the next call computes again.
+    let skip = || entry::skip_store();
+    let (a, b) = tokio::join!(get("skip", skip), get("skip", skip));
+    assert_eq!((a, b), (2, 2), "shared in this process");
+    tokio::time::advance(Duration::from_millis(1500)).await;
+    assert_eq!(get("skip", skip).await, 3, "not stored: computed again");
+    assert_eq!(cache.stats().skipped_stores, 2);
+
+    // A zero expire is not storing; outside a getter, both do nothing.
+    assert_eq!(get("zero", || entry::set_expire(Duration::ZERO)).await, 4);
+    entry::skip_store();
+    entry::set_expire(Duration::from_secs(1));
+    assert_eq!(get("plain", || {}).await, 5);
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert_eq!(get("plain", || {}).await, 5, "the call's own expire");
+}
