@@ -15,7 +15,7 @@ use syn::{Expr, ExprLit, Ident, Lit, LitStr, Meta, Token};
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 const VALID: &str = "`expire`, `exec_limit`, `name`, `cache`, `skip(...)`, `key`, \
-                     `refresh_ahead` and `helpers`";
+                     `refresh_ahead`, `error_backoff` and `helpers`";
 
 /// The checked arguments.
 pub(crate) struct Args {
@@ -104,6 +104,18 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
             "cache" => set(&mut cache, Ok(nv.value.clone()), &mut errors),
             "key" => set(&mut key, Ok(nv.value.clone()), &mut errors),
             "helpers" => set(&mut helpers, boolean(&nv.value), &mut errors),
+            "error_backoff" => match duration(&nv.value) {
+                Ok(d) if d > Duration::from_secs(24 * 3600) => errors.push(syn::Error::new(
+                    nv.value.span(),
+                    "error_backoff is at most one day",
+                )),
+                Ok(d) => {
+                    let (secs, nanos) = (d.as_secs(), d.subsec_nanos());
+                    options
+                        .push(quote!(.error_backoff(::core::time::Duration::new(#secs, #nanos))));
+                }
+                Err(err) => errors.push(err),
+            },
             "refresh_ahead" => match fraction(&nv.value) {
                 Ok(fraction) => options.push(quote!(.refresh_ahead(#fraction))),
                 Err(err) => errors.push(err),

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::codec::DEFAULT_MAX_VALUE_BYTES;
-use crate::core::{Config, Core, OnUnavailable, refresh_ahead_in_range};
+use crate::core::{Config, Core, OnUnavailable, error_backoff_in_range, refresh_ahead_in_range};
 use crate::key::KeyEncoder;
 use crate::store::AnyStore;
 use crate::store::memcached::ring::Ring;
@@ -48,6 +48,7 @@ pub struct CacheBuilder {
     on_unavailable: OnUnavailable,
     max_poll_interval: Duration,
     refresh_ahead: f64,
+    error_backoff: Option<Duration>,
     in_process: MemoryLimits,
 }
 
@@ -65,6 +66,7 @@ impl Default for CacheBuilder {
             on_unavailable: OnUnavailable::default(),
             max_poll_interval: Duration::from_millis(200),
             refresh_ahead: 0.0,
+            error_backoff: None,
             in_process: MemoryLimits::default(),
         }
     }
@@ -180,6 +182,29 @@ impl CacheBuilder {
         self
     }
 
+    /// After a getter fails (an error, a panic, or `exec_limit`), its key's callers in every
+    /// process get [`Error::Backoff`](crate::Error::Backoff) for `backoff`, instead of each running
+    /// the getter in turn against an origin that is down; then one caller tries again. The
+    /// caller whose getter failed gets the getter's own error. Off by default; between 1 ms and
+    /// one day. Per call: [`GetOptions::error_backoff`](crate::GetOptions::error_backoff); per
+    /// function: `#[distcached(error_backoff = "1s")]`; for the default cache:
+    /// `DISTCACHE_ERROR_BACKOFF` (`"1s"`, `"500ms"`).
+    ///
+    /// In the store this is a small item under the key (flags `DCB1`) holding when the backoff
+    /// ends, as Unix milliseconds: processes on machines whose clocks differ by `d` back off `d`
+    /// more or less.
+    ///
+    /// ```
+    /// let cache = distcache::Cache::builder()
+    ///     .error_backoff(std::time::Duration::from_secs(1))
+    ///     .build()?;
+    /// # Ok::<(), distcache::BuildError>(())
+    /// ```
+    pub fn error_backoff(mut self, backoff: Duration) -> Self {
+        self.error_backoff = Some(backoff);
+        self
+    }
+
     /// The most entries (values, and keys being computed) the in-process store keeps; past it, or
     /// past [`in_process_max_bytes`](Self::in_process_max_bytes), it evicts the values least
     /// likely to be read again, expired ones first. Only the in-process store (no servers) uses
@@ -234,6 +259,14 @@ impl CacheBuilder {
                 reason: format!("{} is not at least 0 and under 1", self.refresh_ahead),
             });
         }
+        if let Some(backoff) = self.error_backoff
+            && !error_backoff_in_range(backoff)
+        {
+            return Err(BuildError::InvalidSetting {
+                setting: "error_backoff",
+                reason: format!("{backoff:?} is not between 1ms and one day"),
+            });
+        }
         // Checked with servers too: a wrong setting is a mistake whichever store is used today.
         if !IN_PROCESS_ENTRIES.contains(&self.in_process.max_entries) {
             return Err(BuildError::InvalidSetting {
@@ -272,6 +305,7 @@ impl CacheBuilder {
                 on_unavailable: self.on_unavailable,
                 max_poll_interval: self.max_poll_interval,
                 refresh_ahead: self.refresh_ahead,
+                error_backoff: self.error_backoff,
             },
         };
         Ok(Cache::from_parts(core, store))

@@ -38,6 +38,11 @@ impl Cache {
         self.inner.core.config.refresh_ahead
     }
 
+    #[cfg(test)]
+    pub(crate) fn error_backoff(&self) -> Option<Duration> {
+        self.inner.core.config.error_backoff
+    }
+
     /// The in-process store's entries and bytes now; `None` on memcached.
     #[cfg(test)]
     pub(crate) fn in_process_usage(&self) -> Option<(usize, u64)> {

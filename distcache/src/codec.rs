@@ -4,6 +4,8 @@
 //! client's pickle, a PHP session) or a future format is recognised before it is parsed. Bytes
 //! that do not decode as the requested type are a miss, never a panic and never returned.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -18,6 +20,10 @@ pub(crate) const JSON_FLAGS: u32 = u32::from_be_bytes(*b"DCJ1");
 /// process can still share one run) or not (`U`); the rest says why, for an operator. A caller
 /// that finds it runs the getter itself at once, without waiting for any other process.
 pub(crate) const UNSTORABLE_FLAGS: u32 = u32::from_be_bytes(*b"DCU1");
+
+/// Client flags of a marker that says the key's getter failed and is backed off: `"DCB1"`. Its
+/// bytes are when the backoff ends, in Unix milliseconds, as decimal digits.
+pub(crate) const BACKOFF_FLAGS: u32 = u32::from_be_bytes(*b"DCB1");
 
 /// The longest a marker lives (less if the value's `expire` is shorter): long enough to spare
 /// callers from taking turns at the getter, short enough that a value that becomes storable (a
@@ -58,6 +64,8 @@ pub(crate) enum DecodeError {
         shareable: bool,
         reason: String,
     },
+    #[error("the key's getter failed and is backed off")]
+    Backoff { until: SystemTime },
     #[error("the item's flags {0:#010x} are not distcache JSON")]
     ForeignFlags(u32),
     #[error("the item is not JSON of the requested type: {0}")]
@@ -105,6 +113,15 @@ pub(crate) fn refused_marker(size: usize) -> (Bytes, u32) {
     )
 }
 
+/// The marker item of a failing key, backed off until `until`.
+pub(crate) fn backoff_marker(until: SystemTime) -> (Bytes, u32) {
+    let millis = until
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    (Bytes::from(millis.to_string()), BACKOFF_FLAGS)
+}
+
 /// The marker item for a value its getter chose not to store (`entry::skip_store`).
 pub(crate) fn skipped_marker() -> (Bytes, u32) {
     marker(true, "the getter chose not to store this value")
@@ -129,6 +146,15 @@ pub(crate) fn decode<T: DeserializeOwned>(flags: u32, data: &[u8]) -> Result<T, 
                 shareable,
                 reason: String::from_utf8_lossy(reason).into_owned(),
             });
+        }
+        if flags == BACKOFF_FLAGS {
+            // Unreadable bytes under these flags are a backoff already over.
+            let millis = std::str::from_utf8(data)
+                .ok()
+                .and_then(|digits| digits.parse::<u64>().ok())
+                .unwrap_or(0);
+            let until = UNIX_EPOCH + std::time::Duration::from_millis(millis);
+            return Err(DecodeError::Backoff { until });
         }
         return Err(DecodeError::ForeignFlags(flags));
     }

@@ -25,6 +25,8 @@ pub(crate) struct Config {
     pub(crate) max_poll_interval: Duration,
     /// The share of `expire` before the end in which a value is refreshed; 0: never.
     pub(crate) refresh_ahead: f64,
+    /// How long the callers of a key whose getter failed get `Error::Backoff`; `None`: off.
+    pub(crate) error_backoff: Option<Duration>,
 }
 
 /// What a call does when the store cannot be reached.
@@ -44,4 +46,9 @@ pub enum OnUnavailable {
 /// Whether `fraction` is a `refresh_ahead` a cache accepts: at least 0 (off), under 1.
 pub(crate) fn refresh_ahead_in_range(fraction: f64) -> bool {
     (0.0..1.0).contains(&fraction)
+}
+
+/// Whether `backoff` is an `error_backoff` a cache accepts: 1 ms to one day.
+pub(crate) fn error_backoff_in_range(backoff: Duration) -> bool {
+    (Duration::from_millis(1)..=Duration::from_secs(24 * 3600)).contains(&backoff)
 }

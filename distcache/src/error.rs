@@ -64,6 +64,21 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// The key's getter failed moments ago, in this process or another, and is backed off
+    /// (`error_backoff`): it is not run again before `until`, and every caller meanwhile gets
+    /// this error instead of running it in turn. The caller whose getter failed got the getter's
+    /// own error.
+    #[error(
+        "key {key:?}: its getter failed and is backed off for {:?} more",
+        left(until)
+    )]
+    Backoff {
+        /// The caller's key.
+        key: String,
+        /// When the getter may run again (by the clock of the process whose getter failed).
+        until: std::time::SystemTime,
+    },
+
     /// A call's argument is unusable: a zero `exec_limit` or `expire`.
     #[error("key {key:?}: invalid argument: {reason}")]
     InvalidArgument {
@@ -92,4 +107,11 @@ impl Error {
     pub fn is_timeout(&self) -> bool {
         matches!(self, Error::Timeout { .. })
     }
+}
+
+/// How long until `until`, from now (zero once passed).
+fn left(until: &std::time::SystemTime) -> Duration {
+    until
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default()
 }

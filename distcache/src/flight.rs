@@ -35,7 +35,7 @@ use tracing::{debug, error, warn};
 
 use crate::coalesce::{Ended, Join, Leader};
 use crate::codec::{self, DecodeError, EncodeError, JSON_FLAGS};
-use crate::core::{Core, OnUnavailable, refresh_ahead_in_range};
+use crate::core::{Core, OnUnavailable, error_backoff_in_range, refresh_ahead_in_range};
 use crate::entry::{self, Decision};
 use crate::error::Error;
 use crate::key::WireKey;
@@ -116,6 +116,7 @@ where
         exec_limit,
         expire,
         refresh_ahead,
+        error_backoff,
     } = *options;
     if !in_range(exec_limit) {
         return invalid(EXEC_LIMIT_RANGE);
@@ -131,6 +132,13 @@ where
         Some(fraction) => fraction,
         None => core.config.refresh_ahead,
     };
+    let error_backoff = match error_backoff {
+        Some(backoff) if !error_backoff_in_range(backoff) => {
+            return invalid("error_backoff must be between 1ms and one day");
+        }
+        Some(backoff) => Some(backoff),
+        None => core.config.error_backoff,
+    };
     let call = Call {
         core,
         store,
@@ -140,6 +148,7 @@ where
         exec_limit,
         expire,
         refresh_ahead,
+        error_backoff,
         site,
     };
     loop {
@@ -198,6 +207,7 @@ where
         exec_limit,
         expire: exec_limit,
         refresh_ahead: 0.0,
+        error_backoff: None,
         site,
     };
     call.run_getter(getter).await
@@ -212,6 +222,8 @@ enum Step<T> {
     /// A marker: the value was found unstorable by the caller that computed it; `true` if this
     /// process's callers may still share one run (it has JSON, only too large).
     Unstorable(bool, String),
+    /// The key's getter failed and is backed off until then; the marker's version.
+    Backoff(std::time::SystemTime, Lease),
     Won(Lease),
     Busy,
 }
@@ -237,6 +249,8 @@ struct Call<'a, S> {
     expire: Duration,
     /// The fraction of `expire` refreshed ahead (0: never): the call's, or the cache's.
     refresh_ahead: f64,
+    /// How long a failing getter is backed off (`None`: not): the call's, or the cache's.
+    error_backoff: Option<Duration>,
     site: Site,
 }
 
@@ -279,6 +293,7 @@ impl<S: Store> Call<'_, S> {
                     Err(DecodeError::Unstorable { shareable, reason }) => {
                         Step::Unstorable(shareable, reason)
                     }
+                    Err(DecodeError::Backoff { until }) => Step::Backoff(until, item.version),
                     Err(err) => Step::Undecodable(err, item.version),
                 },
                 Lookup::Refresh(item) => match codec::decode(item.flags, &item.data) {
@@ -286,6 +301,7 @@ impl<S: Store> Call<'_, S> {
                     Err(DecodeError::Unstorable { shareable, reason }) => {
                         Step::Unstorable(shareable, reason)
                     }
+                    Err(DecodeError::Backoff { until }) => Step::Backoff(until, item.version),
                     Err(err) => Step::Undecodable(err, item.version),
                 },
                 Lookup::Won(lease) => Step::Won(lease),
@@ -344,6 +360,23 @@ impl<S: Store> Call<'_, S> {
                     leader.uncached();
                     return self.run_getter(getter).await;
                 }
+                Step::Backoff(until, version) => {
+                    if std::time::SystemTime::now() < until {
+                        drop(waiting);
+                        stats.backoffs.incr();
+                        return Err(Error::Backoff {
+                            key: self.key.to_owned(),
+                            until,
+                        }
+                        .into());
+                    }
+                    // Over: remove the marker (and nothing that replaced it); the next lookup
+                    // wins the lease, one caller fleet-wide, and tries the getter again.
+                    if let Err(err) = self.store.release(&self.wire, version).await {
+                        drop(waiting);
+                        return self.without_store(leader, getter, err).await;
+                    }
+                }
                 Step::Won(lease) => {
                     // A waiter that wins the lease (its holder died) stops waiting: if it was
                     // scouting the site, the part goes to another waiter now, not after the getter.
@@ -399,9 +432,16 @@ impl<S: Store> Call<'_, S> {
         let (value, decision) = match self.run_getter_holding(lease, getter).await {
             Ok(ended) => ended,
             Err(err) => {
-                // Hand the lease back before the followers hear of the failure (when `leader`
-                // drops), so that the one that tries next wins it at once.
-                held.release().await;
+                // Before the followers hear of the failure (when `leader` drops): hand the lease
+                // back, so that the one that tries next wins it at once; or, backing off, fill
+                // it with the backoff's marker, so that every caller gets `Error::Backoff`.
+                match self.error_backoff {
+                    Some(backoff) => {
+                        held.disarm();
+                        self.back_off(lease, backoff).await;
+                    }
+                    None => held.release().await,
+                }
                 return Err(err);
             }
         };
@@ -477,6 +517,26 @@ impl<S: Store> Call<'_, S> {
         }
         leader.publish(json);
         Ok(value)
+    }
+
+    /// Marks the key as backed off for `backoff`, under `lease`. The item outlives the backoff by
+    /// a second (memcached's TTLs are whole seconds), and says itself when the backoff ends.
+    async fn back_off(&self, lease: Lease, backoff: Duration) {
+        let (marker, flags) = codec::backoff_marker(std::time::SystemTime::now() + backoff);
+        let ttl = backoff + Duration::from_secs(1);
+        if self
+            .store
+            .fill(&self.wire, lease, &marker, flags, ttl)
+            .await
+            .is_err()
+        {
+            self.store.release_later(&self.wire, lease);
+        }
+        debug!(
+            key = self.key,
+            ?backoff,
+            "the getter failed; backing the key off"
+        );
     }
 
     /// The value's expire: the getter's choice (`entry::set_expire`, at most 365 days), or the

@@ -1,6 +1,7 @@
 //! The process-wide default cache, which `#[distcached]` functions use unless told otherwise.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use tracing::info;
 
@@ -38,7 +39,9 @@ pub fn set_default(cache: Cache) -> Result<(), Cache> {
 ///   in-process store); a log line says which;
 /// - `DISTCACHE_NAMESPACE`: the [namespace](crate::CacheBuilder::namespace), default none;
 /// - `DISTCACHE_REFRESH_AHEAD`: the [refresh-ahead fraction](crate::CacheBuilder::refresh_ahead),
-///   a number from 0 (the default: off) to under 1.
+///   a number from 0 (the default: off) to under 1;
+/// - `DISTCACHE_ERROR_BACKOFF`: the [backoff of a failing getter](crate::CacheBuilder::error_backoff),
+///   a whole number of milliseconds, seconds or minutes (`"500ms"`, `"1s"`, `"2m"`); default off.
 ///
 /// A configuration that does not build fails every call through the default cache with
 /// [`Error::DefaultCache`], so that it is fixed rather than silently ignored.
@@ -73,6 +76,15 @@ fn from_vars(env: impl Fn(&str) -> Option<String>) -> Result<Cache, BuildError> 
         }
         builder = builder.refresh_ahead(value);
     }
+    if let Some(backoff) = var("DISTCACHE_ERROR_BACKOFF") {
+        let parsed = duration(&backoff).ok_or_else(|| BuildError::InvalidSetting {
+            setting: "error_backoff",
+            reason: format!(
+                "DISTCACHE_ERROR_BACKOFF={backoff:?} is not a duration such as \"500ms\", \"1s\" or \"2m\""
+            ),
+        })?;
+        builder = builder.error_backoff(parsed);
+    }
     match var("DISTCACHE_SERVERS") {
         Some(servers) => {
             let cache = builder
@@ -88,6 +100,20 @@ fn from_vars(env: impl Fn(&str) -> Option<String>) -> Result<Cache, BuildError> 
             );
             Ok(cache)
         }
+    }
+}
+
+/// `"500ms"`, `"1s"`, `"2m"`: a whole number and its unit.
+fn duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    match unit.trim() {
+        "ms" => Some(Duration::from_millis(number)),
+        "s" => Some(Duration::from_secs(number)),
+        "m" => Some(Duration::from_secs(number.checked_mul(60)?)),
+        _ => None,
     }
 }
 
@@ -120,6 +146,33 @@ mod tests {
                     err,
                     BuildError::InvalidSetting {
                         setting: "refresh_ahead",
+                        ..
+                    }
+                ),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn error_backoff_comes_from_the_environment_and_a_bad_one_is_a_typed_error() {
+        let backoff = |cache: Cache| cache.error_backoff();
+        assert_eq!(with(&[]).map(backoff).unwrap(), None);
+        for (text, d) in [
+            ("500ms", Duration::from_millis(500)),
+            (" 1s ", Duration::from_secs(1)),
+            ("2m", Duration::from_secs(120)),
+        ] {
+            let got = with(&[("DISTCACHE_ERROR_BACKOFF", text)]).map(backoff);
+            assert_eq!(got.unwrap(), Some(d), "{text}");
+        }
+        for bad in ["soon", "1", "1h", "0ms", "2d"] {
+            let err = with(&[("DISTCACHE_ERROR_BACKOFF", bad)]).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    BuildError::InvalidSetting {
+                        setting: "error_backoff",
                         ..
                     }
                 ),

@@ -30,6 +30,8 @@ pub struct GetOptions {
     /// `None`: the cache's (`CacheBuilder::refresh_ahead`, or `DISTCACHE_REFRESH_AHEAD` for the
     /// default cache).
     pub(crate) refresh_ahead: Option<f64>,
+    /// `None`: the cache's (`CacheBuilder::error_backoff`).
+    pub(crate) error_backoff: Option<Duration>,
 }
 
 impl GetOptions {
@@ -42,6 +44,7 @@ impl GetOptions {
             exec_limit,
             expire,
             refresh_ahead: None,
+            error_backoff: None,
         }
     }
 
@@ -52,6 +55,16 @@ impl GetOptions {
     #[must_use]
     pub const fn refresh_ahead(mut self, fraction: f64) -> Self {
         self.refresh_ahead = Some(fraction);
+        self
+    }
+
+    /// Backs off a failing getter, as
+    /// [`CacheBuilder::error_backoff`](crate::CacheBuilder::error_backoff) does, for these calls:
+    /// it takes precedence over the cache's setting. Between 1 ms and one day
+    /// ([`Error::InvalidArgument`](crate::Error::InvalidArgument) otherwise).
+    #[must_use]
+    pub const fn error_backoff(mut self, backoff: Duration) -> Self {
+        self.error_backoff = Some(backoff);
         self
     }
 

@@ -70,6 +70,9 @@ pub struct Stats {
     /// Values their getter chose not to store (`distcache::entry::skip_store`): returned to
     /// their callers, not stored.
     pub skipped_stores: u64,
+    /// Calls that got [`Error::Backoff`](crate::Error::Backoff): their key's getter had failed
+    /// moments before (`error_backoff`).
+    pub backoffs: u64,
 }
 
 macro_rules! counters {
@@ -107,6 +110,7 @@ counters!(
     refreshes,
     lease_extensions,
     skipped_stores,
+    backoffs,
 );
 
 /// A monotonic event counter.

@@ -762,3 +762,56 @@ async fn remaining_ttl(addr: &str, key: &str) -> i64 {
         .parse()
         .unwrap()
 }
+
+/// On memcached, a getter that fails in one process backs its key off in every process: the
+/// other cache gets `Error::Backoff` without running its getter, and runs it once the backoff
+/// is over. `Error::Backoff` tells when.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_getter_backs_its_key_off_in_every_process() {
+    let server = Memcached::start().await;
+    let backoff = Duration::from_millis(1500);
+    let (a, b) = (
+        cache_on(&[&server]).error_backoff(backoff).build().unwrap(),
+        cache_on(&[&server]).error_backoff(backoff).build().unwrap(),
+    );
+    let failed: Result<u64, Error> = a
+        .get("down", MINUTE, MINUTE, || async {
+            Err(Error::GetterPanicked {
+                key: "down".into(),
+                message: "the origin is down".into(),
+            })
+        })
+        .await;
+    assert!(matches!(failed, Err(Error::GetterPanicked { .. })));
+    let failed_at = std::time::SystemTime::now();
+    let backed_off: Result<u64, Error> = b.get("down", MINUTE, MINUTE, || async { Ok(1) }).await;
+    match backed_off {
+        Err(Error::Backoff { key, until }) => {
+            assert_eq!(key, "down");
+            let left = until.duration_since(failed_at).unwrap_or_default();
+            assert!(left <= backoff, "until {left:?} after the failure");
+        }
+        other => panic!("expected Error::Backoff, got {other:?}"),
+    }
+    assert_eq!(b.stats().getter_runs, 0);
+    // memcached has no event for a backoff's end: ask until the getter runs again.
+    let value = within(async {
+        loop {
+            match b
+                .get("down", MINUTE, MINUTE, || async { Ok::<u64, Error>(2) })
+                .await
+            {
+                Ok(value) => break value,
+                Err(Error::Backoff { .. }) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(other) => panic!("{other}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(value, 2);
+    assert!(
+        failed_at.elapsed().unwrap() >= backoff,
+        "not before the backoff ended"
+    );
+    assert_eq!(b.stats().getter_runs, 1);
+}

@@ -252,3 +252,23 @@ async fn refresh_ahead_is_set_per_function() {
     assert_eq!(REPORTS.stats().refreshes, 1);
     assert_eq!(REPORT_RUNS.load(Ordering::SeqCst), 2);
 }
+
+static FLAKY_RUNS: AtomicUsize = AtomicUsize::new(0);
+test_cache!(FLAKY);
+
+#[distcached(expire = "1m", exec_limit = "5s", error_backoff = "30s", cache = FLAKY)]
+async fn flaky(id: u32) -> Result<u32, AppError> {
+    FLAKY_RUNS.fetch_add(1, Ordering::SeqCst);
+    Err(AppError::NotFound(id))
+}
+
+#[tokio::test]
+async fn error_backoff_is_set_per_function() {
+    assert_eq!(flaky(1).await, Err(AppError::NotFound(1)));
+    let err = flaky(1).await.unwrap_err();
+    assert!(
+        matches!(&err, AppError::Cache(message) if message.contains("backed off")),
+        "{err:?}"
+    );
+    assert_eq!(FLAKY_RUNS.load(Ordering::SeqCst), 1);
+}

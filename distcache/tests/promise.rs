@@ -653,3 +653,58 @@ async fn the_getter_sets_its_values_expire_or_skips_storing_it() {
     tokio::time::advance(Duration::from_secs(30)).await;
     assert_eq!(get("plain", || {}).await, 5, "the call's own expire");
 }
+
+/// With `error_backoff`, a failing getter's error reaches its own caller; every other caller then
+/// gets `Error::Backoff` at once, without running the getter, until the backoff ends; then one
+/// caller runs it again. Without it, each caller runs the getter in turn (the default).
+#[tokio::test(start_paused = true)]
+async fn a_failing_getter_is_backed_off() {
+    let cache = Cache::builder()
+        .error_backoff(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let get = |fail: bool| {
+        let (cache, runs) = (cache.clone(), runs.clone());
+        async move {
+            cache
+                .get::<u64, AppError, _, _>("origin", MINUTE, MINUTE, || async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    if fail {
+                        Err(AppError::Database("down"))
+                    } else {
+                        Ok(7)
+                    }
+                })
+                .await
+        }
+    };
+    assert_eq!(
+        get(true).await,
+        Err(AppError::Database("down")),
+        "its own error"
+    );
+    for _ in 0..5 {
+        let err = get(false).await.unwrap_err();
+        assert!(
+            matches!(&err, AppError::Cache(message) if message.contains("backed off")),
+            "{err:?}"
+        );
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "not run during the backoff");
+    assert_eq!(cache.stats().backoffs, 5);
+    // The marker says when the backoff ends by the wall clock, which a paused test clock does
+    // not move (tests/cluster.rs checks that end, in real time); the marker itself lives a
+    // second past the backoff, and is gone then.
+    tokio::time::advance(Duration::from_millis(3100)).await;
+    assert_eq!(get(false).await, Ok(7), "tried again after the backoff");
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+
+    // Per call, over the cache's setting; out of range, a typed error.
+    let options = distcache::GetOptions::new(MINUTE, MINUTE).error_backoff(Duration::ZERO);
+    let err = cache
+        .get_with::<u64, Error, _, _>("origin", &options, || async { Ok(1) })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+}
