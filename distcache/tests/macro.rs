@@ -272,3 +272,18 @@ async fn error_backoff_is_set_per_function() {
     );
     assert_eq!(FLAKY_RUNS.load(Ordering::SeqCst), 1);
 }
+
+test_cache!(YEAR);
+
+/// The longest `expire` and `exec_limit` the attribute takes: 365 days, exactly (longer is a
+/// compile error, `tests/ui/bad-duration.rs`).
+#[distcached(expire = "365days", exec_limit = "365days", cache = YEAR)]
+async fn yearly(x: u32) -> Result<u32, AppError> {
+    Ok(x)
+}
+
+#[tokio::test]
+async fn a_year_is_the_longest_duration_and_is_taken() {
+    assert_eq!(yearly(3).await, Ok(3));
+    assert_eq!(YEAR.stats().getter_runs, 1);
+}

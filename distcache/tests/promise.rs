@@ -425,12 +425,16 @@ fn bad_configuration_fails_at_build_with_a_typed_error() {
 async fn zero_or_endless_durations_are_refused() {
     let cache = cache();
     let years = Duration::from_secs(20 * 365 * 86400);
+    let year = Duration::from_secs(365 * 86400);
+    let past_a_year = year + Duration::from_nanos(1);
     for (exec_limit, expire) in [
         (Duration::ZERO, MINUTE),
         (MINUTE, Duration::ZERO),
         (Duration::MAX, MINUTE),
         (MINUTE, Duration::MAX),
         (MINUTE, years),
+        (past_a_year, MINUTE),
+        (MINUTE, past_a_year),
     ] {
         let result: Result<u64, Error> =
             cache.get("z", exec_limit, expire, || async { Ok(1) }).await;
@@ -439,6 +443,9 @@ async fn zero_or_endless_durations_are_refused() {
             "{result:?}"
         );
     }
+    // The limit itself is accepted.
+    let result: Result<u64, Error> = cache.get("y", year, year, || async { Ok(1) }).await;
+    assert_eq!(result.unwrap(), 1);
 }
 
 #[tokio::test]
