@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use distcache::{BuildError, Cache, Error, OnUnavailable};
-use support::memcached::{Memcached, Outside};
+use support::memcached::{Memcached, Outside, remaining_ttl};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -744,23 +744,6 @@ async fn a_getters_own_decisions_reach_other_processes() {
         (1..=3).contains(&ttl),
         "lives 3 s, not a minute: {ttl} s left"
     );
-}
-
-/// The seconds `key` has left on the server at `addr` (`mg <key> t`).
-async fn remaining_ttl(addr: &str, key: &str) -> i64 {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    let mut stream = tokio::io::BufReader::new(tokio::net::TcpStream::connect(addr).await.unwrap());
-    stream
-        .get_mut()
-        .write_all(format!("mg {key} t\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut line = String::new();
-    stream.read_line(&mut line).await.unwrap();
-    let ttl = line.split_whitespace().find_map(|f| f.strip_prefix('t'));
-    ttl.unwrap_or_else(|| panic!("no TTL in {line:?}"))
-        .parse()
-        .unwrap()
 }
 
 /// On memcached, a getter that fails in one process backs its key off in every process: the

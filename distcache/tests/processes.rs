@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use distcache::{Cache, Error, distcached};
 use support::kids::{Kid, ROLE, line_from, say, spawn};
-use support::memcached::{Memcached, Outside};
+use support::memcached::{Memcached, Outside, remaining_ttl};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -281,23 +281,6 @@ async fn paused_child() -> ExitCode {
         .unwrap();
     println!("{value}, lost_fills {}", cache.stats().lost_fills);
     ExitCode::SUCCESS
-}
-
-/// The seconds `key` has left to live on the server at `addr` (`mg <key> t`).
-async fn remaining_ttl(addr: &str, key: &str) -> i64 {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    let mut stream = tokio::io::BufReader::new(tokio::net::TcpStream::connect(addr).await.unwrap());
-    stream
-        .get_mut()
-        .write_all(format!("mg {key} t\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut line = String::new();
-    stream.read_line(&mut line).await.unwrap();
-    let ttl = line.split_whitespace().find_map(|f| f.strip_prefix('t'));
-    ttl.unwrap_or_else(|| panic!("no TTL in {line:?}"))
-        .parse()
-        .unwrap()
 }
 
 #[distcached(expire = "1m", exec_limit = "10s", name = "processes::double")]

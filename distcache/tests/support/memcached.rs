@@ -282,3 +282,21 @@ impl Outside {
         }
     }
 }
+
+/// The seconds `key` has left on the server at `addr` (`mg <key> t`), asked on a connection of
+/// its own.
+pub async fn remaining_ttl(addr: &str, key: &str) -> i64 {
+    use tokio::io::AsyncBufReadExt;
+    let mut stream = tokio::io::BufReader::new(TcpStream::connect(addr).await.unwrap());
+    stream
+        .get_mut()
+        .write_all(format!("mg {key} t\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut line = String::new();
+    stream.read_line(&mut line).await.unwrap();
+    let ttl = line.split_whitespace().find_map(|f| f.strip_prefix('t'));
+    ttl.unwrap_or_else(|| panic!("no TTL in {line:?}"))
+        .parse()
+        .unwrap()
+}
