@@ -25,6 +25,61 @@ pub(crate) const UNSTORABLE_FLAGS: u32 = u32::from_be_bytes(*b"DCU1");
 /// bytes are when the backoff ends, in Unix milliseconds, as decimal digits.
 pub(crate) const BACKOFF_FLAGS: u32 = u32::from_be_bytes(*b"DCB1");
 
+/// Client flags of a value kept past its `expire` (`stale_if_error`): `"DCF1"`, distcache JSON
+/// with freshness, version 1. Its bytes are a [`Freshness`] header, [`FRESHNESS_BYTES`] long,
+/// then the value's JSON as under [`JSON_FLAGS`]. A value written without `stale_if_error` keeps
+/// [`JSON_FLAGS`] and its bytes as they were.
+pub(crate) const FRESHNESS_FLAGS: u32 = u32::from_be_bytes(*b"DCF1");
+
+/// The length of the [`Freshness`] header: three big-endian `u64`.
+pub(crate) const FRESHNESS_BYTES: usize = 24;
+
+/// When a value kept past its `expire` may be served, and recomputed: Unix milliseconds of the
+/// writer's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Freshness {
+    /// Fresh until then; stale after.
+    pub(crate) fresh_until: u64,
+    /// Never served after then, stale or not: `fresh_until` + the writer's `max_stale`.
+    pub(crate) stale_until: u64,
+    /// Nobody starts recomputing the value before then: a recompute is under way (claimed until
+    /// it is bounded to end), or the last one failed and the key is backed off. 0: not before.
+    pub(crate) retry_at: u64,
+}
+
+impl Freshness {
+    /// The header followed by `json`: the bytes of a [`FRESHNESS_FLAGS`] item.
+    pub(crate) fn item(&self, json: &[u8]) -> Bytes {
+        let mut bytes = Vec::with_capacity(FRESHNESS_BYTES + json.len());
+        bytes.extend_from_slice(&self.fresh_until.to_be_bytes());
+        bytes.extend_from_slice(&self.stale_until.to_be_bytes());
+        bytes.extend_from_slice(&self.retry_at.to_be_bytes());
+        bytes.extend_from_slice(json);
+        Bytes::from(bytes)
+    }
+
+    /// The header of a [`FRESHNESS_FLAGS`] item, and where its JSON starts; `None` if the bytes
+    /// are too short to hold one, or it is inconsistent (stale before fresh).
+    pub(crate) fn read(data: &[u8]) -> Option<Freshness> {
+        let word = |i: usize| {
+            let bytes = data.get(i * 8..i * 8 + 8)?;
+            Some(u64::from_be_bytes(bytes.try_into().ok()?))
+        };
+        let header = Freshness {
+            fresh_until: word(0)?,
+            stale_until: word(1)?,
+            retry_at: word(2)?,
+        };
+        (header.fresh_until <= header.stale_until).then_some(header)
+    }
+}
+
+/// Now, in Unix milliseconds, as [`Freshness`] counts.
+pub(crate) fn unix_millis(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// The longest a marker lives (less if the value's `expire` is shorter): long enough to spare
 /// callers from taking turns at the getter, short enough that a value that becomes storable (a
 /// fixed `Serialize`, a smaller result) is stored again soon.
@@ -280,6 +335,32 @@ mod tests {
         let err = encode(&Some(None::<u8>), 100).unwrap_err();
         assert!(err.to_string().contains("reads back as None"), "{err}");
         assert!(encode(&vec![f32::INFINITY], 100).is_err());
+    }
+
+    #[test]
+    fn a_freshness_header_reads_back_and_a_short_or_inconsistent_one_is_refused() {
+        let header = Freshness {
+            fresh_until: 1_800_000_000_000,
+            stale_until: 1_800_003_600_000,
+            retry_at: 7,
+        };
+        let item = header.item(b"[1]");
+        assert_eq!(item.len(), FRESHNESS_BYTES + 3);
+        assert_eq!(&item[..8], &1_800_000_000_000u64.to_be_bytes());
+        assert_eq!(Freshness::read(&item), Some(header));
+        assert_eq!(&item[FRESHNESS_BYTES..], b"[1]");
+        assert_eq!(Freshness::read(&item[..FRESHNESS_BYTES - 1]), None);
+        let backwards = Freshness {
+            fresh_until: 2,
+            stale_until: 1,
+            retry_at: 0,
+        };
+        assert_eq!(Freshness::read(&backwards.item(b"1")), None);
+        // Its flags are not JSON's: a reader that does not know them takes the item as foreign.
+        assert!(matches!(
+            decode::<u64>(FRESHNESS_FLAGS, &item),
+            Err(DecodeError::ForeignFlags(FRESHNESS_FLAGS))
+        ));
     }
 
     #[test]

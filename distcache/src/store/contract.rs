@@ -207,3 +207,42 @@ pub(crate) async fn an_extended_lease_outlives_its_first_ttl<S: Store>(
         "a released lease is gone"
     );
 }
+
+/// A swap replaces the value it read, and gives the new one's version; a swap with a version no
+/// longer current (replaced, or invalidated) changes nothing.
+pub(crate) async fn a_swap_replaces_only_the_version_it_read<S: Store>(
+    store: &S,
+    k: &WireKey,
+    lease_ttl: Duration,
+) {
+    let expire = Duration::from_secs(60);
+    let lease = won(store, k, lease_ttl).await;
+    let first = Bytes::from_static(b"1");
+    assert_eq!(
+        store.fill(k, lease, &first, 5, expire).await.unwrap(),
+        Fill::Stored
+    );
+    let read = hit(store, k, lease_ttl).await.version;
+    let second = Bytes::from_static(b"22");
+    let swapped = store
+        .swap(k, read, &second, 6, expire)
+        .await
+        .unwrap()
+        .expect("the version read is current");
+    assert_ne!(swapped, read);
+    let item = hit(store, k, lease_ttl).await;
+    assert_eq!((&item.data[..], item.flags), (&b"22"[..], 6));
+    assert_eq!(item.version, swapped, "the swap gave the new value's version");
+    // The version read before is spent.
+    let third = Bytes::from_static(b"333");
+    assert_eq!(store.swap(k, read, &third, 7, expire).await.unwrap(), None);
+    // The new one still counts, until the key is invalidated.
+    let again = store.swap(k, swapped, &third, 7, expire).await.unwrap();
+    assert!(again.is_some());
+    store.invalidate(k).await.unwrap();
+    assert_eq!(
+        store.swap(k, again.unwrap(), &first, 5, expire).await.unwrap(),
+        None
+    );
+    won(store, k, lease_ttl).await;
+}

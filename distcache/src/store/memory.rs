@@ -145,6 +145,50 @@ impl MemoryStore {
         }
     }
 
+    /// Stores `data` if `lease` is the key's current lease or version; how it went, and the
+    /// version of what was stored.
+    fn write(
+        &self,
+        key: &WireKey,
+        lease: Lease,
+        data: &Bytes,
+        flags: u32,
+        expire: Duration,
+    ) -> (Fill, Lease) {
+        let now = Instant::now();
+        let mut shard = self.inner.shard(key.as_str());
+        shard.drop_expired(key.as_str(), now);
+        let ours = shard.map.peek(key.as_str()).map(|e| e.cas) == Some(lease.cas);
+        if !ours {
+            return (Fill::LeaseLost, lease);
+        }
+        let version = Lease {
+            cas: self.inner.cas(),
+            node: 0,
+            instance: 0,
+        };
+        let entry = Entry {
+            value: Some(Item {
+                data: data.clone(),
+                flags,
+                version,
+            }),
+            cas: version.cas,
+            expires: now + expire,
+            refresh_sent: false,
+        };
+        // A replacement, not a change in place: a value weighs more than the stub it replaces,
+        // and only an insert makes room for it.
+        shard.insert(key.as_str(), entry, now);
+        // quick_cache refuses an entry too heavy for the shard (and drops the stub with it): the
+        // key is then free for the next lookup, as after a release.
+        if shard.map.peek(key.as_str()).is_some_and(|e| e.cas == version.cas) {
+            (Fill::Stored, version)
+        } else {
+            (Fill::TooLarge, version)
+        }
+    }
+
     /// The entries and bytes (as [`footprint`] counts them) held now.
     #[cfg(test)]
     pub(crate) fn usage(&self) -> (usize, u64) {
@@ -295,38 +339,21 @@ impl Store for MemoryStore {
         flags: u32,
         expire: Duration,
     ) -> Result<Fill, StoreError> {
-        let now = Instant::now();
-        let mut shard = self.inner.shard(key.as_str());
-        shard.drop_expired(key.as_str(), now);
-        let ours = shard.map.peek(key.as_str()).map(|e| e.cas) == Some(lease.cas);
-        if !ours {
-            return Ok(Fill::LeaseLost);
-        }
-        let cas = self.inner.cas();
-        let entry = Entry {
-            value: Some(Item {
-                data: data.clone(),
-                flags,
-                version: Lease {
-                    cas,
-                    node: 0,
-                    instance: 0,
-                },
-            }),
-            cas,
-            expires: now + expire,
-            refresh_sent: false,
-        };
-        // A replacement, not a change in place: a value weighs more than the stub it replaces,
-        // and only an insert makes room for it.
-        shard.insert(key.as_str(), entry, now);
-        // quick_cache refuses an entry too heavy for the shard (and drops the stub with it): the
-        // key is then free for the next lookup, as after a release.
-        if shard.map.peek(key.as_str()).is_some_and(|e| e.cas == cas) {
-            Ok(Fill::Stored)
-        } else {
-            Ok(Fill::TooLarge)
-        }
+        Ok(self.write(key, lease, data, flags, expire).0)
+    }
+
+    async fn swap(
+        &self,
+        key: &WireKey,
+        version: Lease,
+        data: &Bytes,
+        flags: u32,
+        expire: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        Ok(match self.write(key, version, data, flags, expire) {
+            (Fill::Stored, version) => Some(version),
+            _ => None,
+        })
     }
 
     async fn extend(
@@ -429,6 +456,16 @@ mod tests {
         contract::a_value_near_its_end_is_refreshed_by_one(
             &MemoryStore::default(),
             &key("r"),
+            LEASE,
+        )
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_swap_replaces_only_the_version_it_read() {
+        contract::a_swap_replaces_only_the_version_it_read(
+            &MemoryStore::default(),
+            &key("s"),
             LEASE,
         )
         .await;

@@ -1,4 +1,4 @@
-//! The four verbs a store implements. The algorithm over them is in `flight.rs`, written once.
+//! The verbs a store implements. The algorithm over them is in `flight.rs`, written once.
 //!
 //! The verbs are memcached's meta commands (mg, ms, md): the store itself hands out the
 //! right to compute, atomically, with the read.
@@ -145,6 +145,18 @@ pub(crate) trait Store: Clone + Send + Sync + 'static {
         expire: Duration,
     ) -> impl Future<Output = Result<Fill, StoreError>> + Send;
 
+    /// Replaces the value at `version` (as a lookup found it) with `data`, to live `expire` from
+    /// now; the new value's version, or `None` if the key's value changed or went meanwhile (or,
+    /// as for a fill, the store refused its size).
+    fn swap(
+        &self,
+        key: &WireKey,
+        version: Lease,
+        data: &Bytes,
+        flags: u32,
+        expire: Duration,
+    ) -> impl Future<Output = Result<Option<Lease>, StoreError>> + Send;
+
     /// Keeps `lease` for another `lease_ttl`, counted from now, if it is still the key's current
     /// lease; `false` if it is not (it expired, was taken over or filled, or the key was
     /// invalidated), and then nothing of the key changes, except as the memcached store's
@@ -207,6 +219,20 @@ impl Store for AnyStore {
         match self {
             AnyStore::Memory(s) => s.fill(key, lease, data, flags, expire).await,
             AnyStore::Memcached(s) => s.fill(key, lease, data, flags, expire).await,
+        }
+    }
+
+    async fn swap(
+        &self,
+        key: &WireKey,
+        version: Lease,
+        data: &Bytes,
+        flags: u32,
+        expire: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.swap(key, version, data, flags, expire).await,
+            AnyStore::Memcached(s) => s.swap(key, version, data, flags, expire).await,
         }
     }
 

@@ -131,6 +131,50 @@ impl Cluster {
 
     /// Runs `request` on the node that granted `lease`, and only on the run of its server that
     /// granted it: only that one can honour the lease's CAS.
+    /// `ms … C<cas>` on the lease's node: how it went, and the stored item's CAS.
+    async fn set_if_cas(
+        &self,
+        key: &WireKey,
+        lease: Lease,
+        data: &Bytes,
+        flags: u32,
+        expire: Duration,
+    ) -> Result<(Fill, Option<u64>), StoreError> {
+        if self.inner.nodes[lease.node].refuses(key.as_bytes().len(), data.len()) {
+            // Not sent: the server would refuse it and delete the lease's stub with it.
+            return Ok((Fill::TooLarge, None));
+        }
+        let request = Request::SetIfCas {
+            key,
+            data,
+            flags,
+            ttl: ttl_seconds(expire),
+            cas: lease.cas,
+        };
+        let reply = match self.on_lease_node("fill", lease, request).await {
+            Err(err) if matches!(err.kind, StoreErrorKind::Restarted) => {
+                debug!(key = key.as_str(), error = %err, "not filled");
+                return Ok((Fill::LeaseLost, None));
+            }
+            reply => reply?,
+        };
+        match reply {
+            Reply::Meta(Meta {
+                code: Code::Stored,
+                cas,
+                ..
+            }) => Ok((Fill::Stored, cas)),
+            // EX: the CAS changed (taken over); NF: the stub expired; NS: not stored.
+            Reply::Meta(_) => Ok((Fill::LeaseLost, None)),
+            Reply::Error {
+                kind: ErrorKind::Server,
+                message,
+            } if message.contains("too large") => Ok((Fill::TooLarge, None)),
+            other => meta("fill", &self.inner.nodes[lease.node].server, other)
+                .map(|_| (Fill::LeaseLost, None)),
+        }
+    }
+
     async fn on_lease_node(
         &self,
         operation: &'static str,
@@ -251,43 +295,25 @@ impl Store for Cluster {
         flags: u32,
         expire: Duration,
     ) -> Result<Fill, StoreError> {
-        if self.inner.nodes[lease.node].refuses(key.as_bytes().len(), data.len()) {
-            // Not sent: the server would refuse it and delete the lease's stub with it.
-            return Ok(Fill::TooLarge);
-        }
-        let request = Request::SetIfCas {
-            key,
-            data,
-            flags,
-            ttl: ttl_seconds(expire),
-            cas: lease.cas,
-        };
-        let reply = match self.on_lease_node("fill", lease, request).await {
-            Err(err) if matches!(err.kind, StoreErrorKind::Restarted) => {
-                debug!(key = key.as_str(), error = %err, "not filled");
-                return Ok(Fill::LeaseLost);
-            }
-            reply => reply?,
-        };
-        match reply {
-            Reply::Meta(Meta {
-                code: Code::Stored, ..
-            }) => Ok(Fill::Stored),
-            // EX: the CAS changed (taken over); NF: the stub expired; NS: not stored.
-            Reply::Meta(_) => Ok(Fill::LeaseLost),
-            Reply::Error {
-                kind: ErrorKind::Server,
-                message,
-            } if message.contains("too large") => Ok(Fill::TooLarge),
-            other => {
-                meta("fill", &self.inner.nodes[lease.node].server, other).map(|_| Fill::LeaseLost)
-            }
-        }
+        self.set_if_cas(key, lease, data, flags, expire)
+            .await
+            .map(|(fill, _)| fill)
     }
 
-    /// A touch cannot compare the CAS: if the stub expired and the key was leased or filled by
-    /// another since, its TTL is set too. The flight only extends a lease it knows to be alive
-    /// (`flight::LEASE_MARGIN`), so that this takes a round trip delayed by seconds.
+    async fn swap(
+        &self,
+        key: &WireKey,
+        version: Lease,
+        data: &Bytes,
+        flags: u32,
+        expire: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        Ok(match self.set_if_cas(key, version, data, flags, expire).await? {
+            (Fill::Stored, Some(cas)) => Some(Lease { cas, ..version }),
+            _ => None,
+        })
+    }
+
     async fn extend(
         &self,
         key: &WireKey,
@@ -640,6 +666,13 @@ mod tests {
             &key("f"),
         )
         .await;
+    }
+
+    #[tokio::test]
+    async fn a_swap_replaces_only_the_version_it_read() {
+        let server = Memcached::start().await;
+        contract::a_swap_replaces_only_the_version_it_read(&cluster(&[&server]), &key("s"), LEASE)
+            .await;
     }
 
     #[tokio::test]

@@ -31,8 +31,9 @@ pub(crate) enum Request<'a> {
         lease: u32,
         refresh: u32,
     },
-    /// `ms <key> <len> T<ttl> C<cas> F<flags> O<op>`: store, only if the item's CAS is still
-    /// `cas` (our lease's stub).
+    /// `ms <key> <len> c T<ttl> C<cas> F<flags> O<op>`: store, only if the item's CAS is still
+    /// `cas` (our lease's stub, or the value we replace); `HD c<cas>` gives the new item's CAS
+    /// (memcached 1.6.18 answers it).
     SetIfCas {
         key: &'a WireKey,
         data: &'a [u8],
@@ -79,7 +80,7 @@ impl Request<'_> {
                 out.extend_from_slice(b"ms ");
                 out.extend_from_slice(key.as_bytes());
                 flag(out, b" ", data.len() as u64);
-                flag(out, b" T", ttl.into());
+                flag(out, b" c T", ttl.into());
                 flag(out, b" C", cas);
                 flag(out, b" F", flags.into());
             }

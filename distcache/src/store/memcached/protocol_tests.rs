@@ -45,7 +45,7 @@ fn requests_are_built_from_typed_values() {
             ttl: 60,
             cas: 99
         }),
-        "ms user:1 2 T60 C99 F5 O7\r\n{}\r\n"
+        "ms user:1 2 c T60 C99 F5 O7\r\n{}\r\n"
     );
     assert_eq!(
         encoded(Request::Delete {
