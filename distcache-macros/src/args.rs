@@ -15,7 +15,7 @@ use syn::{Expr, ExprLit, Ident, Lit, LitStr, Meta, Token};
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 const VALID: &str = "`expire`, `exec_limit`, `name`, `cache`, `skip(...)`, `key`, \
-                     `refresh_ahead`, `error_backoff` and `helpers`";
+                     `refresh_ahead`, `error_backoff`, `stale_if_error` and `helpers`";
 
 /// The checked arguments.
 pub(crate) struct Args {
@@ -113,6 +113,14 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
                     let (secs, nanos) = (d.as_secs(), d.subsec_nanos());
                     options
                         .push(quote!(.error_backoff(::core::time::Duration::new(#secs, #nanos))));
+                }
+                Err(err) => errors.push(err),
+            },
+            "stale_if_error" => match duration(&nv.value) {
+                Ok(d) => {
+                    let (secs, nanos) = (d.as_secs(), d.subsec_nanos());
+                    options
+                        .push(quote!(.stale_if_error(::core::time::Duration::new(#secs, #nanos))));
                 }
                 Err(err) => errors.push(err),
             },

@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use crate::codec::DEFAULT_MAX_VALUE_BYTES;
-use crate::core::{Config, Core, OnUnavailable, error_backoff_in_range, refresh_ahead_in_range};
+use crate::core::{
+    Config, Core, OnUnavailable, error_backoff_in_range, refresh_ahead_in_range,
+    stale_if_error_in_range,
+};
 use crate::key::KeyEncoder;
 use crate::store::AnyStore;
 use crate::store::memcached::ring::Ring;
@@ -49,6 +52,7 @@ pub struct CacheBuilder {
     max_poll_interval: Duration,
     refresh_ahead: f64,
     error_backoff: Option<Duration>,
+    stale_if_error: Duration,
     in_process: MemoryLimits,
 }
 
@@ -67,6 +71,7 @@ impl Default for CacheBuilder {
             max_poll_interval: Duration::from_millis(200),
             refresh_ahead: 0.0,
             error_backoff: None,
+            stale_if_error: Duration::ZERO,
             in_process: MemoryLimits::default(),
         }
     }
@@ -205,6 +210,32 @@ impl CacheBuilder {
         self
     }
 
+    /// Keeps each value `max_stale` past its `expire` (RFC 5861's `stale-if-error`; FusionCache's
+    /// fail-safe). Past `expire`, one caller fleet-wide recomputes the value while every other
+    /// caller gets the stale one at once; if the recompute fails (an error, a panic, or
+    /// `exec_limit`), its caller gets the stale value too, counted in
+    /// [`Stats::stale_served`](crate::Stats::stale_served) and logged at warn with the getter's
+    /// error, and nobody recomputes the key for `error_backoff`, or, when that is not set, for
+    /// the value's `expire`, at most 30 s. A value is never served past `expire` + `max_stale`,
+    /// nor after [`invalidate`](crate::Cache::invalidate). Off by default; between 1 ms and 365
+    /// days. Per call: [`GetOptions::stale_if_error`](crate::GetOptions::stale_if_error); per
+    /// function: `#[distcached(stale_if_error = "1h")]`; for the default cache:
+    /// `DISTCACHE_STALE_IF_ERROR` (`"1h"`, `"30m"`).
+    ///
+    /// Values written with it carry their freshness (README, "The item format"): a process of a
+    /// distcache version before it takes them as foreign and recomputes them.
+    ///
+    /// ```
+    /// let cache = distcache::Cache::builder()
+    ///     .stale_if_error(std::time::Duration::from_secs(3600))
+    ///     .build()?;
+    /// # Ok::<(), distcache::BuildError>(())
+    /// ```
+    pub fn stale_if_error(mut self, max_stale: Duration) -> Self {
+        self.stale_if_error = max_stale;
+        self
+    }
+
     /// The most entries (values, and keys being computed) the in-process store keeps; past it, or
     /// past [`in_process_max_bytes`](Self::in_process_max_bytes), it evicts the values least
     /// likely to be read again, expired ones first. Only the in-process store (no servers) uses
@@ -267,6 +298,12 @@ impl CacheBuilder {
                 reason: format!("{backoff:?} is not between 1ms and one day"),
             });
         }
+        if !self.stale_if_error.is_zero() && !stale_if_error_in_range(self.stale_if_error) {
+            return Err(BuildError::InvalidSetting {
+                setting: "stale_if_error",
+                reason: format!("{:?} is not between 1ms and 365 days", self.stale_if_error),
+            });
+        }
         // Checked with servers too: a wrong setting is a mistake whichever store is used today.
         if !IN_PROCESS_ENTRIES.contains(&self.in_process.max_entries) {
             return Err(BuildError::InvalidSetting {
@@ -306,6 +343,7 @@ impl CacheBuilder {
                 max_poll_interval: self.max_poll_interval,
                 refresh_ahead: self.refresh_ahead,
                 error_backoff: self.error_backoff,
+                stale_if_error: self.stale_if_error,
             },
         };
         Ok(Cache::from_parts(core, store))

@@ -43,6 +43,11 @@ impl Cache {
         self.inner.core.config.error_backoff
     }
 
+    #[cfg(test)]
+    pub(crate) fn stale_if_error(&self) -> Duration {
+        self.inner.core.config.stale_if_error
+    }
+
     /// The in-process store's entries and bytes now; `None` on memcached.
     #[cfg(test)]
     pub(crate) fn in_process_usage(&self) -> Option<(usize, u64)> {
@@ -133,7 +138,7 @@ impl Cache {
     ) -> Result<T, E>
     where
         T: Serialize + DeserializeOwned,
-        E: From<Error>,
+        E: From<Error> + std::fmt::Debug,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
@@ -167,7 +172,7 @@ impl Cache {
     ) -> Result<T, E>
     where
         T: Serialize + DeserializeOwned,
-        E: From<Error>,
+        E: From<Error> + std::fmt::Debug,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
@@ -185,7 +190,7 @@ impl Cache {
     ) -> Result<T, E>
     where
         T: Serialize + DeserializeOwned,
-        E: From<Error>,
+        E: From<Error> + std::fmt::Debug,
         F: Getter<T, E>,
     {
         let inner = &*self.inner;

@@ -121,6 +121,8 @@ pub(crate) enum DecodeError {
     },
     #[error("the key's getter failed and is backed off")]
     Backoff { until: SystemTime },
+    #[error("the item's freshness header is unreadable")]
+    Freshness,
     #[error("the item's flags {0:#010x} are not distcache JSON")]
     ForeignFlags(u32),
     #[error("the item is not JSON of the requested type: {0}")]

@@ -8,6 +8,10 @@ use crate::key::KeyEncoder;
 use crate::schedule::Estimates;
 use crate::stats::Counters;
 
+/// The longest `expire` or `exec_limit`: far beyond any memoization, and well within what
+/// memcached's signed 32-bit absolute times and `Instant` arithmetic can carry.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Everything of a cache but its store: what `flight.rs` needs besides the store.
 #[derive(Debug)]
 pub(crate) struct Core {
@@ -27,6 +31,8 @@ pub(crate) struct Config {
     pub(crate) refresh_ahead: f64,
     /// How long the callers of a key whose getter failed get `Error::Backoff`; `None`: off.
     pub(crate) error_backoff: Option<Duration>,
+    /// How long past `expire` values are kept, and served if recomputing them fails; zero: not.
+    pub(crate) stale_if_error: Duration,
 }
 
 /// What a call does when the store cannot be reached.
@@ -46,6 +52,11 @@ pub enum OnUnavailable {
 /// Whether `fraction` is a `refresh_ahead` a cache accepts: at least 0 (off), under 1.
 pub(crate) fn refresh_ahead_in_range(fraction: f64) -> bool {
     (0.0..1.0).contains(&fraction)
+}
+
+/// Whether `max_stale` is a `stale_if_error` a cache accepts (zero, off, aside): 1 ms to 365 days.
+pub(crate) fn stale_if_error_in_range(max_stale: Duration) -> bool {
+    (Duration::from_millis(1)..=MAX_DURATION).contains(&max_stale)
 }
 
 /// Whether `backoff` is an `error_backoff` a cache accepts: 1 ms to one day.

@@ -34,18 +34,20 @@ use tokio::time::{Instant, sleep_until, timeout_at};
 use tracing::{debug, error, warn};
 
 use crate::coalesce::{Ended, Join, Leader};
-use crate::codec::{self, DecodeError, EncodeError, JSON_FLAGS};
-use crate::core::{Core, OnUnavailable, error_backoff_in_range, refresh_ahead_in_range};
+use crate::codec::{
+    self, DecodeError, EncodeError, FRESHNESS_BYTES, FRESHNESS_FLAGS, Freshness, JSON_FLAGS,
+};
+use crate::core::{
+    Core, MAX_DURATION, OnUnavailable, error_backoff_in_range, refresh_ahead_in_range,
+    stale_if_error_in_range,
+};
 use crate::entry::{self, Decision};
 use crate::error::Error;
 use crate::key::WireKey;
 use crate::options::GetOptions;
 use crate::schedule::{Knowledge, PollSchedule, Site, SiteWait};
-use crate::store::{Fill, Lease, Lookup, Store, StoreError, whole_seconds};
+use crate::store::{Fill, Item, Lease, Lookup, Store, StoreError, whole_seconds};
 
-/// The longest `expire` or `exec_limit`: far beyond any memoization, and well within what
-/// memcached's signed 32-bit absolute times and `Instant` arithmetic can carry.
-pub(crate) const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 const EXEC_LIMIT_RANGE: &str = "exec_limit must be more than zero and at most 365 days";
 
 /// Whether `exec_limit` or `expire` is one a call accepts: more than zero, at most `MAX_DURATION`.
@@ -70,6 +72,14 @@ const LEASE_MARGIN: Duration = Duration::from_millis(1500);
 /// How long a key is marked after its getter chose not to store the value: memcached's least,
 /// enough for the callers waiting on the lease to see it.
 const SKIPPED_MARKER_TTL: Duration = Duration::from_secs(1);
+/// The longest a failed recompute of a stale value backs its key off when `error_backoff` is not
+/// set: the value's `expire`, at most this (FusionCache's throttle). A failing origin is asked at
+/// most once per key per `expire`, as a healthy one is, and at least every 30 s, so that its
+/// recovery shows within 30 s.
+const STALE_RETRY_CAP: Duration = Duration::from_secs(30);
+/// How long a claim to recompute a stale value outlasts the claimant's `exec_limit`: if it dies,
+/// another caller takes over at most this long after the call's bound.
+const CLAIM_MARGIN: Duration = Duration::from_secs(1);
 
 /// What a call computes its value with: called at most once, its future resolving to the value
 /// or the caller's own error. The one bound every function that passes a getter along takes.
@@ -102,7 +112,7 @@ pub(crate) async fn get<S, T, E, F>(
 where
     S: Store,
     T: Serialize + DeserializeOwned,
-    E: From<Error>,
+    E: From<Error> + std::fmt::Debug,
     F: Getter<T, E>,
 {
     let invalid = |reason| {
@@ -117,6 +127,7 @@ where
         expire,
         refresh_ahead,
         error_backoff,
+        stale_if_error,
     } = *options;
     if !in_range(exec_limit) {
         return invalid(EXEC_LIMIT_RANGE);
@@ -139,6 +150,13 @@ where
         Some(backoff) => Some(backoff),
         None => core.config.error_backoff,
     };
+    let max_stale = match stale_if_error {
+        Some(max_stale) if !max_stale.is_zero() && !stale_if_error_in_range(max_stale) => {
+            return invalid("stale_if_error must be zero (off) or between 1ms and 365 days");
+        }
+        Some(max_stale) => max_stale,
+        None => core.config.stale_if_error,
+    };
     let call = Call {
         core,
         store,
@@ -149,6 +167,7 @@ where
         expire,
         refresh_ahead,
         error_backoff,
+        max_stale,
         site,
     };
     loop {
@@ -208,6 +227,7 @@ where
         expire: exec_limit,
         refresh_ahead: 0.0,
         error_backoff: None,
+        max_stale: Duration::ZERO,
         site,
     };
     call.run_getter(getter).await
@@ -224,8 +244,26 @@ enum Step<T> {
     Unstorable(bool, String),
     /// The key's getter failed and is backed off until then; the marker's version.
     Backoff(std::time::SystemTime, Lease),
+    /// A value past its `expire`, served as it is: another caller recomputes it, or the key is
+    /// backed off.
+    Stale(T, bytes::Bytes),
+    /// A value past its `expire` (or near it, refreshing ahead) that nobody recomputes: ours to
+    /// claim and recompute.
+    Due(Due<T>),
+    /// A value past what this call serves stale: removed (if still that version), as gone.
+    Expired(Lease),
     Won(Lease),
     Busy,
+}
+
+/// A value with freshness ([`codec::FRESHNESS_FLAGS`]) that is due to be recomputed.
+struct Due<T> {
+    value: T,
+    json: bytes::Bytes,
+    header: Freshness,
+    version: Lease,
+    /// Past its `expire`, rather than refreshed ahead of it.
+    stale: bool,
 }
 
 /// How a getter run ended without a value.
@@ -251,6 +289,9 @@ struct Call<'a, S> {
     refresh_ahead: f64,
     /// How long a failing getter is backed off (`None`: not): the call's, or the cache's.
     error_backoff: Option<Duration>,
+    /// How long past `expire` a value is kept, and served if recomputing it fails (zero: not):
+    /// the call's, or the cache's.
+    max_stale: Duration,
     site: Site,
 }
 
@@ -258,7 +299,7 @@ impl<S: Store> Call<'_, S> {
     async fn lead<T, E, F>(&self, leader: Leader<'_>, getter: F) -> Result<T, E>
     where
         T: Serialize + DeserializeOwned,
-        E: From<Error>,
+        E: From<Error> + std::fmt::Debug,
         F: Getter<T, E>,
     {
         let stats = &self.core.stats;
@@ -288,6 +329,9 @@ impl<S: Store> Call<'_, S> {
                 Ok(lookup) => lookup,
             };
             let step = match lookup {
+                Lookup::Hit(item) | Lookup::Refresh(item) if item.flags == FRESHNESS_FLAGS => {
+                    self.judge(item)
+                }
                 Lookup::Hit(item) => match codec::decode(item.flags, &item.data) {
                     Ok(value) => Step::Value(value, item.data),
                     Err(DecodeError::Unstorable { shareable, reason }) => {
@@ -309,7 +353,9 @@ impl<S: Store> Call<'_, S> {
             };
             if std::mem::take(&mut first) {
                 match step {
-                    Step::Value(..) | Step::Refresh(..) => stats.hits.incr(),
+                    Step::Value(..) | Step::Refresh(..) | Step::Stale(..) | Step::Due(..) => {
+                        stats.hits.incr();
+                    }
                     _ => stats.misses.incr(),
                 }
             }
@@ -330,6 +376,24 @@ impl<S: Store> Call<'_, S> {
                     // getter; later callers find it in the store, which answers them a plain hit.
                     leader.publish(json);
                     return Ok(self.refresh(version, value, getter).await);
+                }
+                Step::Stale(value, json) => {
+                    stats.stale_served.incr();
+                    leader.publish(json);
+                    return Ok(value);
+                }
+                Step::Due(due) => {
+                    drop(waiting);
+                    // As on a refresh: this process's callers take the current value now.
+                    leader.publish(due.json.clone());
+                    return Ok(self.recompute(due, getter).await);
+                }
+                Step::Expired(version) => {
+                    // Removed, as an expired item would be; the next lookup wins the lease.
+                    if let Err(err) = self.store.release(&self.wire, version).await {
+                        drop(waiting);
+                        return self.without_store(leader, getter, err).await;
+                    }
                 }
                 Step::Undecodable(err, version) => {
                     self.decode_miss(&err);
@@ -483,16 +547,7 @@ impl<S: Store> Call<'_, S> {
                 return Ok(self.unstorable(leader, value, err));
             }
         };
-        let filled = self
-            .store
-            .fill(
-                &self.wire,
-                lease,
-                &json,
-                JSON_FLAGS,
-                self.expire_of(decision),
-            )
-            .await;
+        let filled = self.fill(lease, &json, self.expire_of(decision)).await;
         self.record_fill(&filled, json.len());
         if filled.is_err() {
             // Stored or not, nobody can tell: handed back when the node can next be reached,
@@ -517,6 +572,202 @@ impl<S: Store> Call<'_, S> {
         }
         leader.publish(json);
         Ok(value)
+    }
+
+    /// Stores a computed value's JSON under `lease`, for `expire`: as it is, or, keeping stale
+    /// values (`stale_if_error`), after a freshness header, for `expire` + `max_stale`.
+    async fn fill(
+        &self,
+        lease: Lease,
+        json: &bytes::Bytes,
+        expire: Duration,
+    ) -> Result<Fill, StoreError> {
+        if self.max_stale.is_zero() {
+            return self
+                .store
+                .fill(&self.wire, lease, json, JSON_FLAGS, expire)
+                .await;
+        }
+        let fresh_until = codec::unix_millis(std::time::SystemTime::now()) + millis(expire);
+        let header = Freshness {
+            fresh_until,
+            stale_until: fresh_until.saturating_add(millis(self.max_stale)),
+            retry_at: 0,
+        };
+        let ttl = expire.saturating_add(self.max_stale);
+        self.store
+            .fill(&self.wire, lease, &header.item(json), FRESHNESS_FLAGS, ttl)
+            .await
+    }
+
+    /// What to do with a value that carries its freshness: serve it (fresh, or stale while
+    /// another caller recomputes it), recompute it, or take it as gone.
+    fn judge<T: DeserializeOwned>(&self, item: Item) -> Step<T> {
+        let Some(header) = Freshness::read(&item.data) else {
+            return Step::Undecodable(DecodeError::Freshness, item.version);
+        };
+        let json = item.data.slice(FRESHNESS_BYTES..);
+        let value = match codec::decode(JSON_FLAGS, &json) {
+            Ok(value) => value,
+            Err(err) => return Step::Undecodable(err, item.version),
+        };
+        let now = codec::unix_millis(std::time::SystemTime::now());
+        let fresh_until = header.fresh_until;
+        if now < fresh_until.saturating_sub(millis(self.refresh_window())) {
+            return Step::Value(value, json);
+        }
+        let stale = now >= fresh_until;
+        // Served stale until the writer's bound, or this call's if it is shorter: a call that
+        // keeps no stale values takes one as gone.
+        let servable = header
+            .stale_until
+            .min(fresh_until.saturating_add(millis(self.max_stale)));
+        if stale && now >= servable {
+            return Step::Expired(item.version);
+        }
+        if now < header.retry_at {
+            return if stale {
+                Step::Stale(value, json)
+            } else {
+                Step::Value(value, json)
+            };
+        }
+        Step::Due(Due {
+            value,
+            json,
+            header,
+            version: item.version,
+            stale,
+        })
+    }
+
+    /// A value with freshness is due: claim its recompute (one caller fleet-wide wins the claim,
+    /// by a swap of the version read), run the getter, and store its result. Until it ends,
+    /// every other caller gets the current value. If the getter fails, panics or runs out of
+    /// time, or the claim is lost, the current value is the answer; after a failure, nobody
+    /// recomputes the key for its backoff. A claim lasts until the call's bound and a second:
+    /// a claimant that dies holds up the recompute no longer.
+    async fn recompute<T, E, F>(&self, due: Due<T>, getter: F) -> T
+    where
+        T: Serialize + DeserializeOwned,
+        E: From<Error> + std::fmt::Debug,
+        F: Getter<T, E>,
+    {
+        let stats = &self.core.stats;
+        let Due {
+            value: current,
+            json,
+            header,
+            version,
+            stale,
+        } = due;
+        let serve_current = || {
+            if stale {
+                stats.stale_served.incr();
+            }
+            current
+        };
+        let claim_ends = self.deadline + CLAIM_MARGIN;
+        let claim = Freshness {
+            retry_at: codec::unix_millis(
+                std::time::SystemTime::now() + claim_ends.saturating_duration_since(Instant::now()),
+            ),
+            ..header
+        };
+        let claimed = match self.swap_header(version, claim, &json).await {
+            Ok(Some(claimed)) => claimed,
+            // Another caller claimed it, or replaced the value, first.
+            Ok(None) => return serve_current(),
+            Err(err) => {
+                stats.store_errors.incr();
+                debug!(key = self.key, error = %err, "claiming the recompute failed; serving the current value");
+                return serve_current();
+            }
+        };
+        if !stale {
+            stats.refreshes.incr();
+        }
+        let (value, decision) = match self.try_getter(getter).await {
+            Ok(ended) => ended,
+            Err(failed) => {
+                let backoff = self
+                    .error_backoff
+                    .unwrap_or_else(|| self.expire.min(STALE_RETRY_CAP));
+                let reason = match &failed {
+                    Failed::Error(err) => format!("{err:?}"),
+                    Failed::Panicked(message) => format!("the getter panicked: {message}"),
+                    Failed::TimedOut => {
+                        stats.timeouts.incr();
+                        format!("the getter ran past exec_limit ({:?})", self.exec_limit)
+                    }
+                };
+                warn!(
+                    key = self.key,
+                    error = %reason,
+                    ?backoff,
+                    stale,
+                    "recomputing the value failed; serving the current value, and backing the key off"
+                );
+                let retry = Freshness {
+                    retry_at: codec::unix_millis(std::time::SystemTime::now() + backoff),
+                    ..header
+                };
+                if let Err(err) = self.swap_header(claimed, retry, &json).await {
+                    debug!(key = self.key, error = %err, "backing the key off failed");
+                }
+                return serve_current();
+            }
+        };
+        if decision.skip_store {
+            // The current value stays, and the next caller recomputes at once.
+            stats.skipped_stores.incr();
+            let open = Freshness {
+                retry_at: 0,
+                ..header
+            };
+            let _ = self.swap_header(claimed, open, &json).await;
+            return value;
+        }
+        let fresh = match codec::encode_for_store(&value, self.core.config.max_value_bytes) {
+            Ok(fresh) => fresh,
+            Err(err) => {
+                stats.unstorable_values.incr();
+                warn!(key = self.key, error = %err, "the recomputed value is returned but not stored");
+                let open = Freshness {
+                    retry_at: 0,
+                    ..header
+                };
+                let _ = self.swap_header(claimed, open, &json).await;
+                return value;
+            }
+        };
+        let filled = self.fill(claimed, &fresh, self.expire_of(decision)).await;
+        self.record_fill(&filled, fresh.len());
+        value
+    }
+
+    /// Replaces the value at `version` with the same JSON under `header`, keeping it no longer
+    /// than the header allows; the new version, or `None` if the value changed meanwhile.
+    async fn swap_header(
+        &self,
+        version: Lease,
+        header: Freshness,
+        json: &[u8],
+    ) -> Result<Option<Lease>, StoreError> {
+        let now = codec::unix_millis(std::time::SystemTime::now());
+        let left = Duration::from_millis(header.stale_until.saturating_sub(now));
+        if left.is_zero() {
+            return Ok(None);
+        }
+        self.store
+            .swap(
+                &self.wire,
+                version,
+                &header.item(json),
+                FRESHNESS_FLAGS,
+                left,
+            )
+            .await
     }
 
     /// Marks the key as backed off for `backoff`, under `lease`. The item outlives the backoff by
@@ -856,6 +1107,11 @@ impl<S: Store> Call<'_, S> {
             Duration::ZERO
         }
     }
+}
+
+/// `d` in whole milliseconds, as [`Freshness`] counts.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// memcached TTLs have one-second resolution: `exec_limit` rounded up to whole seconds, plus one,

@@ -41,7 +41,10 @@ pub fn set_default(cache: Cache) -> Result<(), Cache> {
 /// - `DISTCACHE_REFRESH_AHEAD`: the [refresh-ahead fraction](crate::CacheBuilder::refresh_ahead),
 ///   a number from 0 (the default: off) to under 1;
 /// - `DISTCACHE_ERROR_BACKOFF`: the [backoff of a failing getter](crate::CacheBuilder::error_backoff),
-///   a whole number of milliseconds, seconds or minutes (`"500ms"`, `"1s"`, `"2m"`); default off.
+///   a whole number of milliseconds, seconds, minutes or hours (`"500ms"`, `"1s"`, `"2m"`);
+///   default off;
+/// - `DISTCACHE_STALE_IF_ERROR`: how long [values are kept past their expire](crate::CacheBuilder::stale_if_error),
+///   written as `DISTCACHE_ERROR_BACKOFF` is (`"1h"`); default off.
 ///
 /// A configuration that does not build fails every call through the default cache with
 /// [`Error::DefaultCache`], so that it is fixed rather than silently ignored.
@@ -85,6 +88,15 @@ fn from_vars(env: impl Fn(&str) -> Option<String>) -> Result<Cache, BuildError> 
         })?;
         builder = builder.error_backoff(parsed);
     }
+    if let Some(max_stale) = var("DISTCACHE_STALE_IF_ERROR") {
+        let parsed = duration(&max_stale).ok_or_else(|| BuildError::InvalidSetting {
+            setting: "stale_if_error",
+            reason: format!(
+                "DISTCACHE_STALE_IF_ERROR={max_stale:?} is not a duration such as \"30m\" or \"1h\""
+            ),
+        })?;
+        builder = builder.stale_if_error(parsed);
+    }
     match var("DISTCACHE_SERVERS") {
         Some(servers) => {
             let cache = builder
@@ -113,6 +125,7 @@ fn duration(text: &str) -> Option<Duration> {
         "ms" => Some(Duration::from_millis(number)),
         "s" => Some(Duration::from_secs(number)),
         "m" => Some(Duration::from_secs(number.checked_mul(60)?)),
+        "h" => Some(Duration::from_secs(number.checked_mul(3600)?)),
         _ => None,
     }
 }
@@ -155,6 +168,33 @@ mod tests {
     }
 
     #[test]
+    fn stale_if_error_comes_from_the_environment_and_a_bad_one_is_a_typed_error() {
+        let max_stale = |cache: Cache| cache.stale_if_error();
+        assert_eq!(with(&[]).map(max_stale).unwrap(), Duration::ZERO);
+        for (text, d) in [
+            ("1h", Duration::from_secs(3600)),
+            (" 30m", Duration::from_secs(1800)),
+            ("1500ms", Duration::from_millis(1500)),
+        ] {
+            let got = with(&[("DISTCACHE_STALE_IF_ERROR", text)]).map(max_stale);
+            assert_eq!(got.unwrap(), d, "{text}");
+        }
+        for bad in ["later", "1", "9000h", "1d"] {
+            let err = with(&[("DISTCACHE_STALE_IF_ERROR", bad)]).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    BuildError::InvalidSetting {
+                        setting: "stale_if_error",
+                        ..
+                    }
+                ),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn error_backoff_comes_from_the_environment_and_a_bad_one_is_a_typed_error() {
         let backoff = |cache: Cache| cache.error_backoff();
         assert_eq!(with(&[]).map(backoff).unwrap(), None);
@@ -166,7 +206,7 @@ mod tests {
             let got = with(&[("DISTCACHE_ERROR_BACKOFF", text)]).map(backoff);
             assert_eq!(got.unwrap(), Some(d), "{text}");
         }
-        for bad in ["soon", "1", "1h", "0ms", "2d"] {
+        for bad in ["soon", "1", "25h", "0ms", "2d"] {
             let err = with(&[("DISTCACHE_ERROR_BACKOFF", bad)]).unwrap_err();
             assert!(
                 matches!(

@@ -250,6 +250,11 @@ pub use store::memcached::ring::Ring;
 ///   [`CacheBuilder::refresh_ahead`] does, for this function's calls; it takes precedence over
 ///   the cache's setting, which takes precedence over `DISTCACHE_REFRESH_AHEAD` for the default
 ///   cache (0 turns it off for the function).
+/// - `error_backoff = "1s"`: back off a failing getter, as [`CacheBuilder::error_backoff`] does,
+///   for this function's calls (at most one day).
+/// - `stale_if_error = "1h"`: keep values that long past `expire`, and serve them while one
+///   caller recomputes them or when that fails, as [`CacheBuilder::stale_if_error`] does, for this
+///   function's calls.
 /// - `helpers = false`: no `<fn>_key` and `<fn>_invalidate` beside the function; needed in a
 ///   trait impl, which takes no other items.
 ///

@@ -32,6 +32,8 @@ pub struct GetOptions {
     pub(crate) refresh_ahead: Option<f64>,
     /// `None`: the cache's (`CacheBuilder::error_backoff`).
     pub(crate) error_backoff: Option<Duration>,
+    /// `None`: the cache's (`CacheBuilder::stale_if_error`).
+    pub(crate) stale_if_error: Option<Duration>,
 }
 
 impl GetOptions {
@@ -45,6 +47,7 @@ impl GetOptions {
             expire,
             refresh_ahead: None,
             error_backoff: None,
+            stale_if_error: None,
         }
     }
 
@@ -65,6 +68,17 @@ impl GetOptions {
     #[must_use]
     pub const fn error_backoff(mut self, backoff: Duration) -> Self {
         self.error_backoff = Some(backoff);
+        self
+    }
+
+    /// Keeps values `max_stale` past their `expire`, and serves them while one caller
+    /// recomputes them, or when that fails, as
+    /// [`CacheBuilder::stale_if_error`](crate::CacheBuilder::stale_if_error) does, for these
+    /// calls: it takes precedence over the cache's setting (zero turns it off). Zero, or between
+    /// 1 ms and 365 days ([`Error::InvalidArgument`](crate::Error::InvalidArgument) otherwise).
+    #[must_use]
+    pub const fn stale_if_error(mut self, max_stale: Duration) -> Self {
+        self.stale_if_error = Some(max_stale);
         self
     }
 

@@ -79,21 +79,23 @@ pub fn user_cache(cache: &Cache) -> Result<&Cache, Error> {
 
 /// A return type `#[distcached]` can cache.
 #[diagnostic::on_unimplemented(
-    message = "`#[distcached]` functions must return `Result<T, E>` with `T: Serialize + DeserializeOwned` and `E: From<distcache::Error>`, not `{Self}`",
+    message = "`#[distcached]` functions must return `Result<T, E>` with `T: Serialize + DeserializeOwned` and `E: From<distcache::Error> + Debug`, not `{Self}`",
     label = "not a cacheable `Result`"
 )]
 pub trait CachedResult: Sized {
     /// `T`.
     type Value: Serialize + DeserializeOwned;
     /// `E`.
-    type Error: From<Error>;
+    type Error: From<Error> + std::fmt::Debug;
     /// Self as a `Result`.
     fn into_result(self) -> Result<Self::Value, Self::Error>;
     /// A `Result` as self.
     fn from_result(result: Result<Self::Value, Self::Error>) -> Self;
 }
 
-impl<T: Serialize + DeserializeOwned, E: From<Error>> CachedResult for Result<T, E> {
+impl<T: Serialize + DeserializeOwned, E: From<Error> + std::fmt::Debug> CachedResult
+    for Result<T, E>
+{
     type Value = T;
     type Error = E;
 

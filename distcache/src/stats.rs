@@ -73,6 +73,12 @@ pub struct Stats {
     /// Calls that got [`Error::Backoff`](crate::Error::Backoff): their key's getter had failed
     /// moments before (`error_backoff`).
     pub backoffs: u64,
+    /// Calls that returned a value past its `expire` (see
+    /// [`CacheBuilder::stale_if_error`](crate::CacheBuilder::stale_if_error)): another caller
+    /// was recomputing it, the key was backed off after a failed recompute, or this call's own
+    /// recompute failed. Callers of this process that shared such a call's value are not
+    /// counted again.
+    pub stale_served: u64,
 }
 
 macro_rules! counters {
@@ -111,6 +117,7 @@ counters!(
     lease_extensions,
     skipped_stores,
     backoffs,
+    stale_served,
 );
 
 /// A monotonic event counter.

@@ -287,3 +287,29 @@ async fn a_year_is_the_longest_duration_and_is_taken() {
     assert_eq!(yearly(3).await, Ok(3));
     assert_eq!(YEAR.stats().getter_runs, 1);
 }
+
+static ORIGIN_DOWN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+test_cache!(STALE);
+
+#[distcached(expire = "200ms", exec_limit = "5s", stale_if_error = "1h", cache = STALE)]
+async fn quote(id: u32) -> Result<u32, AppError> {
+    if ORIGIN_DOWN.load(Ordering::SeqCst) {
+        return Err(AppError::NotFound(id));
+    }
+    Ok(id * 10)
+}
+
+/// Freshness is on the wall clock, which paused time does not move: real time passes here.
+#[tokio::test]
+async fn stale_if_error_is_set_per_function() {
+    assert_eq!(quote(4).await, Ok(40));
+    ORIGIN_DOWN.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(quote(4).await, Ok(40), "stale, since the origin failed");
+    assert_eq!(STALE.stats().stale_served, 1);
+    assert_eq!(
+        quote(5).await,
+        Err(AppError::NotFound(5)),
+        "nothing stale to serve"
+    );
+}

@@ -25,7 +25,7 @@ fn main() -> ExitCode {
     if let Ok(role) = std::env::var(ROLE) {
         return runtime.block_on(child(&role));
     }
-    let tests: [Scenario; 4] = [
+    let tests: [Scenario; 5] = [
         ("four_processes_of_32_callers_run_each_getter_once", || {
             Box::pin(four_processes_of_32_callers_run_each_getter_once())
         }),
@@ -35,6 +35,15 @@ fn main() -> ExitCode {
         (
             "a_winner_paused_past_its_lease_cannot_replace_the_newer_value",
             || Box::pin(a_winner_paused_past_its_lease_cannot_replace_the_newer_value()),
+        ),
+        (
+            "a_killed_recomputer_of_a_stale_value_is_taken_over_within_exec_limit_and_a_second",
+            || {
+                Box::pin(
+                    a_killed_recomputer_of_a_stale_value_is_taken_over_within_exec_limit_and_a_second(
+                    ),
+                )
+            },
         ),
         (
             "the_default_cache_is_configured_from_the_environment",
@@ -283,6 +292,88 @@ async fn paused_child() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The recomputer's `exec_limit`: its claim on a stale value lasts this and a second.
+const RECOMPUTE_LIMIT: Duration = Duration::from_secs(2);
+/// The stale value's `expire`.
+const SHORT: Duration = Duration::from_millis(300);
+
+fn keeping_stale(server: &str) -> Cache {
+    Cache::builder()
+        .server(server)
+        .stale_if_error(Duration::from_secs(3600))
+        .build()
+        .unwrap()
+}
+
+/// `stale_if_error`: the process that claimed a stale value's recompute is SIGKILLed while its
+/// getter runs. Meanwhile every call gets the stale value at once, without running a getter;
+/// within `exec_limit` + 1 s of the claim, a call takes the recompute over and stores the new
+/// value.
+async fn a_killed_recomputer_of_a_stale_value_is_taken_over_within_exec_limit_and_a_second() {
+    let node = Memcached::start().await;
+    let cache = keeping_stale(&node.addr());
+    let value = |v: &'static str| move || async move { Ok::<_, Error>(v.to_owned()) };
+    let stored: String = cache
+        .get("claimed", RECOMPUTE_LIMIT, SHORT, value("old"))
+        .await
+        .unwrap();
+    assert_eq!(stored, "old");
+    tokio::time::sleep(SHORT + Duration::from_millis(50)).await;
+    let claimed = Instant::now();
+    let mut recomputer = spawn("recomputer", &[("DC_SERVERS", node.addr())]);
+    assert_eq!(line_from(&mut recomputer).await, "claimed");
+    recomputer.child.kill().unwrap();
+    recomputer.child.wait().unwrap();
+
+    // memcached has no event for a claim's end: ask until a call takes the recompute over.
+    let mut stale_calls = 0;
+    let taken_over = loop {
+        let asked = Instant::now();
+        let got: String = cache
+            .get("claimed", RECOMPUTE_LIMIT, SHORT, value("new"))
+            .await
+            .unwrap();
+        if got == "new" {
+            break claimed.elapsed();
+        }
+        assert_eq!(got, "old");
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "the stale value, at once"
+        );
+        stale_calls += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(stale_calls > 0, "the claim held while it lasted");
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.getter_runs, stats.stale_served),
+        (2, stale_calls),
+        "the first value's run and the takeover's; every other call was served stale"
+    );
+    let bound = RECOMPUTE_LIMIT + Duration::from_secs(1);
+    assert!(
+        taken_over <= bound + Duration::from_millis(250),
+        "taken over {taken_over:?} after the claim, over {bound:?}"
+    );
+    let got: String = cache
+        .get("claimed", RECOMPUTE_LIMIT, SHORT, value("other"))
+        .await
+        .unwrap();
+    assert_eq!(got, "new", "the takeover's value is stored");
+}
+
+async fn recomputer_child() -> ExitCode {
+    let cache = keeping_stale(&std::env::var("DC_SERVERS").unwrap());
+    let _: Result<String, Error> = cache
+        .get("claimed", RECOMPUTE_LIMIT, SHORT, || async {
+            println!("claimed");
+            std::future::pending().await
+        })
+        .await;
+    unreachable!("killed while recomputing")
+}
+
 #[distcached(expire = "1m", exec_limit = "10s", name = "processes::double")]
 async fn double(x: u32) -> Result<u32, Error> {
     Ok(x * 2)
@@ -327,6 +418,7 @@ async fn child(role: &str) -> ExitCode {
         "winner" => winner_child().await,
         "paused" => paused_child().await,
         "env" => env_child().await,
+        "recomputer" => recomputer_child().await,
         other => panic!("unknown role {other:?}"),
     }
 }

@@ -232,7 +232,10 @@ pub(crate) async fn a_swap_replaces_only_the_version_it_read<S: Store>(
     assert_ne!(swapped, read);
     let item = hit(store, k, lease_ttl).await;
     assert_eq!((&item.data[..], item.flags), (&b"22"[..], 6));
-    assert_eq!(item.version, swapped, "the swap gave the new value's version");
+    assert_eq!(
+        item.version, swapped,
+        "the swap gave the new value's version"
+    );
     // The version read before is spent.
     let third = Bytes::from_static(b"333");
     assert_eq!(store.swap(k, read, &third, 7, expire).await.unwrap(), None);
@@ -241,7 +244,10 @@ pub(crate) async fn a_swap_replaces_only_the_version_it_read<S: Store>(
     assert!(again.is_some());
     store.invalidate(k).await.unwrap();
     assert_eq!(
-        store.swap(k, again.unwrap(), &first, 5, expire).await.unwrap(),
+        store
+            .swap(k, again.unwrap(), &first, 5, expire)
+            .await
+            .unwrap(),
         None
     );
     won(store, k, lease_ttl).await;

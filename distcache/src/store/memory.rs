@@ -182,7 +182,11 @@ impl MemoryStore {
         shard.insert(key.as_str(), entry, now);
         // quick_cache refuses an entry too heavy for the shard (and drops the stub with it): the
         // key is then free for the next lookup, as after a release.
-        if shard.map.peek(key.as_str()).is_some_and(|e| e.cas == version.cas) {
+        if shard
+            .map
+            .peek(key.as_str())
+            .is_some_and(|e| e.cas == version.cas)
+        {
             (Fill::Stored, version)
         } else {
             (Fill::TooLarge, version)

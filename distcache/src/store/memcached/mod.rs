@@ -308,10 +308,12 @@ impl Store for Cluster {
         flags: u32,
         expire: Duration,
     ) -> Result<Option<Lease>, StoreError> {
-        Ok(match self.set_if_cas(key, version, data, flags, expire).await? {
-            (Fill::Stored, Some(cas)) => Some(Lease { cas, ..version }),
-            _ => None,
-        })
+        Ok(
+            match self.set_if_cas(key, version, data, flags, expire).await? {
+                (Fill::Stored, Some(cas)) => Some(Lease { cas, ..version }),
+                _ => None,
+            },
+        )
     }
 
     async fn extend(
