@@ -35,9 +35,25 @@
 //! - `store_ops_per_wait`: store lookups per call that polled the store for a lease held in
 //!   another process (its first lookup included). Callers that waited on a call of their own
 //!   process make none and are not counted. `null` for naive.
-//! - `warm_*`: N gets of random cached keys per process, from all its callers at once;
-//!   `warm_coalesced_waits`: of those, how many distcache served by joining an identical get in
-//!   flight in the same process.
+//! - `warm_*`: N gets of random cached keys per process, from all its callers at once, or as
+//!   many as they make in `--warm-secs`; `warm_coalesced_waits`: of those, how many distcache
+//!   served by joining an identical get in flight in the same process.
+//!
+//! A failing origin (`--origin-down-after S --origin-down-for S`, counted from the warm phase's
+//! start): while it is down, the getter fails after its sleep. With `--expire`,
+//! `--stale-if-error` and `--error-backoff`, the fields:
+//! - `origin_calls_down`: getter runs while the origin was down, fleet-wide (counted outside);
+//!   `origin_calls_down_max_per_key`, the most for one key;
+//! - `origin_errors`, `backoff_errors`: warm calls that got the getter's own error, or
+//!   `Error::Backoff`; `wrong_values` and `other_errors`: anything else that was not a value of
+//!   its key; `failed_calls` counts all four;
+//! - `stale_served`: from distcache's stats, over the warm phase;
+//! - `warm_up_p99_ms`, `warm_down_p99_ms` (and p50s): latencies of the gets that started while
+//!   the origin was up, or down; `warm_max_ms`, the slowest;
+//! - `recovery_s`: after the origin came back, the last time a get returned a value computed
+//!   before it went down, counted from its return.
+
+#![recursion_limit = "256"]
 
 #[path = "../distcache/tests/support/memcached.rs"]
 mod memcached;
@@ -53,7 +69,7 @@ use async_memcached::AsciiProtocol;
 use distcache::{Cache, Error, Ring, Server, Stats};
 use serde_json::json;
 
-/// How long values live: far longer than a run.
+/// How long values live by default: far longer than a run.
 const EXPIRE: Duration = Duration::from_secs(600);
 const EXEC_LIMIT: Duration = Duration::from_secs(30);
 
@@ -79,6 +95,16 @@ struct Args {
     /// Seeds every caller's key order: the same seed gives the same orders, so that two systems
     /// can be measured on the same scenario. Default: a new one per run, printed with the result.
     seed: Option<u64>,
+    /// A warm phase of this many seconds, instead of `warm_gets` gets.
+    warm_secs: Option<f64>,
+    /// How long values live.
+    expire: Duration,
+    stale_if_error: Option<Duration>,
+    error_backoff: Option<Duration>,
+    /// When the origin goes down, in seconds from the warm phase's start, and for how long
+    /// (zero: never).
+    origin_down_after: f64,
+    origin_down_for: f64,
     /// Set in the processes the coordinator spawns: the run's id.
     child: Option<String>,
     /// Set in the processes the coordinator spawns: which one this is (0..procs).
@@ -101,6 +127,12 @@ fn parse_args() -> Result<Args, String> {
         workers: None,
         dump_calls: None,
         seed: None,
+        warm_secs: None,
+        expire: EXPIRE,
+        stale_if_error: None,
+        error_backoff: None,
+        origin_down_after: 0.0,
+        origin_down_for: 0.0,
         child: None,
         child_index: 0,
     };
@@ -110,6 +142,15 @@ fn parse_args() -> Result<Args, String> {
         let number = |v: String| {
             v.parse::<usize>()
                 .map_err(|_| format!("{flag}: {v:?} is not a number"))
+        };
+        let seconds = |v: String| match v.parse::<f64>() {
+            Ok(s) if s >= 0.0 && s.is_finite() => Ok(s),
+            _ => Err(format!("{flag}: {v:?} is not a number of seconds")),
+        };
+        let duration = |v: String| {
+            parse_duration(&v).ok_or(format!(
+                "{flag}: {v:?} is not a duration such as 500ms, 2s, 5m or 1h"
+            ))
         };
         match flag.as_str() {
             "--system" => args.system = value()?,
@@ -126,6 +167,12 @@ fn parse_args() -> Result<Args, String> {
             "--naive-pool" => args.naive_pool = number(value()?)?,
             "--workers" => args.workers = Some(number(value()?)?),
             "--seed" => args.seed = Some(number(value()?)? as u64),
+            "--warm-secs" => args.warm_secs = Some(seconds(value()?)?),
+            "--expire" => args.expire = duration(value()?)?,
+            "--stale-if-error" => args.stale_if_error = Some(duration(value()?)?),
+            "--error-backoff" => args.error_backoff = Some(duration(value()?)?),
+            "--origin-down-after" => args.origin_down_after = seconds(value()?)?,
+            "--origin-down-for" => args.origin_down_for = seconds(value()?)?,
             "--child" => args.child = Some(value()?),
             "--child-index" => args.child_index = number(value()?)? as u64,
             "--bench" => {} // cargo passes it to examples run as benches
@@ -141,12 +188,27 @@ fn parse_args() -> Result<Args, String> {
     if args.workers == Some(0) {
         return Err("--workers must be positive".into());
     }
-    if args.procs == 0 || args.callers == 0 || args.keys == 0 || args.value_bytes < 2 + 12 {
+    if args.procs == 0 || args.callers == 0 || args.keys == 0 || args.value_bytes < 32 {
         return Err(
-            "--procs, --callers and --keys must be positive, --value-bytes at least 14".into(),
+            "--procs, --callers and --keys must be positive, --value-bytes at least 32".into(),
         );
     }
     Ok(args)
+}
+
+/// `500ms`, `2s`, `5m`, `1h`.
+fn parse_duration(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let d = match unit {
+        "ms" => Duration::from_millis(number),
+        "s" => Duration::from_secs(number),
+        "m" => Duration::from_secs(number * 60),
+        "h" => Duration::from_secs(number * 3600),
+        _ => return None,
+    };
+    (!d.is_zero()).then_some(d)
 }
 
 fn main() -> std::process::ExitCode {
@@ -208,11 +270,26 @@ fn counter_key(run: &str, k: usize) -> String {
     format!("herd-{run}:runs:{k}")
 }
 
-/// The value of key `k`: a JSON string of exactly `bytes` bytes.
-fn value_of(k: usize, bytes: usize) -> String {
-    let mut value = format!("{k}:");
-    value.extend(std::iter::repeat_n('x', bytes - 2 - value.len()));
+/// Where the getter counts its runs of key `k` while the origin is down.
+fn down_key(run: &str, k: usize) -> String {
+    format!("herd-{run}:down:{k}")
+}
+
+/// The value of key `k` computed at `at_ms` (Unix milliseconds): a JSON string of exactly `bytes`
+/// bytes, `<k>:<at_ms, 13 digits>:xxx…`.
+fn value_of(k: usize, bytes: usize, at_ms: u64) -> String {
+    let mut value = format!("{k}:{at_ms:013}:");
+    value.extend(std::iter::repeat_n(
+        'x',
+        (bytes - 2).saturating_sub(value.len()),
+    ));
     value
+}
+
+/// The length of a value's `<k>:` prefix, and when it was computed (Unix ms).
+fn computed_at(value: &str) -> Option<u64> {
+    let (_, rest) = value.split_once(':')?;
+    rest.get(..13)?.parse().ok()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -248,6 +325,7 @@ async fn coordinate(mut args: Args) {
     let outside = memcached::Outside::connect(&counter).await;
     for k in 0..args.keys {
         outside.set(&counter_key(&run, k), b"0", 0).await;
+        outside.set(&down_key(&run, k), b"0", 0).await;
     }
     let seed = *args
         .seed
@@ -298,36 +376,41 @@ async fn coordinate(mut args: Args) {
     }
     let warms = read_all(&mut readers, read_warm);
     let mut warm = Vec::new();
+    let mut down = Vec::new();
     let (mut warm_start, mut warm_end) = (u64::MAX, 0);
-    let (mut warm_failed, mut coalesced) = (0, 0);
-    for Warm {
-        start,
-        end,
-        failed,
-        coalesced_waits,
-        latencies,
-    } in warms
-    {
-        warm_failed += failed;
-        coalesced += coalesced_waits;
+    let mut totals = Warm::default();
+    for w in warms {
         eprintln!(
             "herd: warm phase of a process: {} gets from +{:.1} ms to +{:.1} ms",
-            latencies.len(),
-            start.saturating_sub(warm_at) as f64 / 1e3,
-            end.saturating_sub(warm_at) as f64 / 1e3
+            w.up.len() + w.down.len(),
+            w.start.saturating_sub(warm_at) as f64 / 1e3,
+            w.end.saturating_sub(warm_at) as f64 / 1e3
         );
-        warm_start = warm_start.min(start);
-        warm_end = warm_end.max(end);
-        warm.extend(latencies);
+        warm_start = warm_start.min(w.start);
+        warm_end = warm_end.max(w.end);
+        totals.wrong += w.wrong;
+        totals.other += w.other;
+        totals.origin += w.origin;
+        totals.backoff += w.backoff;
+        totals.coalesced += w.coalesced;
+        totals.stale_served += w.stale_served;
+        totals.recovery_us = totals.recovery_us.max(w.recovery_us);
+        warm.extend(w.up);
+        down.extend(w.down);
     }
+    let warm_failed = totals.wrong + totals.other + totals.origin + totals.backoff;
     for child in &mut children {
         let status = child.wait().expect("a child ends");
         assert!(status.success(), "a child failed: {status}");
     }
 
     let mut getter_calls = 0;
+    let (mut down_calls, mut down_calls_max) = (0, 0);
     for k in 0..args.keys {
         getter_calls += outside.count(&counter_key(&run, k)).await;
+        let key_down = outside.count(&down_key(&run, k)).await;
+        down_calls += key_down;
+        down_calls_max = down_calls_max.max(key_down);
     }
     let failed = calls.iter().filter(|c| !c.ok).count() as u64 + warm_failed;
     let cold_start = calls.iter().map(|c| c.start).min().unwrap_or(0);
@@ -372,7 +455,12 @@ async fn coordinate(mut args: Args) {
         .map(|c| (c.end - c.start) as f64 / 1e3)
         .collect();
     cold.sort_by(f64::total_cmp);
+    let gets = warm.len() + down.len();
+    let mut all: Vec<f64> = warm.iter().chain(&down).copied().collect();
+    all.sort_by(f64::total_cmp);
     warm.sort_by(f64::total_cmp);
+    down.sort_by(f64::total_cmp);
+    let outage = args.origin_down_for > 0.0;
     let warm_wall = (warm_end.saturating_sub(warm_start)) as f64 / 1e6;
     let line = json!({
         "system": args.system,
@@ -395,12 +483,31 @@ async fn coordinate(mut args: Args) {
         "handoffs": handoffs.len(),
         "store_ops_per_wait": (args.system == "distcache" && waits.0 > 0).then(|| round(waits.1 as f64 / waits.0 as f64, 2)),
         "lease_waits": waits.0,
-        "warm_gets": warm.len(),
+        "warm_gets": gets,
         "warm_failed": warm_failed,
-        "warm_coalesced_waits": (args.system == "distcache").then_some(coalesced),
-        "warm_ops_per_s": round(warm.len() as f64 / warm_wall, 0),
-        "warm_p50_ms": percentile(&warm, 50.0),
-        "warm_p99_ms": percentile(&warm, 99.0),
+        "warm_coalesced_waits": (args.system == "distcache").then_some(totals.coalesced),
+        "warm_ops_per_s": round(gets as f64 / warm_wall, 0),
+        "warm_p50_ms": percentile(&all, 50.0),
+        "warm_p99_ms": percentile(&all, 99.0),
+        "warm_max_ms": percentile(&all, 100.0),
+        "warm_secs": args.warm_secs,
+        "expire_s": args.expire.as_secs_f64(),
+        "stale_if_error_s": args.stale_if_error.map(|d| d.as_secs_f64()),
+        "error_backoff_s": args.error_backoff.map(|d| d.as_secs_f64()),
+        "origin_down_after_s": outage.then_some(args.origin_down_after),
+        "origin_down_for_s": outage.then_some(args.origin_down_for),
+        "origin_calls_down": outage.then_some(down_calls),
+        "origin_calls_down_max_per_key": outage.then_some(down_calls_max),
+        "origin_errors": totals.origin,
+        "backoff_errors": totals.backoff,
+        "wrong_values": totals.wrong,
+        "other_errors": totals.other,
+        "stale_served": (args.system == "distcache").then_some(totals.stale_served),
+        "warm_up_p50_ms": outage.then(|| percentile(&warm, 50.0)),
+        "warm_up_p99_ms": outage.then(|| percentile(&warm, 99.0)),
+        "warm_down_p50_ms": outage.then(|| percentile(&down, 50.0)),
+        "warm_down_p99_ms": outage.then(|| percentile(&down, 99.0)),
+        "recovery_s": outage.then(|| round(totals.recovery_us as f64 / 1e6, 3)),
     });
     println!("{line}");
 }
@@ -444,6 +551,29 @@ fn spawn_child(args: &Args, counter: &str, run: &str, index: usize) -> Child {
             &args.value_bytes.to_string(),
         ])
         .args(["--warm-gets", &args.warm_gets.to_string(), "--child", run])
+        .args(["--expire", &format!("{}ms", args.expire.as_millis())])
+        .args(
+            args.warm_secs
+                .iter()
+                .flat_map(|s| ["--warm-secs".to_owned(), s.to_string()]),
+        )
+        .args(args.stale_if_error.iter().flat_map(|d| {
+            [
+                "--stale-if-error".to_owned(),
+                format!("{}ms", d.as_millis()),
+            ]
+        }))
+        .args(
+            args.error_backoff
+                .iter()
+                .flat_map(|d| ["--error-backoff".to_owned(), format!("{}ms", d.as_millis())]),
+        )
+        .args([
+            "--origin-down-after",
+            &args.origin_down_after.to_string(),
+            "--origin-down-for",
+            &args.origin_down_for.to_string(),
+        ])
         .args(["--naive-pool", &args.naive_pool.to_string()])
         .args(["--workers", &workers(args).to_string()])
         .args([
@@ -518,29 +648,49 @@ fn read_cold(reader: &mut impl BufRead) -> (Vec<Call>, u64, u64) {
 }
 
 /// One process's warm phase.
+#[derive(Default)]
 struct Warm {
     start: u64,
     end: u64,
-    failed: u64,
-    coalesced_waits: u64,
-    latencies: Vec<f64>,
+    wrong: u64,
+    other: u64,
+    origin: u64,
+    backoff: u64,
+    coalesced: u64,
+    stale_served: u64,
+    recovery_us: u64,
+    /// Latencies (ms) of the gets that started while the origin was up, and down.
+    up: Vec<f64>,
+    down: Vec<f64>,
 }
 
-/// `warm <start_us> <end_us> <failed> <coalesced_waits> <latency_us>...`
+/// `warm <start_us> <end_us> <wrong> <other> <origin> <backoff> <coalesced> <stale_served>
+/// <recovery_us>`, then `up <latency_us>...` and `down <latency_us>...`.
 fn read_warm(reader: &mut impl BufRead) -> Warm {
-    let mut line = String::new();
-    reader.read_line(&mut line).expect("read a child's line");
-    let f: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|x| x.parse().expect("a number"))
-        .collect();
+    let mut line = || {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("read a child's line");
+        line
+    };
+    let numbers = |line: &str, name: &str| -> Vec<u64> {
+        let mut words = line.split_whitespace();
+        assert_eq!(words.next(), Some(name), "a child's protocol");
+        words.map(|x| x.parse().expect("a number")).collect()
+    };
+    let f = numbers(&line(), "warm");
+    let ms = |us: Vec<u64>| us.into_iter().map(|us| us as f64 / 1e3).collect();
     Warm {
         start: f[0],
         end: f[1],
-        failed: f[2],
-        coalesced_waits: f[3],
-        latencies: f[4..].iter().map(|&us| us as f64 / 1e3).collect(),
+        wrong: f[2],
+        other: f[3],
+        origin: f[4],
+        backoff: f[5],
+        coalesced: f[6],
+        stale_served: f[7],
+        recovery_us: f[8],
+        up: ms(numbers(&line(), "up")),
+        down: ms(numbers(&line(), "down")),
     }
 }
 
@@ -553,6 +703,29 @@ enum System {
     Naive(Naive),
 }
 
+/// How a call failed.
+enum Failure {
+    /// The getter's own error: the origin was down.
+    Origin,
+    /// distcache's `Error::Backoff`.
+    Backoff,
+    Other(String),
+}
+
+/// The getter's error.
+#[derive(Debug)]
+enum HerdError {
+    /// The origin is down.
+    Origin,
+    Cache(Error),
+}
+
+impl From<Error> for HerdError {
+    fn from(err: Error) -> Self {
+        HerdError::Cache(err)
+    }
+}
+
 impl System {
     /// distcache's counters; all zero for naive, which keeps none.
     fn stats(&self) -> Stats {
@@ -563,7 +736,7 @@ impl System {
     }
 
     /// Key `k`'s value, and when this call's getter returned it (Unix us; 0: it ran none).
-    async fn get(&self, k: usize, getter: &Getter) -> Result<(String, u64), String> {
+    async fn get(&self, k: usize, getter: &Getter) -> Result<(String, u64), Failure> {
         let value_at = AtomicU64::new(0);
         let compute = || async {
             let value = getter.run(k).await;
@@ -573,42 +746,71 @@ impl System {
         let key = &getter.keys[k];
         let value = match self {
             System::Distcache(cache) => cache
-                .get(key, EXEC_LIMIT, EXPIRE, compute)
+                .get(key, EXEC_LIMIT, getter.expire, compute)
                 .await
-                .map_err(|e: Error| e.to_string())?,
-            System::Naive(naive) => naive.get(key, compute).await?,
+                .map_err(|e| match e {
+                    HerdError::Origin => Failure::Origin,
+                    HerdError::Cache(Error::Backoff { .. }) => Failure::Backoff,
+                    HerdError::Cache(e) => Failure::Other(e.to_string()),
+                })?,
+            System::Naive(naive) => naive.get(key, getter.expire, compute).await?,
         };
         Ok((value, value_at.load(Ordering::Relaxed)))
     }
 }
 
-/// The getter: sleeps, counts itself outside, returns the key's value. Keys and values are
-/// made once, so that the benchmark measures the systems, not itself.
+/// The getter: sleeps, counts itself outside, returns the key's value, or fails while the origin
+/// is down. Keys are made once, so that the benchmark measures the systems, not itself.
 struct Getter {
     counters: Vec<Arc<memcached::Outside>>,
     /// The counting, off the getter's time: awaited before the phase reports.
     counting: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     next: AtomicUsize,
     sleep: Duration,
+    expire: Duration,
     keys: Vec<String>,
     counter_keys: Vec<String>,
-    values: Vec<String>,
+    down_keys: Vec<String>,
+    /// Each value's `<k>:`.
+    prefixes: Vec<String>,
+    value_bytes: usize,
+    /// When the origin is down (Unix us, from..until), once the warm phase's start is known.
+    outage: std::sync::OnceLock<(u64, u64)>,
 }
 
 impl Getter {
-    async fn run(&self, k: usize) -> Result<String, Error> {
+    fn is_down(&self, at_us: u64) -> bool {
+        self.outage
+            .get()
+            .is_some_and(|&(from, until)| (from..until).contains(&at_us))
+    }
+
+    /// Whether `value` is one of key `k`'s values.
+    fn belongs(&self, k: usize, value: &str) -> bool {
+        value.len() == self.value_bytes - 2 && value.starts_with(&self.prefixes[k])
+    }
+
+    async fn run(&self, k: usize) -> Result<String, HerdError> {
+        let down = self.is_down(now_us());
         let counter =
             self.counters[self.next.fetch_add(1, Ordering::Relaxed) % self.counters.len()].clone();
         let key = self.counter_keys[k].clone();
+        let down_key = down.then(|| self.down_keys[k].clone());
         let counting = tokio::spawn(async move {
             counter.increment(&key).await;
+            if let Some(key) = down_key {
+                counter.increment(&key).await;
+            }
         });
         self.counting
             .lock()
             .expect("no panic holding it")
             .push(counting);
         tokio::time::sleep(self.sleep).await;
-        Ok(self.values[k].clone())
+        if down {
+            return Err(HerdError::Origin);
+        }
+        Ok(value_of(k, self.value_bytes, now_us() / 1000))
     }
 
     /// Waits until every run so far is counted.
@@ -635,6 +837,32 @@ fn caller_rng(args: &Args, caller: usize, phase: Phase) -> fastrand::Rng {
     fastrand::Rng::with_seed(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ stream)
 }
 
+/// What one warm caller saw.
+#[derive(Default)]
+struct Seen {
+    up: Vec<u64>,
+    down: Vec<u64>,
+    wrong: u64,
+    other: u64,
+    origin: u64,
+    backoff: u64,
+    /// The latest return, after the origin came back, of a value computed before it went down,
+    /// in us after it came back.
+    recovery_us: u64,
+}
+
+impl Seen {
+    fn add(&mut self, other: Seen) {
+        self.up.extend(other.up);
+        self.down.extend(other.down);
+        self.wrong += other.wrong;
+        self.other += other.other;
+        self.origin += other.origin;
+        self.backoff += other.backoff;
+        self.recovery_us = self.recovery_us.max(other.recovery_us);
+    }
+}
+
 async fn child(args: Args, run: String) {
     let counter = args
         .counter
@@ -649,19 +877,25 @@ async fn child(args: Args, run: String) {
         counting: std::sync::Mutex::new(Vec::new()),
         next: AtomicUsize::new(0),
         sleep: Duration::from_millis(args.getter_ms),
+        expire: args.expire,
         keys: (0..args.keys).map(|k| key(&run, k)).collect(),
         counter_keys: (0..args.keys).map(|k| counter_key(&run, k)).collect(),
-        values: (0..args.keys)
-            .map(|k| value_of(k, args.value_bytes))
-            .collect(),
+        down_keys: (0..args.keys).map(|k| down_key(&run, k)).collect(),
+        prefixes: (0..args.keys).map(|k| format!("{k}:")).collect(),
+        value_bytes: args.value_bytes,
+        outage: std::sync::OnceLock::new(),
     });
     let system = Arc::new(match args.system.as_str() {
-        "distcache" => System::Distcache(
-            Cache::builder()
-                .servers(&args.servers)
-                .build()
-                .expect("a valid cache"),
-        ),
+        "distcache" => {
+            let mut builder = Cache::builder().servers(&args.servers);
+            if let Some(max_stale) = args.stale_if_error {
+                builder = builder.stale_if_error(max_stale);
+            }
+            if let Some(backoff) = args.error_backoff {
+                builder = builder.error_backoff(backoff);
+            }
+            System::Distcache(builder.build().expect("a valid cache"))
+        }
         _ => System::Naive(Naive::new(&args.servers, args.naive_pool)),
     });
     let mut stdin = BufReader::new(std::io::stdin());
@@ -685,7 +919,7 @@ async fn child(args: Args, run: String) {
                     let result = system.get(k, &getter).await;
                     let end = now_us();
                     let (ok, value_at) = match result {
-                        Ok((value, value_at)) => (value == getter.values[k], value_at),
+                        Ok((value, value_at)) => (getter.belongs(k, &value), value_at),
                         Err(_) => (false, 0),
                     };
                     calls.push(Call {
@@ -727,8 +961,21 @@ async fn child(args: Args, run: String) {
 
     line.clear();
     stdin.read_line(&mut line).expect("read the coordinator");
+    let warm_at: u64 = line
+        .trim()
+        .strip_prefix("warm ")
+        .and_then(|at| at.parse().ok())
+        .expect("warm <start_us>");
+    let outage = (args.origin_down_for > 0.0).then(|| {
+        let from = warm_at + (args.origin_down_after * 1e6) as u64;
+        (from, from + (args.origin_down_for * 1e6) as u64)
+    });
+    if let Some(outage) = outage {
+        getter.outage.set(outage).expect("set once");
+    }
+    let warm_until = args.warm_secs.map(|s| warm_at + (s * 1e6) as u64);
     start_at(&line, "warm").await;
-    let coalesced_before = system.stats().coalesced_waits;
+    let before = system.stats();
     let per_caller = args.warm_gets / args.callers;
     let extra = args.warm_gets % args.callers;
     let start = now_us();
@@ -739,36 +986,72 @@ async fn child(args: Args, run: String) {
             let keys = args.keys;
             let mut rng = caller_rng(&args, caller, Phase::Warm);
             tokio::spawn(async move {
-                let mut latencies = Vec::with_capacity(gets);
-                let mut failed = 0u64;
-                for _ in 0..gets {
-                    let k = rng.usize(0..keys);
+                let mut seen = Seen::default();
+                let mut made = 0;
+                loop {
                     let t = now_us();
+                    match warm_until {
+                        Some(until) if t >= until => break,
+                        None if made == gets => break,
+                        _ => made += 1,
+                    }
+                    let k = rng.usize(0..keys);
                     let result = system.get(k, &getter).await;
-                    latencies.push(now_us() - t);
-                    if !result.is_ok_and(|(value, _)| value == getter.values[k]) {
-                        failed += 1;
+                    let end = now_us();
+                    let down = outage.is_some_and(|(from, until)| (from..until).contains(&t));
+                    if down { &mut seen.down } else { &mut seen.up }.push(end - t);
+                    match result {
+                        Ok((value, _)) if getter.belongs(k, &value) => {
+                            if let Some((from, until)) = outage
+                                && end > until
+                                && computed_at(&value).is_some_and(|ms| ms * 1000 < from)
+                            {
+                                seen.recovery_us = seen.recovery_us.max(end - until);
+                            }
+                        }
+                        Ok(_) => seen.wrong += 1,
+                        Err(Failure::Origin) => seen.origin += 1,
+                        Err(Failure::Backoff) => seen.backoff += 1,
+                        Err(Failure::Other(err)) => {
+                            if seen.other == 0 {
+                                eprintln!("herd: a warm call failed: {err}");
+                            }
+                            seen.other += 1;
+                        }
                     }
                 }
-                (latencies, failed)
+                seen
             })
         })
         .collect();
-    let (mut latencies, mut failed) = (Vec::new(), 0);
+    let mut seen = Seen::default();
     for caller in callers {
-        let (caller_latencies, caller_failed) = caller.await.expect("a caller");
-        latencies.extend(caller_latencies);
-        failed += caller_failed;
+        seen.add(caller.await.expect("a caller"));
     }
     let end = now_us();
     getter.counted().await;
-    let coalesced = system.stats().coalesced_waits - coalesced_before;
-    let mut line = format!("warm {start} {end} {failed} {coalesced}");
-    for l in latencies {
-        line.push(' ');
-        line.push_str(&l.to_string());
+    let after = system.stats();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    writeln!(
+        out,
+        "warm {start} {end} {} {} {} {} {} {} {}",
+        seen.wrong,
+        seen.other,
+        seen.origin,
+        seen.backoff,
+        after.coalesced_waits - before.coalesced_waits,
+        after.stale_served - before.stale_served,
+        seen.recovery_us
+    )
+    .unwrap();
+    for (name, latencies) in [("up", &seen.up), ("down", &seen.down)] {
+        write!(out, "{name}").unwrap();
+        for l in latencies {
+            write!(out, " {l}").unwrap();
+        }
+        writeln!(out).unwrap();
     }
-    println!("{line}");
+    out.flush().unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -831,26 +1114,30 @@ impl Naive {
     }
 
     /// Get; on a miss, compute and set.
-    async fn get<F, Fut>(&self, key: &str, compute: F) -> Result<String, String>
+    async fn get<F, Fut>(&self, key: &str, expire: Duration, compute: F) -> Result<String, Failure>
     where
         F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<String, Error>>,
+        Fut: std::future::Future<Output = Result<String, HerdError>>,
     {
+        let other = |e: &dyn std::fmt::Display| Failure::Other(e.to_string());
         let pool = &self.pools[self.ring.server_for(key.as_bytes())];
         let cached = {
-            let mut client = pool.get().await.map_err(|e| e.to_string())?;
-            client.get(key).await.map_err(|e| e.to_string())?
+            let mut client = pool.get().await.map_err(|e| other(&e))?;
+            client.get(key).await.map_err(|e| other(&e))?
         };
         if let Some(data) = cached.and_then(|v| v.data) {
-            return serde_json::from_slice(&data).map_err(|e| e.to_string());
+            return serde_json::from_slice(&data).map_err(|e| other(&e));
         }
-        let value = compute().await.map_err(|e| e.to_string())?;
-        let json = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
-        let mut client = pool.get().await.map_err(|e| e.to_string())?;
+        let value = compute().await.map_err(|e| match e {
+            HerdError::Origin => Failure::Origin,
+            HerdError::Cache(e) => other(&e),
+        })?;
+        let json = serde_json::to_vec(&value).map_err(|e| other(&e))?;
+        let mut client = pool.get().await.map_err(|e| other(&e))?;
         client
-            .set(key, json.as_slice(), Some(EXPIRE.as_secs() as i64), None)
+            .set(key, json.as_slice(), Some(expire.as_secs() as i64), None)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| other(&e))?;
         Ok(value)
     }
 }

@@ -4,33 +4,14 @@
 //! machine (the cold round takes about 5 s here); each process also checks its own computations
 //! against the window.
 
+mod common;
 #[path = "../../distcache/tests/support/memcached.rs"]
 mod memcached;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use memcached::Memcached;
-
-/// The demo binary, built by `cargo test` beside this test (or built now, if run alone).
-fn demo_binary() -> PathBuf {
-    let deps = std::env::current_exe().expect("the test binary");
-    let binary = deps
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>")
-        .join("examples/factorial");
-    if !binary.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--example", "factorial"])
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "the demo builds");
-    }
-    binary
-}
 
 /// Per number: (computed, read), from the summary of one run's output.
 fn summary(output: &str) -> BTreeMap<u64, (u64, u64)> {
@@ -56,7 +37,7 @@ async fn two_demo_processes_on_three_servers_compute_each_number_once() {
         .map(Memcached::addr)
         .collect::<Vec<_>>()
         .join(",");
-    let binary = demo_binary();
+    let binary = common::example_binary("factorial");
     let run = || {
         let mut command = tokio::process::Command::new(&binary);
         command

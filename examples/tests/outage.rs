@@ -1,0 +1,67 @@
+//! The herd with a failing origin, small enough for CI (a debug build, 2 processes × 8 callers):
+//! with `stale_if_error`, no call fails and the origin is asked about once per key per
+//! `error_backoff` while it is down; without it, the callers get the getter's error or
+//! `Error::Backoff`, never anything else, and the origin is asked as rarely. The full-size
+//! figures are in BENCHMARKS.md.
+
+mod common;
+
+use serde_json::Value;
+
+/// Runs the herd with the outage flags and `extra`; its result line.
+fn herd(extra: &[&str]) -> Value {
+    let output = std::process::Command::new(common::example_binary("herd"))
+        .args([
+            "--spawn-servers",
+            "--procs",
+            "2",
+            "--callers",
+            "8",
+            "--keys",
+            "50",
+        ])
+        .args([
+            "--expire",
+            "1s",
+            "--error-backoff",
+            "500ms",
+            "--warm-secs",
+            "5",
+        ])
+        .args(["--origin-down-after", "1", "--origin-down-for", "3"])
+        .args(extra)
+        .output()
+        .expect("the herd runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the herd succeeded:\n{stderr}");
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|err| panic!("{err}:\n{stderr}"))
+}
+
+/// Over a 3 s outage with a 500 ms backoff: a run at its start, then one per backoff, and one
+/// more for a backoff that straddles its end.
+const MAX_DOWN_CALLS_PER_KEY: u64 = 8;
+
+#[test]
+fn with_stale_if_error_no_call_fails_and_the_origin_is_spared() {
+    let r = herd(&["--stale-if-error", "1h"]);
+    assert_eq!(r["failed_calls"], 0, "{r}");
+    assert!(r["stale_served"].as_u64().unwrap() > 0, "{r}");
+    let per_key = r["origin_calls_down_max_per_key"].as_u64().unwrap();
+    assert!((1..=MAX_DOWN_CALLS_PER_KEY).contains(&per_key), "{r}");
+    // Fresh values within expire + 1 s of the origin's return.
+    assert!(r["recovery_s"].as_f64().unwrap() <= 2.0, "{r}");
+}
+
+#[test]
+fn without_it_callers_get_the_getters_error_or_a_backoff() {
+    let r = herd(&[]);
+    assert_eq!(
+        (&r["wrong_values"], &r["other_errors"]),
+        (&0.into(), &0.into()),
+        "{r}"
+    );
+    assert!(r["backoff_errors"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["origin_errors"], r["origin_calls_down"], "{r}");
+    let per_key = r["origin_calls_down_max_per_key"].as_u64().unwrap();
+    assert!((1..=MAX_DOWN_CALLS_PER_KEY).contains(&per_key), "{r}");
+}
