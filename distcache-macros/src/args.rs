@@ -15,7 +15,8 @@ use syn::{Expr, ExprLit, Ident, Lit, LitStr, Meta, Token};
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 const VALID: &str = "`expire`, `exec_limit`, `name`, `cache`, `skip(...)`, `key`, \
-                     `refresh_ahead`, `error_backoff`, `stale_if_error` and `helpers`";
+                     `refresh_ahead`, `error_backoff`, `stale_if_error`, `soft_timeout` and \
+                     `helpers`";
 
 /// The checked arguments.
 pub(crate) struct Args {
@@ -34,6 +35,9 @@ pub(crate) struct Args {
     /// Whether to emit `<fn>_key` and `<fn>_invalidate` beside the function (not in a trait
     /// impl, which takes no other items).
     pub(crate) helpers: bool,
+    /// `soft_timeout`'s span, if given: the getter may then finish in the background, so the
+    /// function must not borrow (`expand::check`), and its call is the detached one.
+    pub(crate) soft_timeout: Option<Span>,
 }
 
 pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
@@ -41,6 +45,7 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
     let mut errors = Errors::default();
     let (mut expire, mut exec_limit, mut name, mut cache) = (None, None, None, None);
     let (mut skip, mut key, mut helpers) = (None, None, None);
+    let mut soft_timeout = None;
     let mut options = Vec::new();
     let mut given = Vec::new();
     for meta in metas {
@@ -116,6 +121,14 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
                 }
                 Err(err) => errors.push(err),
             },
+            "soft_timeout" => match duration(&nv.value) {
+                Ok(d) => {
+                    let (secs, nanos) = (d.as_secs(), d.subsec_nanos());
+                    soft_timeout = Some(nv.path.span());
+                    options.push(quote!(.soft_timeout(::core::time::Duration::new(#secs, #nanos))));
+                }
+                Err(err) => errors.push(err),
+            },
             "stale_if_error" => match duration(&nv.value) {
                 Ok(d) => {
                     let (secs, nanos) = (d.as_secs(), d.subsec_nanos());
@@ -176,6 +189,7 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
         key,
         options,
         helpers: helpers.unwrap_or(true),
+        soft_timeout,
     })
 }
 

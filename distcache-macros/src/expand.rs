@@ -73,6 +73,18 @@ fn check(function: &ItemFn, args: Option<&Args>) -> syn::Result<()> {
     // The arguments that failed to parse are reported apart: nothing here depends on them then.
     let parsed = args.is_some();
     let has_key = args.is_some_and(|args| args.key.is_some());
+    // With `soft_timeout`, the getter may run on after the call returns: it cannot borrow.
+    let detached = args.and_then(|args| args.soft_timeout);
+    let borrows = |span: Span, what: &str| {
+        syn::Error::new(
+            span,
+            format!(
+                "`soft_timeout` lets the function's body finish after the call has returned, so \
+                 it cannot borrow, and {what}; pass owned handles instead (an `Arc`, a cloned \
+                 pool), or drop `soft_timeout`"
+            ),
+        )
+    };
     let skipped = |name: &str| {
         args.and_then(|args| args.skip.as_ref())
             .is_some_and(|(_, names)| names.iter().any(|n| n == name))
@@ -83,6 +95,9 @@ fn check(function: &ItemFn, args: Option<&Args>) -> syn::Result<()> {
         match input {
             FnArg::Receiver(receiver) => {
                 names.push("self".to_owned());
+                if detached.is_some() {
+                    errors.push(borrows(receiver.span(), "this method borrows `self`"));
+                }
                 let shared = match &receiver.kind {
                     ReceiverKind::Reference(_, _, mutability) => Some(mutability.is_none()),
                     ReceiverKind::Typed(_, ty) => match &**ty {
@@ -129,6 +144,11 @@ fn check(function: &ItemFn, args: Option<&Args>) -> syn::Result<()> {
                         "#[distcached] arguments cannot be `impl Trait`: the key needs one concrete, \
                          serializable type (or leave it out with `skip`)",
                     ));
+                }
+                if detached.is_some()
+                    && let Some(span) = borrowed(arg.ty.to_token_stream())
+                {
+                    errors.push(borrows(span, "this argument's type borrows"));
                 }
                 names.extend(name);
             }
@@ -177,6 +197,20 @@ fn check(function: &ItemFn, args: Option<&Args>) -> syn::Result<()> {
         ));
     }
     errors.finish()
+}
+
+/// The span of a reference (`&`) or a lifetime anywhere in a type, or of `impl Trait`: what
+/// makes an argument borrow from its caller. (An elided lifetime in a path, as in `Cow<str>`,
+/// cannot be seen here; the compiler reports it at the function's return type.)
+fn borrowed(tokens: TokenStream) -> Option<Span> {
+    tokens.into_iter().find_map(|token| match token {
+        TokenTree::Punct(punct) if punct.as_char() == '&' || punct.as_char() == '\'' => {
+            Some(punct.span())
+        }
+        TokenTree::Ident(ident) if ident == "impl" => Some(ident.span()),
+        TokenTree::Group(group) => borrowed(group.stream()),
+        _ => None,
+    })
 }
 
 /// The span of an `impl` keyword anywhere in a type.
@@ -292,15 +326,22 @@ fn expand(args: Args, mut function: ItemFn) -> TokenStream {
     let (exec_limit, expire) = (duration(args.exec_limit), duration(args.expire));
     let per_function = &args.options;
     // The function's settings, built once, at compile time.
+    let (options_type, call_fn) = match args.soft_timeout {
+        Some(_) => (
+            quote!(::distcache::GetOptions<::distcache::Detached>),
+            quote!(call_detached),
+        ),
+        None => (quote!(::distcache::GetOptions), quote!(call)),
+    };
     let options = quote! {
-        static __DISTCACHE_OPTIONS: ::distcache::GetOptions =
+        static __DISTCACHE_OPTIONS: #options_type =
             ::distcache::GetOptions::new(#exec_limit, #expire) #(#per_function)*;
     };
     let block = &function.block;
     // The call is spanned at the return type: a type that is not a cacheable `Result` is
     // reported there, once.
     let call = quote_spanned! {return_type.span()=>
-        ::distcache::__private::call::<#return_type, _, _>(
+        ::distcache::__private::#call_fn::<#return_type, _, _>(
             #cache,
             #label,
             __distcache_key,

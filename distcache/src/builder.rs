@@ -53,6 +53,7 @@ pub struct CacheBuilder {
     refresh_ahead: f64,
     error_backoff: Option<Duration>,
     stale_if_error: Duration,
+    soft_timeout: Option<Duration>,
     in_process: MemoryLimits,
 }
 
@@ -72,6 +73,7 @@ impl Default for CacheBuilder {
             refresh_ahead: 0.0,
             error_backoff: None,
             stale_if_error: Duration::ZERO,
+            soft_timeout: None,
             in_process: MemoryLimits::default(),
         }
     }
@@ -236,6 +238,16 @@ impl CacheBuilder {
         self
     }
 
+    /// The [soft timeout](crate::GetOptions::soft_timeout) of the calls whose getter may finish
+    /// in the background: [`Cache::get_detached`](crate::Cache::get_detached) without one of its
+    /// own. Other calls (`get`, `get_with`, `#[distcached]` functions without `soft_timeout`)
+    /// cannot leave their getter behind, and wait for it. Off by default; between 1 ms and 365
+    /// days. For the default cache: `DISTCACHE_SOFT_TIMEOUT` (`"100ms"`).
+    pub fn soft_timeout(mut self, soft_timeout: Duration) -> Self {
+        self.soft_timeout = Some(soft_timeout);
+        self
+    }
+
     /// The most entries (values, and keys being computed) the in-process store keeps; past it, or
     /// past [`in_process_max_bytes`](Self::in_process_max_bytes), it evicts the values least
     /// likely to be read again, expired ones first. Only the in-process store (no servers) uses
@@ -304,6 +316,14 @@ impl CacheBuilder {
                 reason: format!("{:?} is not between 1ms and 365 days", self.stale_if_error),
             });
         }
+        if let Some(soft) = self.soft_timeout
+            && !stale_if_error_in_range(soft)
+        {
+            return Err(BuildError::InvalidSetting {
+                setting: "soft_timeout",
+                reason: format!("{soft:?} is not between 1ms and 365 days"),
+            });
+        }
         // Checked with servers too: a wrong setting is a mistake whichever store is used today.
         if !IN_PROCESS_ENTRIES.contains(&self.in_process.max_entries) {
             return Err(BuildError::InvalidSetting {
@@ -344,6 +364,7 @@ impl CacheBuilder {
                 refresh_ahead: self.refresh_ahead,
                 error_backoff: self.error_backoff,
                 stale_if_error: self.stale_if_error,
+                soft_timeout: self.soft_timeout,
             },
         };
         Ok(Cache::from_parts(core, store))

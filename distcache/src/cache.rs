@@ -8,9 +8,9 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::core::Core;
+use crate::core::{Core, Tasks};
 use crate::error::Error;
-use crate::flight::{self, Getter};
+use crate::flight::{self, Detachable, Getter};
 use crate::options::GetOptions;
 use crate::schedule::{Site, site_of};
 use crate::stats::Stats;
@@ -28,8 +28,11 @@ pub struct Cache {
 }
 
 struct Inner {
-    core: Core,
+    /// Shared with the recomputes left to finish in the background.
+    core: Arc<Core>,
     store: AnyStore,
+    /// Those recomputes: aborted when the last handle goes, with this.
+    tasks: Tasks,
 }
 
 impl Cache {
@@ -48,6 +51,11 @@ impl Cache {
         self.inner.core.config.stale_if_error
     }
 
+    #[cfg(test)]
+    pub(crate) fn soft_timeout(&self) -> Option<Duration> {
+        self.inner.core.config.soft_timeout
+    }
+
     /// The in-process store's entries and bytes now; `None` on memcached.
     #[cfg(test)]
     pub(crate) fn in_process_usage(&self) -> Option<(usize, u64)> {
@@ -59,7 +67,11 @@ impl Cache {
 
     pub(crate) fn from_parts(core: Core, store: AnyStore) -> Self {
         Cache {
-            inner: Arc::new(Inner { core, store }),
+            inner: Arc::new(Inner {
+                core: Arc::new(core),
+                store,
+                tasks: Tasks::default(),
+            }),
         }
     }
 
@@ -179,6 +191,51 @@ impl Cache {
         self.get_at(site_of::<F>(), key, options, getter).await
     }
 
+    /// [`Cache::get_with`] for a getter that may outlive the call, so that options with a
+    /// [`soft_timeout`](GetOptions::soft_timeout) apply: a call that recomputes a value it has
+    /// (stale, or refreshed ahead) returns that value once the getter has run `soft_timeout`,
+    /// and the getter finishes in a task of its own, bounded by `exec_limit`, storing its result.
+    /// The task survives the call's cancellation, not the cache: when the last handle to the
+    /// cache is dropped, it is aborted. Without a value to return, the call waits for the getter
+    /// as [`Cache::get_with`] does. The getter and its value must be `Send + 'static`: it cannot
+    /// borrow from the caller (clone an `Arc` or a pool handle into it).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use distcache::GetOptions;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), distcache::Error> {
+    /// let cache = distcache::Cache::builder().build().unwrap();
+    /// let options = GetOptions::new(Duration::from_secs(5), Duration::from_secs(60))
+    ///     .stale_if_error(Duration::from_secs(3600))
+    ///     .soft_timeout(Duration::from_millis(100));
+    /// let id = 42;
+    /// let rate: u64 = cache
+    ///     .get_detached("rate:42", &options, move || async move {
+    ///         Ok::<_, distcache::Error>(id * 3) // a partner API that is sometimes slow
+    ///     })
+    ///     .await?;
+    /// assert_eq!(rate, 126);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn get_detached<T, E, F, Fut, M>(
+        &self,
+        key: &str,
+        options: &GetOptions<M>,
+        getter: F,
+    ) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned + Send + 'static,
+        E: From<Error> + std::fmt::Debug + Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        self.get_at(site_of::<F>(), key, &options.erased(), Detachable(getter))
+            .await
+    }
+
     /// [`Cache::get_with`] for a getter whose call site is not its own type (the macro's
     /// wrapper).
     pub(crate) async fn get_at<T, E, F>(
@@ -194,7 +251,16 @@ impl Cache {
         F: Getter<T, E>,
     {
         let inner = &*self.inner;
-        flight::get(&inner.core, &inner.store, site, key, options, getter).await
+        flight::get(
+            &inner.core,
+            Some(&inner.tasks),
+            &inner.store,
+            site,
+            key,
+            options,
+            getter,
+        )
+        .await
     }
 
     /// Runs `getter` without the store, for a call that has no usable key.

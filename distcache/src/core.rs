@@ -1,7 +1,11 @@
 //! What a cache is made of besides its store, and its settings: shared by the public face
 //! (`cache.rs`, `builder.rs`) and the algorithm (`flight.rs`), which imports no public-face file.
 
+use std::future::Future;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
+
+use tokio::task::JoinSet;
 
 use crate::coalesce::Flights;
 use crate::key::KeyEncoder;
@@ -33,6 +37,23 @@ pub(crate) struct Config {
     pub(crate) error_backoff: Option<Duration>,
     /// How long past `expire` values are kept, and served if recomputing them fails; zero: not.
     pub(crate) stale_if_error: Duration,
+    /// How long a detached call waits for the recompute of a value it has; `None`: until done.
+    pub(crate) soft_timeout: Option<Duration>,
+}
+
+/// The recomputes that run on after their call returned (`soft_timeout`). Held by the cache's
+/// handles, not by the tasks: when the last handle is dropped, they are aborted.
+#[derive(Debug, Default)]
+pub(crate) struct Tasks(Mutex<JoinSet<()>>);
+
+impl Tasks {
+    /// Runs `task` on the current runtime, until it ends or the cache is dropped.
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let mut set = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        // The ended ones go now: the set holds only those still running.
+        while set.try_join_next().is_some() {}
+        set.spawn(task);
+    }
 }
 
 /// What a call does when the store cannot be reached.

@@ -24,12 +24,14 @@ use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::oneshot;
 use tokio::time::{Instant, sleep_until, timeout_at};
 use tracing::{debug, error, warn};
 
@@ -38,7 +40,7 @@ use crate::codec::{
     self, DecodeError, EncodeError, FRESHNESS_BYTES, FRESHNESS_FLAGS, Freshness, JSON_FLAGS,
 };
 use crate::core::{
-    Core, MAX_DURATION, OnUnavailable, error_backoff_in_range, refresh_ahead_in_range,
+    Core, MAX_DURATION, OnUnavailable, Tasks, error_backoff_in_range, refresh_ahead_in_range,
     stale_if_error_in_range,
 };
 use crate::entry::{self, Decision};
@@ -83,9 +85,98 @@ const CLAIM_MARGIN: Duration = Duration::from_secs(1);
 
 /// What a call computes its value with: called at most once, its future resolving to the value
 /// or the caller's own error. The one bound every function that passes a getter along takes.
-pub(crate) trait Getter<T, E> {
+pub(crate) trait Getter<T, E>: Sized {
     type Future: Future<Output = Result<T, E>>;
     fn call(self) -> Self::Future;
+
+    /// Runs `job`, the rest of a claimed recompute, with this getter in a task of its own, and
+    /// says how it ended (`Some`: the new value; `None`: serve the value the caller has). Only a
+    /// [`Detachable`] getter can be sent there; any other is given back.
+    fn detach<S: Store>(
+        self,
+        job: Job<S>,
+        tasks: &Tasks,
+    ) -> Result<oneshot::Receiver<Option<T>>, Self> {
+        let _ = (job, tasks);
+        Err(self)
+    }
+}
+
+/// A getter that may outlive its call (`Cache::get_detached`): it, its future, its value and
+/// its error can all be sent to a task of their own.
+pub(crate) struct Detachable<F>(pub(crate) F);
+
+impl<T, E, F, Fut> Getter<T, E> for Detachable<F>
+where
+    T: Serialize + DeserializeOwned + Send + 'static,
+    E: From<Error> + std::fmt::Debug + Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, E>> + Send + 'static,
+{
+    type Future = Fut;
+
+    #[inline]
+    fn call(self) -> Fut {
+        (self.0)()
+    }
+
+    fn detach<S: Store>(
+        self,
+        job: Job<S>,
+        tasks: &Tasks,
+    ) -> Result<oneshot::Receiver<Option<T>>, Self> {
+        let (sender, receiver) = oneshot::channel();
+        tasks.spawn(async move {
+            let ended = job.run(self).await;
+            // The caller may have returned (soft timeout) or been cancelled: nobody to tell.
+            let _ = sender.send(ended);
+        });
+        Ok(receiver)
+    }
+}
+
+/// The rest of a claimed recompute, owned, to run in a task of its own (`Getter::detach`).
+pub(crate) struct Job<S> {
+    core: Arc<Core>,
+    store: S,
+    key: String,
+    wire: WireKey,
+    deadline: Instant,
+    exec_limit: Duration,
+    expire: Duration,
+    error_backoff: Option<Duration>,
+    max_stale: Duration,
+    site: Site,
+    claimed: Lease,
+    header: Freshness,
+    json: bytes::Bytes,
+}
+
+impl<S: Store> Job<S> {
+    async fn run<T, E, F>(self, getter: F) -> Option<T>
+    where
+        T: Serialize + DeserializeOwned,
+        E: From<Error> + std::fmt::Debug,
+        F: Getter<T, E>,
+    {
+        let call = Call {
+            core: &self.core,
+            tasks: None,
+            store: &self.store,
+            key: &self.key,
+            wire: self.wire,
+            deadline: self.deadline,
+            exec_limit: self.exec_limit,
+            expire: self.expire,
+            refresh_ahead: 0.0,
+            error_backoff: self.error_backoff,
+            max_stale: self.max_stale,
+            soft_timeout: None,
+            site: self.site,
+        };
+        call.recompute_claimed(self.claimed, self.header, &self.json, getter)
+            .await
+    }
 }
 
 impl<T, E, F, Fut> Getter<T, E> for F
@@ -102,7 +193,8 @@ where
 }
 
 pub(crate) async fn get<S, T, E, F>(
-    core: &Core,
+    core: &Arc<Core>,
+    tasks: Option<&Tasks>,
     store: &S,
     site: Site,
     key: &str,
@@ -128,6 +220,8 @@ where
         refresh_ahead,
         error_backoff,
         stale_if_error,
+        soft_timeout,
+        ..
     } = *options;
     if !in_range(exec_limit) {
         return invalid(EXEC_LIMIT_RANGE);
@@ -157,8 +251,16 @@ where
         Some(max_stale) => max_stale,
         None => core.config.stale_if_error,
     };
+    let soft_timeout = match soft_timeout {
+        Some(soft) if !stale_if_error_in_range(soft) => {
+            return invalid("soft_timeout must be between 1ms and 365 days");
+        }
+        Some(soft) => Some(soft),
+        None => core.config.soft_timeout,
+    };
     let call = Call {
         core,
+        tasks,
         store,
         key,
         wire: core.keys.encode(key),
@@ -168,6 +270,7 @@ where
         refresh_ahead,
         error_backoff,
         max_stale,
+        soft_timeout,
         site,
     };
     loop {
@@ -197,7 +300,7 @@ where
 /// Runs `getter` within `exec_limit`, without the store: the call has no usable key (the
 /// macro could not serialize its arguments). Counted as uncached.
 pub(crate) async fn run_uncached<S, T, E, F>(
-    core: &Core,
+    core: &Arc<Core>,
     store: &S,
     site: Site,
     label: &str,
@@ -219,6 +322,7 @@ where
     core.stats.uncached_calls.incr();
     let call = Call {
         core,
+        tasks: None,
         store,
         key: label,
         wire: core.keys.encode(label),
@@ -228,6 +332,7 @@ where
         refresh_ahead: 0.0,
         error_backoff: None,
         max_stale: Duration::ZERO,
+        soft_timeout: None,
         site,
     };
     call.run_getter(getter).await
@@ -278,7 +383,9 @@ enum Failed<E> {
 
 /// One call's context.
 struct Call<'a, S> {
-    core: &'a Core,
+    core: &'a Arc<Core>,
+    /// Where a recompute may be left to finish (`soft_timeout`); `None` within such a task.
+    tasks: Option<&'a Tasks>,
     store: &'a S,
     key: &'a str,
     wire: WireKey,
@@ -292,6 +399,9 @@ struct Call<'a, S> {
     /// How long past `expire` a value is kept, and served if recomputing it fails (zero: not):
     /// the call's, or the cache's.
     max_stale: Duration,
+    /// How long a detachable getter is awaited when the call has a value to return (`None`:
+    /// until it ends): the call's, or the cache's.
+    soft_timeout: Option<Duration>,
     site: Site,
 }
 
@@ -687,6 +797,72 @@ impl<S: Store> Call<'_, S> {
         if !stale {
             stats.refreshes.incr();
         }
+        let getter = match (self.soft_timeout, self.tasks) {
+            (Some(soft), Some(tasks)) => {
+                match getter.detach(self.job(claimed, header, &json), tasks) {
+                    Ok(ended) => {
+                        let soft_deadline = (Instant::now() + soft).min(self.deadline);
+                        return match timeout_at(soft_deadline, ended).await {
+                            Ok(Ok(Some(value))) => value,
+                            // It failed (and said so), or the cache is being dropped.
+                            Ok(_) => serve_current(),
+                            Err(_soft_timeout) => {
+                                stats.soft_timeouts.incr();
+                                debug!(
+                                    key = self.key,
+                                    ?soft,
+                                    "the recompute ran past soft_timeout; serving the current value while it finishes"
+                                );
+                                serve_current()
+                            }
+                        };
+                    }
+                    Err(getter) => getter,
+                }
+            }
+            _ => getter,
+        };
+        match self.recompute_claimed(claimed, header, &json, getter).await {
+            Some(value) => value,
+            None => serve_current(),
+        }
+    }
+
+    /// The job of recomputing the value claimed as `claimed`, for another task to run.
+    fn job(&self, claimed: Lease, header: Freshness, json: &bytes::Bytes) -> Job<S> {
+        Job {
+            core: Arc::clone(self.core),
+            store: self.store.clone(),
+            key: self.key.to_owned(),
+            wire: self.wire.clone(),
+            deadline: self.deadline,
+            exec_limit: self.exec_limit,
+            expire: self.expire,
+            error_backoff: self.error_backoff,
+            max_stale: self.max_stale,
+            site: self.site,
+            claimed,
+            header,
+            json: json.clone(),
+        }
+    }
+
+    /// Runs the getter for a recompute claimed as `claimed`, and stores its value; `None` if it
+    /// failed, panicked or ran out of time, and then the key is backed off and the value the
+    /// caller has is the answer.
+    async fn recompute_claimed<T, E, F>(
+        &self,
+        claimed: Lease,
+        header: Freshness,
+        json: &bytes::Bytes,
+        getter: F,
+    ) -> Option<T>
+    where
+        T: Serialize + DeserializeOwned,
+        E: From<Error> + std::fmt::Debug,
+        F: Getter<T, E>,
+    {
+        let stats = &self.core.stats;
         let (value, decision) = match self.try_getter(getter).await {
             Ok(ended) => ended,
             Err(failed) => {
@@ -705,17 +881,16 @@ impl<S: Store> Call<'_, S> {
                     key = self.key,
                     error = %reason,
                     ?backoff,
-                    stale,
-                    "recomputing the value failed; serving the current value, and backing the key off"
+                    "recomputing the value failed; serving the current one, and backing the key off"
                 );
                 let retry = Freshness {
                     retry_at: codec::unix_millis(std::time::SystemTime::now() + backoff),
                     ..header
                 };
-                if let Err(err) = self.swap_header(claimed, retry, &json).await {
+                if let Err(err) = self.swap_header(claimed, retry, json).await {
                     debug!(key = self.key, error = %err, "backing the key off failed");
                 }
-                return serve_current();
+                return None;
             }
         };
         if decision.skip_store {
@@ -725,8 +900,8 @@ impl<S: Store> Call<'_, S> {
                 retry_at: 0,
                 ..header
             };
-            let _ = self.swap_header(claimed, open, &json).await;
-            return value;
+            let _ = self.swap_header(claimed, open, json).await;
+            return Some(value);
         }
         let fresh = match codec::encode_for_store(&value, self.core.config.max_value_bytes) {
             Ok(fresh) => fresh,
@@ -737,13 +912,13 @@ impl<S: Store> Call<'_, S> {
                     retry_at: 0,
                     ..header
                 };
-                let _ = self.swap_header(claimed, open, &json).await;
-                return value;
+                let _ = self.swap_header(claimed, open, json).await;
+                return Some(value);
             }
         };
         let filled = self.fill(claimed, &fresh, self.expire_of(decision)).await;
         self.record_fill(&filled, fresh.len());
-        value
+        Some(value)
     }
 
     /// Replaces the value at `version` with the same JSON under `header`, keeping it no longer

@@ -44,7 +44,9 @@ pub fn set_default(cache: Cache) -> Result<(), Cache> {
 ///   a whole number of milliseconds, seconds, minutes or hours (`"500ms"`, `"1s"`, `"2m"`);
 ///   default off;
 /// - `DISTCACHE_STALE_IF_ERROR`: how long [values are kept past their expire](crate::CacheBuilder::stale_if_error),
-///   written as `DISTCACHE_ERROR_BACKOFF` is (`"1h"`); default off.
+///   written as `DISTCACHE_ERROR_BACKOFF` is (`"1h"`); default off;
+/// - `DISTCACHE_SOFT_TIMEOUT`: the [soft timeout](crate::CacheBuilder::soft_timeout) of detached
+///   calls, written the same way (`"100ms"`); default off.
 ///
 /// A configuration that does not build fails every call through the default cache with
 /// [`Error::DefaultCache`], so that it is fixed rather than silently ignored.
@@ -96,6 +98,15 @@ fn from_vars(env: impl Fn(&str) -> Option<String>) -> Result<Cache, BuildError> 
             ),
         })?;
         builder = builder.stale_if_error(parsed);
+    }
+    if let Some(soft) = var("DISTCACHE_SOFT_TIMEOUT") {
+        let parsed = duration(&soft).ok_or_else(|| BuildError::InvalidSetting {
+            setting: "soft_timeout",
+            reason: format!(
+                "DISTCACHE_SOFT_TIMEOUT={soft:?} is not a duration such as \"100ms\" or \"1s\""
+            ),
+        })?;
+        builder = builder.soft_timeout(parsed);
     }
     match var("DISTCACHE_SERVERS") {
         Some(servers) => {
@@ -186,6 +197,27 @@ mod tests {
                     err,
                     BuildError::InvalidSetting {
                         setting: "stale_if_error",
+                        ..
+                    }
+                ),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn soft_timeout_comes_from_the_environment_and_a_bad_one_is_a_typed_error() {
+        let soft = |cache: Cache| cache.soft_timeout();
+        assert_eq!(with(&[]).map(soft).unwrap(), None);
+        let got = with(&[("DISTCACHE_SOFT_TIMEOUT", "100ms")]).map(soft);
+        assert_eq!(got.unwrap(), Some(Duration::from_millis(100)));
+        for bad in ["fast", "0ms", "100"] {
+            let err = with(&[("DISTCACHE_SOFT_TIMEOUT", bad)]).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    BuildError::InvalidSetting {
+                        setting: "soft_timeout",
                         ..
                     }
                 ),

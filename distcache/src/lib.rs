@@ -207,7 +207,7 @@ pub use cache::Cache;
 pub use core::OnUnavailable;
 pub use error::{BoxError, Error};
 pub use global::{default_cache, set_default};
-pub use options::GetOptions;
+pub use options::{Attached, Detached, GetOptions};
 pub use stats::Stats;
 pub use store::memcached::NodeStats;
 pub use store::memcached::Server;
@@ -255,6 +255,11 @@ pub use store::memcached::ring::Ring;
 /// - `stale_if_error = "1h"`: keep values that long past `expire`, and serve them while one
 ///   caller recomputes them or when that fails, as [`CacheBuilder::stale_if_error`] does, for this
 ///   function's calls.
+/// - `soft_timeout = "100ms"`: a call that recomputes a value it has returns that value after
+///   this long, and the body finishes in the background, as with
+///   [`Cache::get_detached`]. The body must then be able to outlive the call: an argument whose
+///   type borrows (`&Db`, `&str`, a lifetime) or a method's `&self` is a compile error; pass owned
+///   handles (an `Arc`, a cloned pool). The arguments and the value must be `Send + 'static`.
 /// - `helpers = false`: no `<fn>_key` and `<fn>_invalidate` beside the function; needed in a
 ///   trait impl, which takes no other items.
 ///

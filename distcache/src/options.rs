@@ -1,6 +1,7 @@
 //! A call's settings as one value: `#[distcached]` builds one per function, as a `static`;
 //! [`Cache::get_with`](crate::Cache::get_with) takes one per call.
 
+use std::marker::PhantomData;
 use std::time::Duration;
 
 /// The settings of a call of [`Cache::get_with`](crate::Cache::get_with): its `exec_limit` and
@@ -23,8 +24,12 @@ use std::time::Duration;
 /// # Ok(())
 /// # }
 /// ```
+///
+/// Options with a [`soft_timeout`](GetOptions::soft_timeout) are `GetOptions<Detached>`, which
+/// only [`Cache::get_detached`](crate::Cache::get_detached) takes: the getter of such a call may
+/// run on after the call returns, so it cannot borrow from the caller.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct GetOptions {
+pub struct GetOptions<M = Attached> {
     pub(crate) exec_limit: Duration,
     pub(crate) expire: Duration,
     /// `None`: the cache's (`CacheBuilder::refresh_ahead`, or `DISTCACHE_REFRESH_AHEAD` for the
@@ -34,7 +39,20 @@ pub struct GetOptions {
     pub(crate) error_backoff: Option<Duration>,
     /// `None`: the cache's (`CacheBuilder::stale_if_error`).
     pub(crate) stale_if_error: Option<Duration>,
+    /// `None`: the cache's (`CacheBuilder::soft_timeout`), for detached calls.
+    pub(crate) soft_timeout: Option<Duration>,
+    mode: PhantomData<M>,
 }
+
+/// The mode of [`GetOptions`] that every call takes: the getter runs within the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Attached;
+
+/// The mode of [`GetOptions`] with a [`soft_timeout`](GetOptions::soft_timeout), which only
+/// [`Cache::get_detached`](crate::Cache::get_detached) takes: its getter may finish in the
+/// background, after the call has returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Detached;
 
 impl GetOptions {
     /// A call bounded by `exec_limit` whose value lives `expire`, with the cache's other
@@ -48,9 +66,13 @@ impl GetOptions {
             refresh_ahead: None,
             error_backoff: None,
             stale_if_error: None,
+            soft_timeout: None,
+            mode: PhantomData,
         }
     }
+}
 
+impl<M> GetOptions<M> {
     /// Refreshes the value ahead of its expiry, as
     /// [`CacheBuilder::refresh_ahead`](crate::CacheBuilder::refresh_ahead) does, for these calls
     /// only: it takes precedence over the cache's setting (0 turns it off). At least 0 and under
@@ -80,6 +102,39 @@ impl GetOptions {
     pub const fn stale_if_error(mut self, max_stale: Duration) -> Self {
         self.stale_if_error = Some(max_stale);
         self
+    }
+
+    /// When the call recomputes a value it has (stale, or refreshed ahead) and the getter has
+    /// not finished within `soft_timeout`, the call returns the value it has; the getter goes on
+    /// in the background, still bounded by `exec_limit`, and stores its result when it finishes
+    /// (FusionCache's soft timeout with background completion). Without a value to return, the
+    /// call waits for the getter up to `exec_limit`, as always. Takes precedence over
+    /// [`CacheBuilder::soft_timeout`](crate::CacheBuilder::soft_timeout); at most `exec_limit`
+    /// matters. Only [`Cache::get_detached`](crate::Cache::get_detached) takes these options.
+    #[must_use]
+    pub const fn soft_timeout(self, soft_timeout: Duration) -> GetOptions<Detached> {
+        GetOptions {
+            exec_limit: self.exec_limit,
+            expire: self.expire,
+            refresh_ahead: self.refresh_ahead,
+            error_backoff: self.error_backoff,
+            stale_if_error: self.stale_if_error,
+            soft_timeout: Some(soft_timeout),
+            mode: PhantomData,
+        }
+    }
+
+    /// These options, in the mode every call takes: what the flight reads.
+    pub(crate) const fn erased(&self) -> GetOptions {
+        GetOptions {
+            exec_limit: self.exec_limit,
+            expire: self.expire,
+            refresh_ahead: self.refresh_ahead,
+            error_backoff: self.error_backoff,
+            stale_if_error: self.stale_if_error,
+            soft_timeout: self.soft_timeout,
+            mode: PhantomData,
+        }
     }
 
     /// The bound on the whole call.

@@ -10,7 +10,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::warn;
 
+use crate::flight::Detachable;
 use crate::json;
+use crate::options::Detached;
 use crate::schedule::site_of;
 use crate::{Cache, Error, GetOptions};
 
@@ -132,6 +134,46 @@ where
     };
     R::from_result(match key.finish() {
         Ok(key) => cache.get_at(site, &key, options, getter).await,
+        Err(err) => {
+            warn!(function, error = %err, "the arguments cannot be serialized into a key; running the function uncached");
+            cache
+                .run_uncached(site, function, options.exec_limit, getter)
+                .await
+        }
+    })
+}
+
+/// The body of a `#[distcached(soft_timeout = ...)]` function: its getter may finish in the
+/// background (`Cache::get_detached`).
+pub async fn call_detached<R, F, Fut>(
+    cache: Result<&Cache, Error>,
+    function: &'static str,
+    key: Key,
+    options: &GetOptions<Detached>,
+    getter: F,
+) -> R
+where
+    R: CachedResult + Send + 'static,
+    R::Value: Send + 'static,
+    R::Error: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+{
+    let cache = match cache {
+        Ok(cache) => cache,
+        Err(err) => return R::from_result(Err(err.into())),
+    };
+    let site = site_of::<F>();
+    let getter = move || {
+        let future = getter();
+        async move { future.await.into_result() }
+    };
+    R::from_result(match key.finish() {
+        Ok(key) => {
+            cache
+                .get_at(site, &key, &options.erased(), Detachable(getter))
+                .await
+        }
         Err(err) => {
             warn!(function, error = %err, "the arguments cannot be serialized into a key; running the function uncached");
             cache

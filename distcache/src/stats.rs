@@ -79,6 +79,9 @@ pub struct Stats {
     /// recompute failed. Callers of this process that shared such a call's value are not
     /// counted again.
     pub stale_served: u64,
+    /// Calls that returned the value they had (stale, or being refreshed ahead) because its
+    /// recompute ran past their `soft_timeout`: the getter finished in the background.
+    pub soft_timeouts: u64,
 }
 
 macro_rules! counters {
@@ -118,6 +121,7 @@ counters!(
     skipped_stores,
     backoffs,
     stale_served,
+    soft_timeouts,
 );
 
 /// A monotonic event counter.

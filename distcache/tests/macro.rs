@@ -313,3 +313,36 @@ async fn stale_if_error_is_set_per_function() {
         "nothing stale to serve"
     );
 }
+
+static SLOW_ORIGIN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+test_cache!(SOFT);
+
+#[distcached(
+    expire = "200ms",
+    exec_limit = "5s",
+    stale_if_error = "1h",
+    soft_timeout = "50ms",
+    cache = SOFT
+)]
+async fn rate(id: u32) -> Result<u32, AppError> {
+    if SLOW_ORIGIN.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        return Ok(id * 100);
+    }
+    Ok(id)
+}
+
+#[tokio::test]
+async fn soft_timeout_is_set_per_function() {
+    assert_eq!(rate(3).await, Ok(3));
+    SLOW_ORIGIN.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let started = std::time::Instant::now();
+    assert_eq!(
+        rate(3).await,
+        Ok(3),
+        "the stale value, after the soft timeout"
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(SOFT.stats().soft_timeouts, 1);
+}

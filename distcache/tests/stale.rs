@@ -387,3 +387,186 @@ async fn a_corrupt_freshness_header_is_a_miss() {
     }
     assert_eq!(cache.stats().decode_misses, 2);
 }
+
+const SOFT: Duration = Duration::from_millis(100);
+const SLOW: Duration = Duration::from_secs(2);
+
+fn soft_options() -> distcache::GetOptions<distcache::Detached> {
+    GetOptions::new(LIMIT, EXPIRE)
+        .stale_if_error(MAX_STALE)
+        .soft_timeout(SOFT)
+}
+
+/// Reads `key` until it holds `value`, without ever running a getter: the background recompute
+/// stores it moments after its getter returns, with no event of its own.
+async fn until_stored(cache: &Cache, key: &str, value: &str) {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let got: String = cache
+                .get(key, LIMIT, EXPIRE, || async {
+                    Err(Error::InvalidArgument {
+                        key: "none".into(),
+                        reason: "not run",
+                    })
+                })
+                .await
+                .unwrap();
+            if got == value {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("stored within 5 s");
+}
+
+/// `soft_timeout` 100 ms, a getter slowed to 2 s: the caller gets the stale value within a
+/// second; the getter finishes in the background and stores its value, which the next callers
+/// read without running a getter.
+async fn a_soft_timeout_serves_the_stale_value_and_the_getter_finishes(pair: Pair) {
+    let (a, b) = (&pair.a, &pair.b);
+    stored_then_stale(a, "k", "old").await;
+    let finished = Arc::new(Notify::new());
+    let started = Instant::now();
+    let got: String = {
+        let finished = finished.clone();
+        a.get_detached("k", &soft_options(), move || async move {
+            tokio::time::sleep(SLOW).await;
+            finished.notify_one();
+            Ok::<_, Error>("new".to_owned())
+        })
+        .await
+        .unwrap()
+    };
+    assert_eq!(got, "old");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    let stats = a.stats();
+    assert_eq!((stats.soft_timeouts, stats.stale_served), (1, 1));
+    finished.notified().await;
+    until_stored(b, "k", "new").await;
+    assert_eq!(
+        pair.total(|s| s.getter_runs),
+        2,
+        "the first value's, and the recompute's"
+    );
+}
+
+#[tokio::test]
+async fn in_process_a_soft_timeout_serves_the_stale_value_and_the_getter_finishes() {
+    a_soft_timeout_serves_the_stale_value_and_the_getter_finishes(Pair::shared(stale(
+        Cache::builder(),
+    )))
+    .await;
+}
+
+#[tokio::test]
+async fn on_memcached_a_soft_timeout_serves_the_stale_value_and_the_getter_finishes() {
+    let server = Memcached::start().await;
+    a_soft_timeout_serves_the_stale_value_and_the_getter_finishes(Pair::two(
+        stale(on(&server)),
+        stale(on(&server)),
+    ))
+    .await;
+}
+
+/// The background getter survives its caller's cancellation, and stores its value.
+#[tokio::test]
+async fn the_background_getter_survives_its_callers_cancellation() {
+    let cache = stale(Cache::builder());
+    stored_then_stale(&cache, "k", "old").await;
+    let (entered, finished) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let call = {
+        let (cache, entered, finished) = (cache.clone(), entered.clone(), finished.clone());
+        tokio::spawn(async move {
+            cache
+                .get_detached("k", &soft_options(), move || async move {
+                    entered.notify_one();
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    finished.notify_one();
+                    Ok::<_, Error>("new".to_owned())
+                })
+                .await
+        })
+    };
+    entered.notified().await;
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    finished.notified().await;
+    until_stored(&cache, "k", "new").await;
+}
+
+/// Dropping the cache's last handle aborts the background getter.
+#[tokio::test]
+async fn dropping_the_cache_aborts_the_background_getter() {
+    struct Dropped(Arc<Notify>);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.notify_one();
+        }
+    }
+    let cache = stale(Cache::builder());
+    stored_then_stale(&cache, "k", "old").await;
+    let dropped = Arc::new(Notify::new());
+    let finished = Arc::new(AtomicUsize::new(0));
+    let got: String = {
+        let (dropped, finished) = (dropped.clone(), finished.clone());
+        cache
+            .get_detached("k", &soft_options(), move || async move {
+                let _guard = Dropped(dropped);
+                tokio::time::sleep(SLOW).await;
+                finished.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, Error>("new".to_owned())
+            })
+            .await
+            .unwrap()
+    };
+    assert_eq!(got, "old");
+    drop(cache);
+    tokio::time::timeout(Duration::from_secs(1), dropped.notified())
+        .await
+        .expect("the getter is dropped with the cache");
+    assert_eq!(finished.load(Ordering::SeqCst), 0);
+}
+
+/// Without a value to return, a soft timeout changes nothing: the call waits for its getter.
+#[tokio::test]
+async fn without_a_value_the_call_waits_for_its_getter() {
+    let cache = stale(Cache::builder());
+    let started = Instant::now();
+    let got: String = cache
+        .get_detached("cold", &soft_options(), || async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok::<_, Error>("computed".to_owned())
+        })
+        .await
+        .unwrap();
+    assert_eq!(got, "computed");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(cache.stats().soft_timeouts, 0);
+}
+
+/// A recompute that ends within the soft timeout is returned as usual; the cache-wide soft
+/// timeout applies to detached calls.
+#[tokio::test]
+async fn a_recompute_within_the_soft_timeout_is_returned() {
+    let cache = Cache::builder()
+        .stale_if_error(MAX_STALE)
+        .soft_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    stored_then_stale(&cache, "k", "old").await;
+    let got: String = cache
+        .get_detached("k", &GetOptions::new(LIMIT, EXPIRE), || async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok::<_, Error>("new".to_owned())
+        })
+        .await
+        .unwrap();
+    assert_eq!(got, "new");
+    assert_eq!(cache.stats().soft_timeouts, 0);
+}
