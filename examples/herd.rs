@@ -40,8 +40,9 @@
 //!   served by joining an identical get in flight in the same process.
 //!
 //! A failing origin (`--origin-down-after S --origin-down-for S`, counted from the warm phase's
-//! start): while it is down, the getter fails after its sleep. With `--expire`,
-//! `--stale-if-error` and `--error-backoff`, the fields:
+//! start): while it is down, the getter fails after its sleep; with `--origin-slow-ms N`, it is
+//! slow instead: it sleeps N ms and succeeds. With `--expire`, `--stale-if-error`,
+//! `--error-backoff` and `--soft-timeout` (distcache's `get_detached`), the fields:
 //! - `origin_calls_down`: getter runs while the origin was down, fleet-wide (counted outside);
 //!   `origin_calls_down_max_per_key`, the most for one key;
 //! - `origin_errors`, `backoff_errors`: warm calls that got the getter's own error, or
@@ -49,7 +50,8 @@
 //!   its key; `failed_calls` counts all four;
 //! - `stale_served`: from distcache's stats, over the warm phase;
 //! - `warm_up_p99_ms`, `warm_down_p99_ms` (and p50s): latencies of the gets that started while
-//!   the origin was up, or down; `warm_max_ms`, the slowest;
+//!   the origin was up, or down (or slow); `warm_max_ms`, the slowest; `soft_timeouts`, and
+//!   `soft_timeout_gets` with their median: the gets that took the soft timeout or more;
 //! - `recovery_s`: after the origin came back, the last time a get returned a value computed
 //!   before it went down, counted from its return.
 
@@ -66,7 +68,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_memcached::AsciiProtocol;
-use distcache::{Cache, Error, Ring, Server, Stats};
+use distcache::{Cache, Detached, Error, GetOptions, Ring, Server, Stats};
 use serde_json::json;
 
 /// How long values live by default: far longer than a run.
@@ -105,6 +107,9 @@ struct Args {
     /// (zero: never).
     origin_down_after: f64,
     origin_down_for: f64,
+    /// While "down", the origin answers this slowly instead of failing.
+    origin_slow_ms: Option<u64>,
+    soft_timeout: Option<Duration>,
     /// Set in the processes the coordinator spawns: the run's id.
     child: Option<String>,
     /// Set in the processes the coordinator spawns: which one this is (0..procs).
@@ -133,6 +138,8 @@ fn parse_args() -> Result<Args, String> {
         error_backoff: None,
         origin_down_after: 0.0,
         origin_down_for: 0.0,
+        origin_slow_ms: None,
+        soft_timeout: None,
         child: None,
         child_index: 0,
     };
@@ -173,6 +180,8 @@ fn parse_args() -> Result<Args, String> {
             "--error-backoff" => args.error_backoff = Some(duration(value()?)?),
             "--origin-down-after" => args.origin_down_after = seconds(value()?)?,
             "--origin-down-for" => args.origin_down_for = seconds(value()?)?,
+            "--origin-slow-ms" => args.origin_slow_ms = Some(number(value()?)? as u64),
+            "--soft-timeout" => args.soft_timeout = Some(duration(value()?)?),
             "--child" => args.child = Some(value()?),
             "--child-index" => args.child_index = number(value()?)? as u64,
             "--bench" => {} // cargo passes it to examples run as benches
@@ -395,6 +404,7 @@ async fn coordinate(mut args: Args) {
         totals.coalesced += w.coalesced;
         totals.stale_served += w.stale_served;
         totals.recovery_us = totals.recovery_us.max(w.recovery_us);
+        totals.soft_timeouts += w.soft_timeouts;
         warm.extend(w.up);
         down.extend(w.down);
     }
@@ -461,6 +471,12 @@ async fn coordinate(mut args: Args) {
     warm.sort_by(f64::total_cmp);
     down.sort_by(f64::total_cmp);
     let outage = args.origin_down_for > 0.0;
+    let soft_ms = args.soft_timeout.map(|d| d.as_secs_f64() * 1e3);
+    let slow: Vec<f64> = all
+        .iter()
+        .copied()
+        .filter(|&ms| soft_ms.is_some_and(|soft| ms >= soft))
+        .collect();
     let warm_wall = (warm_end.saturating_sub(warm_start)) as f64 / 1e6;
     let line = json!({
         "system": args.system,
@@ -503,6 +519,12 @@ async fn coordinate(mut args: Args) {
         "wrong_values": totals.wrong,
         "other_errors": totals.other,
         "stale_served": (args.system == "distcache").then_some(totals.stale_served),
+        "soft_timeout_ms": args.soft_timeout.map(|d| d.as_millis() as u64),
+        "soft_timeouts": (args.system == "distcache").then_some(totals.soft_timeouts),
+        "origin_slow_ms": args.origin_slow_ms,
+        // The gets that took the soft timeout or more: those that recomputed a value.
+        "soft_timeout_gets": soft_ms.map(|_| slow.len()),
+        "soft_timeout_gets_p50_ms": soft_ms.map(|_| percentile(&slow, 50.0)),
         "warm_up_p50_ms": outage.then(|| percentile(&warm, 50.0)),
         "warm_up_p99_ms": outage.then(|| percentile(&warm, 99.0)),
         "warm_down_p50_ms": outage.then(|| percentile(&down, 50.0)),
@@ -567,6 +589,16 @@ fn spawn_child(args: &Args, counter: &str, run: &str, index: usize) -> Child {
             args.error_backoff
                 .iter()
                 .flat_map(|d| ["--error-backoff".to_owned(), format!("{}ms", d.as_millis())]),
+        )
+        .args(
+            args.soft_timeout
+                .iter()
+                .flat_map(|d| ["--soft-timeout".to_owned(), format!("{}ms", d.as_millis())]),
+        )
+        .args(
+            args.origin_slow_ms
+                .iter()
+                .flat_map(|ms| ["--origin-slow-ms".to_owned(), ms.to_string()]),
         )
         .args([
             "--origin-down-after",
@@ -659,13 +691,14 @@ struct Warm {
     coalesced: u64,
     stale_served: u64,
     recovery_us: u64,
+    soft_timeouts: u64,
     /// Latencies (ms) of the gets that started while the origin was up, and down.
     up: Vec<f64>,
     down: Vec<f64>,
 }
 
 /// `warm <start_us> <end_us> <wrong> <other> <origin> <backoff> <coalesced> <stale_served>
-/// <recovery_us>`, then `up <latency_us>...` and `down <latency_us>...`.
+/// <recovery_us> <soft_timeouts>`, then `up <latency_us>...` and `down <latency_us>...`.
 fn read_warm(reader: &mut impl BufRead) -> Warm {
     let mut line = || {
         let mut line = String::new();
@@ -689,6 +722,7 @@ fn read_warm(reader: &mut impl BufRead) -> Warm {
         coalesced: f[6],
         stale_served: f[7],
         recovery_us: f[8],
+        soft_timeouts: f[9],
         up: ms(numbers(&line(), "up")),
         down: ms(numbers(&line(), "down")),
     }
@@ -699,7 +733,8 @@ fn read_warm(reader: &mut impl BufRead) -> Warm {
 
 /// A system under test.
 enum System {
-    Distcache(Cache),
+    /// With the options of detached calls, when `--soft-timeout` is given.
+    Distcache(Cache, Option<GetOptions<Detached>>),
     Naive(Naive),
 }
 
@@ -730,29 +765,47 @@ impl System {
     /// distcache's counters; all zero for naive, which keeps none.
     fn stats(&self) -> Stats {
         match self {
-            System::Distcache(cache) => cache.stats(),
+            System::Distcache(cache, _) => cache.stats(),
             System::Naive(_) => Stats::default(),
         }
     }
 
     /// Key `k`'s value, and when this call's getter returned it (Unix us; 0: it ran none).
-    async fn get(&self, k: usize, getter: &Getter) -> Result<(String, u64), Failure> {
+    async fn get(&self, k: usize, getter: &Arc<Getter>) -> Result<(String, u64), Failure> {
+        let key = &getter.keys[k];
+        let failure = |e| match e {
+            HerdError::Origin => Failure::Origin,
+            HerdError::Cache(Error::Backoff { .. }) => Failure::Backoff,
+            HerdError::Cache(e) => Failure::Other(e.to_string()),
+        };
+        if let System::Distcache(cache, Some(options)) = self {
+            // A detached getter owns what it uses.
+            let value_at = Arc::new(AtomicU64::new(0));
+            let compute = {
+                let (getter, value_at) = (getter.clone(), value_at.clone());
+                move || async move {
+                    let value = getter.run(k).await;
+                    value_at.store(now_us(), Ordering::Relaxed);
+                    value
+                }
+            };
+            let value = cache
+                .get_detached(key, options, compute)
+                .await
+                .map_err(failure)?;
+            return Ok((value, value_at.load(Ordering::Relaxed)));
+        }
         let value_at = AtomicU64::new(0);
         let compute = || async {
             let value = getter.run(k).await;
             value_at.store(now_us(), Ordering::Relaxed);
             value
         };
-        let key = &getter.keys[k];
         let value = match self {
-            System::Distcache(cache) => cache
+            System::Distcache(cache, _) => cache
                 .get(key, EXEC_LIMIT, getter.expire, compute)
                 .await
-                .map_err(|e| match e {
-                    HerdError::Origin => Failure::Origin,
-                    HerdError::Cache(Error::Backoff { .. }) => Failure::Backoff,
-                    HerdError::Cache(e) => Failure::Other(e.to_string()),
-                })?,
+                .map_err(failure)?,
             System::Naive(naive) => naive.get(key, getter.expire, compute).await?,
         };
         Ok((value, value_at.load(Ordering::Relaxed)))
@@ -776,6 +829,8 @@ struct Getter {
     value_bytes: usize,
     /// When the origin is down (Unix us, from..until), once the warm phase's start is known.
     outage: std::sync::OnceLock<(u64, u64)>,
+    /// While "down", answer this slowly instead of failing.
+    slow: Option<Duration>,
 }
 
 impl Getter {
@@ -806,9 +861,13 @@ impl Getter {
             .lock()
             .expect("no panic holding it")
             .push(counting);
-        tokio::time::sleep(self.sleep).await;
-        if down {
-            return Err(HerdError::Origin);
+        match (down, self.slow) {
+            (true, Some(slow)) => tokio::time::sleep(slow).await,
+            (true, None) => {
+                tokio::time::sleep(self.sleep).await;
+                return Err(HerdError::Origin);
+            }
+            (false, _) => tokio::time::sleep(self.sleep).await,
         }
         Ok(value_of(k, self.value_bytes, now_us() / 1000))
     }
@@ -884,6 +943,7 @@ async fn child(args: Args, run: String) {
         prefixes: (0..args.keys).map(|k| format!("{k}:")).collect(),
         value_bytes: args.value_bytes,
         outage: std::sync::OnceLock::new(),
+        slow: args.origin_slow_ms.map(Duration::from_millis),
     });
     let system = Arc::new(match args.system.as_str() {
         "distcache" => {
@@ -894,7 +954,14 @@ async fn child(args: Args, run: String) {
             if let Some(backoff) = args.error_backoff {
                 builder = builder.error_backoff(backoff);
             }
-            System::Distcache(builder.build().expect("a valid cache"))
+            let detached = args.soft_timeout.map(|soft| {
+                let mut options = GetOptions::new(EXEC_LIMIT, args.expire);
+                if let Some(max_stale) = args.stale_if_error {
+                    options = options.stale_if_error(max_stale);
+                }
+                options.soft_timeout(soft)
+            });
+            System::Distcache(builder.build().expect("a valid cache"), detached)
         }
         _ => System::Naive(Naive::new(&args.servers, args.naive_pool)),
     });
@@ -1034,14 +1101,15 @@ async fn child(args: Args, run: String) {
     let mut out = std::io::BufWriter::new(stdout.lock());
     writeln!(
         out,
-        "warm {start} {end} {} {} {} {} {} {} {}",
+        "warm {start} {end} {} {} {} {} {} {} {} {}",
         seen.wrong,
         seen.other,
         seen.origin,
         seen.backoff,
         after.coalesced_waits - before.coalesced_waits,
         after.stale_served - before.stale_served,
-        seen.recovery_us
+        seen.recovery_us,
+        after.soft_timeouts - before.soft_timeouts
     )
     .unwrap();
     for (name, latencies) in [("up", &seen.up), ("down", &seen.down)] {

@@ -65,3 +65,21 @@ fn without_it_callers_get_the_getters_error_or_a_backoff() {
     let per_key = r["origin_calls_down_max_per_key"].as_u64().unwrap();
     assert!((1..=MAX_DOWN_CALLS_PER_KEY).contains(&per_key), "{r}");
 }
+
+#[test]
+fn with_a_soft_timeout_a_slow_origin_is_waited_for_in_the_background() {
+    let r = herd(&[
+        "--stale-if-error",
+        "1h",
+        "--soft-timeout",
+        "100ms",
+        "--origin-slow-ms",
+        "2000",
+    ]);
+    assert_eq!(r["failed_calls"], 0, "{r}");
+    assert!(r["soft_timeouts"].as_u64().unwrap() > 0, "{r}");
+    // Each key's slow recompute finished in the background and was stored: about one per key
+    // per expire-and-2-s while it was slow, never one per caller.
+    let per_key = r["origin_calls_down_max_per_key"].as_u64().unwrap();
+    assert!((1..=3).contains(&per_key), "{r}");
+}
