@@ -4,8 +4,7 @@ use std::time::Duration;
 
 use crate::codec::DEFAULT_MAX_VALUE_BYTES;
 use crate::core::{
-    Config, Core, OnUnavailable, error_backoff_in_range, refresh_ahead_in_range,
-    stale_if_error_in_range,
+    Config, Core, OnUnavailable, duration_in_range, error_backoff_in_range, refresh_ahead_in_range,
 };
 use crate::key::KeyEncoder;
 use crate::store::AnyStore;
@@ -310,14 +309,14 @@ impl CacheBuilder {
                 reason: format!("{backoff:?} is not between 1ms and one day"),
             });
         }
-        if !self.stale_if_error.is_zero() && !stale_if_error_in_range(self.stale_if_error) {
+        if !self.stale_if_error.is_zero() && !duration_in_range(self.stale_if_error) {
             return Err(BuildError::InvalidSetting {
                 setting: "stale_if_error",
                 reason: format!("{:?} is not between 1ms and 365 days", self.stale_if_error),
             });
         }
         if let Some(soft) = self.soft_timeout
-            && !stale_if_error_in_range(soft)
+            && !duration_in_range(soft)
         {
             return Err(BuildError::InvalidSetting {
                 setting: "soft_timeout",

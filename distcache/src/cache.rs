@@ -66,11 +66,12 @@ impl Cache {
     }
 
     pub(crate) fn from_parts(core: Core, store: AnyStore) -> Self {
+        let core = Arc::new(core);
         Cache {
             inner: Arc::new(Inner {
-                core: Arc::new(core),
+                tasks: Tasks::new(Arc::clone(&core)),
+                core,
                 store,
-                tasks: Tasks::default(),
             }),
         }
     }

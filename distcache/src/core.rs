@@ -41,15 +41,31 @@ pub(crate) struct Config {
     pub(crate) soft_timeout: Option<Duration>,
 }
 
-/// The recomputes that run on after their call returned (`soft_timeout`). Held by the cache's
-/// handles, not by the tasks: when the last handle is dropped, they are aborted.
-#[derive(Debug, Default)]
-pub(crate) struct Tasks(Mutex<JoinSet<()>>);
+/// The recomputes that run on after their call returned (`soft_timeout`), and the core they
+/// share. Held by the cache's handles, not by the tasks: when the last handle is dropped, they
+/// are aborted.
+#[derive(Debug)]
+pub(crate) struct Tasks {
+    core: std::sync::Arc<Core>,
+    set: Mutex<JoinSet<()>>,
+}
 
 impl Tasks {
+    pub(crate) fn new(core: std::sync::Arc<Core>) -> Self {
+        Tasks {
+            core,
+            set: Mutex::default(),
+        }
+    }
+
+    /// The cache's core, for a task to hold.
+    pub(crate) fn core(&self) -> &std::sync::Arc<Core> {
+        &self.core
+    }
+
     /// Runs `task` on the current runtime, until it ends or the cache is dropped.
     pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
-        let mut set = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut set = self.set.lock().unwrap_or_else(PoisonError::into_inner);
         // The ended ones go now: the set holds only those still running.
         while set.try_join_next().is_some() {}
         set.spawn(task);
@@ -75,9 +91,10 @@ pub(crate) fn refresh_ahead_in_range(fraction: f64) -> bool {
     (0.0..1.0).contains(&fraction)
 }
 
-/// Whether `max_stale` is a `stale_if_error` a cache accepts (zero, off, aside): 1 ms to 365 days.
-pub(crate) fn stale_if_error_in_range(max_stale: Duration) -> bool {
-    (Duration::from_millis(1)..=MAX_DURATION).contains(&max_stale)
+/// Whether `d` is a `stale_if_error` (zero, off, aside) or a `soft_timeout` a cache accepts: 1 ms
+/// to 365 days.
+pub(crate) fn duration_in_range(d: Duration) -> bool {
+    (Duration::from_millis(1)..=MAX_DURATION).contains(&d)
 }
 
 /// Whether `backoff` is an `error_backoff` a cache accepts: 1 ms to one day.

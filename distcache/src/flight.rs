@@ -40,8 +40,8 @@ use crate::codec::{
     self, DecodeError, EncodeError, FRESHNESS_BYTES, FRESHNESS_FLAGS, Freshness, JSON_FLAGS,
 };
 use crate::core::{
-    Core, MAX_DURATION, OnUnavailable, Tasks, error_backoff_in_range, refresh_ahead_in_range,
-    stale_if_error_in_range,
+    Core, MAX_DURATION, OnUnavailable, Tasks, duration_in_range, error_backoff_in_range,
+    refresh_ahead_in_range,
 };
 use crate::entry::{self, Decision};
 use crate::error::Error;
@@ -145,7 +145,8 @@ pub(crate) struct Job<S> {
     exec_limit: Duration,
     expire: Duration,
     error_backoff: Option<Duration>,
-    max_stale: Duration,
+    /// The call's, its `stale_if_error` resolved.
+    options: GetOptions,
     site: Site,
     claimed: Lease,
     header: Freshness,
@@ -170,8 +171,7 @@ impl<S: Store> Job<S> {
             expire: self.expire,
             refresh_ahead: 0.0,
             error_backoff: self.error_backoff,
-            max_stale: self.max_stale,
-            soft_timeout: None,
+            options: &self.options,
             site: self.site,
         };
         call.recompute_claimed(self.claimed, self.header, &self.json, getter)
@@ -193,7 +193,7 @@ where
 }
 
 pub(crate) async fn get<S, T, E, F>(
-    core: &Arc<Core>,
+    core: &Core,
     tasks: Option<&Tasks>,
     store: &S,
     site: Site,
@@ -244,20 +244,19 @@ where
         Some(backoff) => Some(backoff),
         None => core.config.error_backoff,
     };
-    let max_stale = match stale_if_error {
-        Some(max_stale) if !max_stale.is_zero() && !stale_if_error_in_range(max_stale) => {
-            return invalid("stale_if_error must be zero (off) or between 1ms and 365 days");
-        }
-        Some(max_stale) => max_stale,
-        None => core.config.stale_if_error,
-    };
-    let soft_timeout = match soft_timeout {
-        Some(soft) if !stale_if_error_in_range(soft) => {
-            return invalid("soft_timeout must be between 1ms and 365 days");
-        }
-        Some(soft) => Some(soft),
-        None => core.config.soft_timeout,
-    };
+    // Checked here, resolved where they are used (`Call::max_stale`, `Call::soft_timeout`): a
+    // hit reads neither.
+    if let Some(max_stale) = stale_if_error
+        && !max_stale.is_zero()
+        && !duration_in_range(max_stale)
+    {
+        return invalid("stale_if_error must be zero (off) or between 1ms and 365 days");
+    }
+    if let Some(soft) = soft_timeout
+        && !duration_in_range(soft)
+    {
+        return invalid("soft_timeout must be between 1ms and 365 days");
+    }
     let call = Call {
         core,
         tasks,
@@ -269,8 +268,7 @@ where
         expire,
         refresh_ahead,
         error_backoff,
-        max_stale,
-        soft_timeout,
+        options,
         site,
     };
     loop {
@@ -300,7 +298,7 @@ where
 /// Runs `getter` within `exec_limit`, without the store: the call has no usable key (the
 /// macro could not serialize its arguments). Counted as uncached.
 pub(crate) async fn run_uncached<S, T, E, F>(
-    core: &Arc<Core>,
+    core: &Core,
     store: &S,
     site: Site,
     label: &str,
@@ -320,6 +318,7 @@ where
         .into());
     }
     core.stats.uncached_calls.incr();
+    let options = GetOptions::new(exec_limit, exec_limit);
     let call = Call {
         core,
         tasks: None,
@@ -331,8 +330,7 @@ where
         expire: exec_limit,
         refresh_ahead: 0.0,
         error_backoff: None,
-        max_stale: Duration::ZERO,
-        soft_timeout: None,
+        options: &options,
         site,
     };
     call.run_getter(getter).await
@@ -354,7 +352,7 @@ enum Step<T> {
     Stale(T, bytes::Bytes),
     /// A value past its `expire` (or near it, refreshing ahead) that nobody recomputes: ours to
     /// claim and recompute.
-    Due(Due<T>),
+    Due(Box<Due<T>>),
     /// A value past what this call serves stale: removed (if still that version), as gone.
     Expired(Lease),
     Won(Lease),
@@ -383,7 +381,7 @@ enum Failed<E> {
 
 /// One call's context.
 struct Call<'a, S> {
-    core: &'a Arc<Core>,
+    core: &'a Core,
     /// Where a recompute may be left to finish (`soft_timeout`); `None` within such a task.
     tasks: Option<&'a Tasks>,
     store: &'a S,
@@ -396,16 +394,26 @@ struct Call<'a, S> {
     refresh_ahead: f64,
     /// How long a failing getter is backed off (`None`: not): the call's, or the cache's.
     error_backoff: Option<Duration>,
-    /// How long past `expire` a value is kept, and served if recomputing it fails (zero: not):
-    /// the call's, or the cache's.
-    max_stale: Duration,
-    /// How long a detachable getter is awaited when the call has a value to return (`None`:
-    /// until it ends): the call's, or the cache's.
-    soft_timeout: Option<Duration>,
+    /// The call's options, for those resolved only where they are used.
+    options: &'a GetOptions,
     site: Site,
 }
 
 impl<S: Store> Call<'_, S> {
+    /// How long past `expire` a value is kept, and served if recomputing it fails (zero: not):
+    /// the call's, or the cache's.
+    fn max_stale(&self) -> Duration {
+        self.options
+            .stale_if_error
+            .unwrap_or(self.core.config.stale_if_error)
+    }
+
+    /// How long a detachable getter is awaited when the call has a value to return (`None`:
+    /// until it ends): the call's, or the cache's.
+    fn soft_timeout(&self) -> Option<Duration> {
+        self.options.soft_timeout.or(self.core.config.soft_timeout)
+    }
+
     async fn lead<T, E, F>(&self, leader: Leader<'_>, getter: F) -> Result<T, E>
     where
         T: Serialize + DeserializeOwned,
@@ -692,7 +700,7 @@ impl<S: Store> Call<'_, S> {
         json: &bytes::Bytes,
         expire: Duration,
     ) -> Result<Fill, StoreError> {
-        if self.max_stale.is_zero() {
+        if self.max_stale().is_zero() {
             return self
                 .store
                 .fill(&self.wire, lease, json, JSON_FLAGS, expire)
@@ -701,10 +709,10 @@ impl<S: Store> Call<'_, S> {
         let fresh_until = codec::unix_millis(std::time::SystemTime::now()) + millis(expire);
         let header = Freshness {
             fresh_until,
-            stale_until: fresh_until.saturating_add(millis(self.max_stale)),
+            stale_until: fresh_until.saturating_add(millis(self.max_stale())),
             retry_at: 0,
         };
-        let ttl = expire.saturating_add(self.max_stale);
+        let ttl = expire.saturating_add(self.max_stale());
         self.store
             .fill(&self.wire, lease, &header.item(json), FRESHNESS_FLAGS, ttl)
             .await
@@ -731,7 +739,7 @@ impl<S: Store> Call<'_, S> {
         // keeps no stale values takes one as gone.
         let servable = header
             .stale_until
-            .min(fresh_until.saturating_add(millis(self.max_stale)));
+            .min(fresh_until.saturating_add(millis(self.max_stale())));
         if stale && now >= servable {
             return Step::Expired(item.version);
         }
@@ -742,13 +750,13 @@ impl<S: Store> Call<'_, S> {
                 Step::Value(value, json)
             };
         }
-        Step::Due(Due {
+        Step::Due(Box::new(Due {
             value,
             json,
             header,
             version: item.version,
             stale,
-        })
+        }))
     }
 
     /// A value with freshness is due: claim its recompute (one caller fleet-wide wins the claim,
@@ -757,7 +765,7 @@ impl<S: Store> Call<'_, S> {
     /// time, or the claim is lost, the current value is the answer; after a failure, nobody
     /// recomputes the key for its backoff. A claim lasts until the call's bound and a second:
     /// a claimant that dies holds up the recompute no longer.
-    async fn recompute<T, E, F>(&self, due: Due<T>, getter: F) -> T
+    async fn recompute<T, E, F>(&self, due: Box<Due<T>>, getter: F) -> T
     where
         T: Serialize + DeserializeOwned,
         E: From<Error> + std::fmt::Debug,
@@ -770,7 +778,7 @@ impl<S: Store> Call<'_, S> {
             header,
             version,
             stale,
-        } = due;
+        } = *due;
         let serve_current = || {
             if stale {
                 stats.stale_served.incr();
@@ -797,9 +805,9 @@ impl<S: Store> Call<'_, S> {
         if !stale {
             stats.refreshes.incr();
         }
-        let getter = match (self.soft_timeout, self.tasks) {
+        let getter = match (self.soft_timeout(), self.tasks) {
             (Some(soft), Some(tasks)) => {
-                match getter.detach(self.job(claimed, header, &json), tasks) {
+                match getter.detach(self.job(tasks, claimed, header, &json), tasks) {
                     Ok(ended) => {
                         let soft_deadline = (Instant::now() + soft).min(self.deadline);
                         return match timeout_at(soft_deadline, ended).await {
@@ -829,9 +837,9 @@ impl<S: Store> Call<'_, S> {
     }
 
     /// The job of recomputing the value claimed as `claimed`, for another task to run.
-    fn job(&self, claimed: Lease, header: Freshness, json: &bytes::Bytes) -> Job<S> {
+    fn job(&self, tasks: &Tasks, claimed: Lease, header: Freshness, json: &bytes::Bytes) -> Job<S> {
         Job {
-            core: Arc::clone(self.core),
+            core: Arc::clone(tasks.core()),
             store: self.store.clone(),
             key: self.key.to_owned(),
             wire: self.wire.clone(),
@@ -839,7 +847,11 @@ impl<S: Store> Call<'_, S> {
             exec_limit: self.exec_limit,
             expire: self.expire,
             error_backoff: self.error_backoff,
-            max_stale: self.max_stale,
+            options: GetOptions {
+                stale_if_error: Some(self.max_stale()),
+                soft_timeout: None,
+                ..*self.options
+            },
             site: self.site,
             claimed,
             header,

@@ -41,7 +41,7 @@ pub struct GetOptions<M = Attached> {
     pub(crate) stale_if_error: Option<Duration>,
     /// `None`: the cache's (`CacheBuilder::soft_timeout`), for detached calls.
     pub(crate) soft_timeout: Option<Duration>,
-    mode: PhantomData<M>,
+    pub(crate) mode: PhantomData<M>,
 }
 
 /// The mode of [`GetOptions`] that every call takes: the getter runs within the call.
