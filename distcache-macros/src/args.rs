@@ -121,7 +121,7 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
                 }
                 Err(err) => errors.push(err),
             },
-            "soft_timeout" => match duration(&nv.value) {
+            "soft_timeout" => match setting(&nv.value, "soft_timeout", false) {
                 Ok(d) => {
                     let (secs, nanos) = (d.as_secs(), d.subsec_nanos());
                     soft_timeout = Some(nv.path.span());
@@ -129,7 +129,7 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
                 }
                 Err(err) => errors.push(err),
             },
-            "stale_if_error" => match duration(&nv.value) {
+            "stale_if_error" => match setting(&nv.value, "stale_if_error", true) {
                 Ok(d) => {
                     let (secs, nanos) = (d.as_secs(), d.subsec_nanos());
                     options
@@ -232,6 +232,28 @@ fn duration(value: &Expr) -> syn::Result<Duration> {
             ),
         )),
     }
+}
+
+/// A duration setting as the runtime takes it: at least 1 ms, at most 365 days, or, where
+/// `zero_is_off`, zero (`"0s"`) to turn the cache's setting off for the function.
+fn setting(value: &Expr, name: &str, zero_is_off: bool) -> syn::Result<Duration> {
+    if zero_is_off
+        && let Expr::Lit(ExprLit {
+            lit: Lit::Str(lit), ..
+        }) = value
+        && humantime::parse_duration(&lit.value()).is_ok_and(|d| d.is_zero())
+    {
+        return Ok(Duration::ZERO);
+    }
+    let d = duration(value)?;
+    if d < Duration::from_millis(1) {
+        let off = if zero_is_off { " (or \"0s\": off)" } else { "" };
+        return Err(syn::Error::new(
+            value.span(),
+            format!("{name} is at least 1ms{off}"),
+        ));
+    }
+    Ok(d)
 }
 
 fn boolean(value: &Expr) -> syn::Result<bool> {

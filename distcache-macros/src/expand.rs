@@ -200,17 +200,33 @@ fn check(function: &ItemFn, args: Option<&Args>) -> syn::Result<()> {
 }
 
 /// The span of a reference (`&`) or a lifetime anywhere in a type, or of `impl Trait`: what
-/// makes an argument borrow from its caller. (An elided lifetime in a path, as in `Cow<str>`,
-/// cannot be seen here; the compiler reports it at the function's return type.)
+/// makes an argument borrow from its caller; `'static` does not. (An elided lifetime in a path,
+/// as in `Cow<str>`, cannot be seen here; the compiler reports it at the function's return
+/// type.)
 fn borrowed(tokens: TokenStream) -> Option<Span> {
-    tokens.into_iter().find_map(|token| match token {
-        TokenTree::Punct(punct) if punct.as_char() == '&' || punct.as_char() == '\'' => {
-            Some(punct.span())
+    let mut tokens = tokens.into_iter().peekable();
+    while let Some(token) = tokens.next() {
+        let found = match token {
+            TokenTree::Punct(punct) if punct.as_char() == '&' => {
+                // `&'static T` is not a borrow from the caller.
+                let mut ahead = tokens.clone();
+                let is_static = matches!(ahead.next(), Some(TokenTree::Punct(p)) if p.as_char() == '\'')
+                    && matches!(ahead.next(), Some(TokenTree::Ident(i)) if i == "static");
+                (!is_static).then(|| punct.span())
+            }
+            TokenTree::Punct(punct) if punct.as_char() == '\'' => match tokens.peek() {
+                Some(TokenTree::Ident(ident)) if ident == "static" => None,
+                _ => Some(punct.span()),
+            },
+            TokenTree::Ident(ident) if ident == "impl" => Some(ident.span()),
+            TokenTree::Group(group) => borrowed(group.stream()),
+            _ => None,
+        };
+        if found.is_some() {
+            return found;
         }
-        TokenTree::Ident(ident) if ident == "impl" => Some(ident.span()),
-        TokenTree::Group(group) => borrowed(group.stream()),
-        _ => None,
-    })
+    }
+    None
 }
 
 /// The span of an `impl` keyword anywhere in a type.

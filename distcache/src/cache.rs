@@ -194,12 +194,14 @@ impl Cache {
 
     /// [`Cache::get_with`] for a getter that may outlive the call, so that options with a
     /// [`soft_timeout`](GetOptions::soft_timeout) apply: a call that recomputes a value it has
-    /// (stale, or refreshed ahead) returns that value once the getter has run `soft_timeout`,
+    /// (stale, or refreshed ahead, with `stale_if_error` on) returns that value once the getter
+    /// has run `soft_timeout`,
     /// and the getter finishes in a task of its own, bounded by `exec_limit`, storing its result.
     /// The task survives the call's cancellation, not the cache: when the last handle to the
     /// cache is dropped, it is aborted. Without a value to return, the call waits for the getter
     /// as [`Cache::get_with`] does. The getter and its value must be `Send + 'static`: it cannot
-    /// borrow from the caller (clone an `Arc` or a pool handle into it).
+    /// borrow from the caller (clone an `Arc` or a pool handle into it). A getter that holds a
+    /// clone of this `Cache` keeps the cache alive until it ends.
     ///
     /// ```
     /// use std::time::Duration;

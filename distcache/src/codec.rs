@@ -58,8 +58,8 @@ impl Freshness {
         Bytes::from(bytes)
     }
 
-    /// The header of a [`FRESHNESS_FLAGS`] item, and where its JSON starts; `None` if the bytes
-    /// are too short to hold one, or it is inconsistent (stale before fresh).
+    /// The header of a [`FRESHNESS_FLAGS`] item (its JSON starts at [`FRESHNESS_BYTES`]); `None`
+    /// if the bytes are too short to hold one, or it is inconsistent (stale before fresh).
     pub(crate) fn read(data: &[u8]) -> Option<Freshness> {
         let word = |i: usize| {
             let bytes = data.get(i * 8..i * 8 + 8)?;

@@ -89,17 +89,30 @@ pub(crate) trait Getter<T, E>: Sized {
     type Future: Future<Output = Result<T, E>>;
     fn call(self) -> Self::Future;
 
+    /// Whether [`detach`](Getter::detach) can send this getter to a task of its own.
+    const DETACHABLE: bool = false;
+
     /// Runs `job`, the rest of a claimed recompute, with this getter in a task of its own, and
-    /// says how it ended (`Some`: the new value; `None`: serve the value the caller has). Only a
-    /// [`Detachable`] getter can be sent there; any other is given back.
+    /// says how it ended. Only a [`Detachable`] getter can be sent there; any other is given
+    /// back.
     fn detach<S: Store>(
         self,
         job: Job<S>,
         tasks: &Tasks,
-    ) -> Result<oneshot::Receiver<Option<T>>, Self> {
+    ) -> Result<oneshot::Receiver<Recomputed<T, E>>, Self> {
         let _ = (job, tasks);
         Err(self)
     }
+}
+
+/// How a claimed recompute ended.
+pub(crate) enum Recomputed<T, E> {
+    /// With a new value (stored, unless it could not be).
+    New(T),
+    /// Without one: the getter's error (a panic or a timeout made one). `kept`: the key was
+    /// backed off under the claim, so the value the caller has is still the key's; otherwise
+    /// it was invalidated or replaced meanwhile, and must not be served.
+    Failed { error: E, kept: bool },
 }
 
 /// A getter that may outlive its call (`Cache::get_detached`): it, its future, its value and
@@ -114,6 +127,7 @@ where
     Fut: Future<Output = Result<T, E>> + Send + 'static,
 {
     type Future = Fut;
+    const DETACHABLE: bool = true;
 
     #[inline]
     fn call(self) -> Fut {
@@ -124,7 +138,7 @@ where
         self,
         job: Job<S>,
         tasks: &Tasks,
-    ) -> Result<oneshot::Receiver<Option<T>>, Self> {
+    ) -> Result<oneshot::Receiver<Recomputed<T, E>>, Self> {
         let (sender, receiver) = oneshot::channel();
         tasks.spawn(async move {
             let ended = job.run(self).await;
@@ -154,7 +168,7 @@ pub(crate) struct Job<S> {
 }
 
 impl<S: Store> Job<S> {
-    async fn run<T, E, F>(self, getter: F) -> Option<T>
+    async fn run<T, E, F>(self, getter: F) -> Recomputed<T, E>
     where
         T: Serialize + DeserializeOwned,
         E: From<Error> + std::fmt::Debug,
@@ -504,7 +518,7 @@ impl<S: Store> Call<'_, S> {
                     drop(waiting);
                     // As on a refresh: this process's callers take the current value now.
                     leader.publish(due.json.clone());
-                    return Ok(self.recompute(due, getter).await);
+                    return self.recompute(due, getter).await;
                 }
                 Step::Expired(version) => {
                     // Removed, as an expired item would be; the next lookup wins the lease.
@@ -765,7 +779,7 @@ impl<S: Store> Call<'_, S> {
     /// time, or the claim is lost, the current value is the answer; after a failure, nobody
     /// recomputes the key for its backoff. A claim lasts until the call's bound and a second:
     /// a claimant that dies holds up the recompute no longer.
-    async fn recompute<T, E, F>(&self, due: Box<Due<T>>, getter: F) -> T
+    async fn recompute<T, E, F>(&self, due: Box<Due<T>>, getter: F) -> Result<T, E>
     where
         T: Serialize + DeserializeOwned,
         E: From<Error> + std::fmt::Debug,
@@ -779,11 +793,20 @@ impl<S: Store> Call<'_, S> {
             version,
             stale,
         } = *due;
+        // The value the caller has is its answer only while it may be served: checked when the
+        // call returns, which may be up to `exec_limit` after it was read.
+        let servable_until = header
+            .stale_until
+            .min(header.fresh_until.saturating_add(millis(self.max_stale())));
+        // `None` once it may no longer be served.
         let serve_current = || {
+            if codec::unix_millis(std::time::SystemTime::now()) >= servable_until {
+                return None;
+            }
             if stale {
                 stats.stale_served.incr();
             }
-            current
+            Some(current)
         };
         let claim_ends = self.deadline + CLAIM_MARGIN;
         let claim = Freshness {
@@ -795,25 +818,33 @@ impl<S: Store> Call<'_, S> {
         let claimed = match self.swap_header(version, claim, &json).await {
             Ok(Some(claimed)) => claimed,
             // Another caller claimed it, or replaced the value, first.
-            Ok(None) => return serve_current(),
+            Ok(None) => return serve_current().ok_or_else(|| self.timed_out()),
             Err(err) => {
                 stats.store_errors.incr();
                 debug!(key = self.key, error = %err, "claiming the recompute failed; serving the current value");
-                return serve_current();
+                return serve_current().ok_or_else(|| self.timed_out());
             }
         };
         if !stale {
             stats.refreshes.incr();
         }
-        let getter = match (self.soft_timeout(), self.tasks) {
-            (Some(soft), Some(tasks)) => {
+        let detached = match (F::DETACHABLE, self.soft_timeout(), self.tasks) {
+            (true, Some(soft), Some(tasks)) => Some((soft, tasks)),
+            _ => None,
+        };
+        let getter = match detached {
+            Some((soft, tasks)) => {
                 match getter.detach(self.job(tasks, claimed, header, &json), tasks) {
                     Ok(ended) => {
                         let soft_deadline = (Instant::now() + soft).min(self.deadline);
                         return match timeout_at(soft_deadline, ended).await {
-                            Ok(Ok(Some(value))) => value,
-                            // It failed (and said so), or the cache is being dropped.
-                            Ok(_) => serve_current(),
+                            Ok(Ok(Recomputed::New(value))) => Ok(value),
+                            Ok(Ok(Recomputed::Failed { error, kept: true })) => {
+                                serve_current().ok_or(error)
+                            }
+                            Ok(Ok(Recomputed::Failed { error, kept: false })) => Err(error),
+                            // The cache is being dropped, and the task with it.
+                            Ok(Err(_dropped)) => serve_current().ok_or_else(|| self.timed_out()),
                             Err(_soft_timeout) => {
                                 stats.soft_timeouts.incr();
                                 debug!(
@@ -821,18 +852,19 @@ impl<S: Store> Call<'_, S> {
                                     ?soft,
                                     "the recompute ran past soft_timeout; serving the current value while it finishes"
                                 );
-                                serve_current()
+                                serve_current().ok_or_else(|| self.timed_out())
                             }
                         };
                     }
                     Err(getter) => getter,
                 }
             }
-            _ => getter,
+            None => getter,
         };
         match self.recompute_claimed(claimed, header, &json, getter).await {
-            Some(value) => value,
-            None => serve_current(),
+            Recomputed::New(value) => Ok(value),
+            Recomputed::Failed { error, kept: true } => serve_current().ok_or(error),
+            Recomputed::Failed { error, kept: false } => Err(error),
         }
     }
 
@@ -859,25 +891,32 @@ impl<S: Store> Call<'_, S> {
         }
     }
 
-    /// Runs the getter for a recompute claimed as `claimed`, and stores its value; `None` if it
-    /// failed, panicked or ran out of time, and then the key is backed off and the value the
-    /// caller has is the answer.
+    /// Runs the getter for a recompute claimed as `claimed`, and stores its value. If it failed,
+    /// panicked or ran out of time, the key is backed off under the claim. A call cancelled
+    /// meanwhile gives the claim up (from a spawned task), so that the next caller recomputes.
     async fn recompute_claimed<T, E, F>(
         &self,
         claimed: Lease,
         header: Freshness,
         json: &bytes::Bytes,
         getter: F,
-    ) -> Option<T>
+    ) -> Recomputed<T, E>
     where
         T: Serialize + DeserializeOwned,
         E: From<Error> + std::fmt::Debug,
         F: Getter<T, E>,
     {
         let stats = &self.core.stats;
+        let mut held = HeldClaim {
+            store: self.store,
+            wire: &self.wire,
+            claim: Some((claimed, header, json.clone())),
+            ttl_cap: self.expire.saturating_add(self.max_stale()),
+        };
         let (value, decision) = match self.try_getter(getter).await {
             Ok(ended) => ended,
             Err(failed) => {
+                held.disarm();
                 let backoff = self
                     .error_backoff
                     .unwrap_or_else(|| self.expire.min(STALE_RETRY_CAP));
@@ -885,7 +924,6 @@ impl<S: Store> Call<'_, S> {
                     Failed::Error(err) => format!("{err:?}"),
                     Failed::Panicked(message) => format!("the getter panicked: {message}"),
                     Failed::TimedOut => {
-                        stats.timeouts.incr();
                         format!("the getter ran past exec_limit ({:?})", self.exec_limit)
                     }
                 };
@@ -899,62 +937,74 @@ impl<S: Store> Call<'_, S> {
                     retry_at: codec::unix_millis(std::time::SystemTime::now() + backoff),
                     ..header
                 };
-                if let Err(err) = self.swap_header(claimed, retry, json).await {
-                    debug!(key = self.key, error = %err, "backing the key off failed");
-                }
-                return None;
+                let kept = match self.swap_header(claimed, retry, json).await {
+                    Ok(swapped) => swapped.is_some(),
+                    // Unknown: the store did not answer. The value stays the answer.
+                    Err(err) => {
+                        debug!(key = self.key, error = %err, "backing the key off failed");
+                        true
+                    }
+                };
+                return Recomputed::Failed {
+                    error: self.failure(failed),
+                    kept,
+                };
             }
         };
-        if decision.skip_store {
+        let fresh = if decision.skip_store {
             // The current value stays, and the next caller recomputes at once.
             stats.skipped_stores.incr();
-            let open = Freshness {
-                retry_at: 0,
-                ..header
-            };
-            let _ = self.swap_header(claimed, open, json).await;
-            return Some(value);
-        }
-        let fresh = match codec::encode_for_store(&value, self.core.config.max_value_bytes) {
-            Ok(fresh) => fresh,
-            Err(err) => {
-                stats.unstorable_values.incr();
-                warn!(key = self.key, error = %err, "the recomputed value is returned but not stored");
-                let open = Freshness {
-                    retry_at: 0,
-                    ..header
-                };
-                let _ = self.swap_header(claimed, open, json).await;
-                return Some(value);
+            None
+        } else {
+            match codec::encode_for_store(&value, self.core.config.max_value_bytes) {
+                Ok(fresh) => Some(fresh),
+                Err(err) => {
+                    stats.unstorable_values.incr();
+                    warn!(key = self.key, error = %err, "the recomputed value is returned but not stored");
+                    None
+                }
             }
         };
-        let filled = self.fill(claimed, &fresh, self.expire_of(decision)).await;
-        self.record_fill(&filled, fresh.len());
-        Some(value)
+        held.disarm();
+        match fresh {
+            Some(fresh) => {
+                let filled = self.fill(claimed, &fresh, self.expire_of(decision)).await;
+                self.record_fill(&filled, fresh.len());
+            }
+            None => {
+                let _ = self
+                    .swap_header(
+                        claimed,
+                        Freshness {
+                            retry_at: 0,
+                            ..header
+                        },
+                        json,
+                    )
+                    .await;
+            }
+        }
+        Recomputed::New(value)
     }
 
     /// Replaces the value at `version` with the same JSON under `header`, keeping it no longer
-    /// than the header allows; the new version, or `None` if the value changed meanwhile.
+    /// than the header, or this call's `expire + max_stale`, allows; the new version, or `None`
+    /// if the value changed meanwhile.
     async fn swap_header(
         &self,
         version: Lease,
         header: Freshness,
         json: &[u8],
     ) -> Result<Option<Lease>, StoreError> {
-        let now = codec::unix_millis(std::time::SystemTime::now());
-        let left = Duration::from_millis(header.stale_until.saturating_sub(now));
-        if left.is_zero() {
-            return Ok(None);
-        }
-        self.store
-            .swap(
-                &self.wire,
-                version,
-                &header.item(json),
-                FRESHNESS_FLAGS,
-                left,
-            )
-            .await
+        swap_header(
+            self.store,
+            &self.wire,
+            version,
+            header,
+            json,
+            self.expire.saturating_add(self.max_stale()),
+        )
+        .await
     }
 
     /// Marks the key as backed off for `backoff`, under `lease`. The item outlives the backoff by
@@ -1214,15 +1264,20 @@ impl<S: Store> Call<'_, S> {
     {
         self.try_getter(getter)
             .await
-            .map_err(|failed| match failed {
-                Failed::Error(err) => err,
-                Failed::Panicked(message) => Error::GetterPanicked {
-                    key: self.key.to_owned(),
-                    message,
-                }
-                .into(),
-                Failed::TimedOut => self.timed_out(),
-            })
+            .map_err(|failed| self.failure(failed))
+    }
+
+    /// How a getter run ended without a value, as the caller's error.
+    fn failure<E: From<Error>>(&self, failed: Failed<E>) -> E {
+        match failed {
+            Failed::Error(err) => err,
+            Failed::Panicked(message) => Error::GetterPanicked {
+                key: self.key.to_owned(),
+                message,
+            }
+            .into(),
+            Failed::TimedOut => self.timed_out(),
+        }
     }
 
     /// Runs the getter within the deadline, a panic caught; logs and counts how it ended.
@@ -1307,6 +1362,61 @@ fn millis(d: Duration) -> u64 {
 #[inline]
 pub(crate) fn lease_ttl(exec_limit: Duration) -> Duration {
     Duration::from_secs(whole_seconds(exec_limit).saturating_add(1)).min(LEASE)
+}
+
+/// Swaps the value at `version` for the same JSON under `header`, to live until the header's
+/// `stale_until`, at most `cap` (a forged header cannot make it live longer than a value of this
+/// call would); `None` if it changed meanwhile, or its time is up.
+async fn swap_header<S: Store>(
+    store: &S,
+    wire: &WireKey,
+    version: Lease,
+    header: Freshness,
+    json: &[u8],
+    cap: Duration,
+) -> Result<Option<Lease>, StoreError> {
+    let now = codec::unix_millis(std::time::SystemTime::now());
+    let left = Duration::from_millis(header.stale_until.saturating_sub(now)).min(cap);
+    if left.is_zero() {
+        return Ok(None);
+    }
+    store
+        .swap(wire, version, &header.item(json), FRESHNESS_FLAGS, left)
+        .await
+}
+
+/// A claim to recompute a stale value, given up from a spawned task if the call is cancelled
+/// while its getter runs, so that the next caller recomputes at once rather than after the
+/// claim's end.
+struct HeldClaim<'a, S: Store> {
+    store: &'a S,
+    wire: &'a WireKey,
+    claim: Option<(Lease, Freshness, bytes::Bytes)>,
+    ttl_cap: Duration,
+}
+
+impl<S: Store> HeldClaim<'_, S> {
+    fn disarm(&mut self) {
+        self.claim = None;
+    }
+}
+
+impl<S: Store> Drop for HeldClaim<'_, S> {
+    fn drop(&mut self) {
+        let Some((claimed, header, json)) = self.claim.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (store, wire, cap) = (self.store.clone(), self.wire.clone(), self.ttl_cap);
+            let open = Freshness {
+                retry_at: 0,
+                ..header
+            };
+            runtime.spawn(async move {
+                let _ = swap_header(&store, &wire, claimed, open, &json, cap).await;
+            });
+        }
+    }
 }
 
 /// A lease we hold: handed back explicitly, or from a spawned task if the call is cancelled.

@@ -104,8 +104,10 @@ impl<M> GetOptions<M> {
         self
     }
 
-    /// When the call recomputes a value it has (stale, or refreshed ahead) and the getter has
-    /// not finished within `soft_timeout`, the call returns the value it has; the getter goes on
+    /// When the call recomputes a value it has (stale, or refreshed ahead, with
+    /// [`stale_if_error`](Self::stale_if_error) on: values without it carry no freshness to
+    /// serve them by) and the getter has not finished within `soft_timeout`, the call returns
+    /// the value it has; the getter goes on
     /// in the background, still bounded by `exec_limit`, and stores its result when it finishes
     /// (FusionCache's soft timeout with background completion). Without a value to return, the
     /// call waits for the getter up to `exec_limit`, as always. Takes precedence over

@@ -496,7 +496,9 @@ async fn the_background_getter_survives_its_callers_cancellation() {
     entered.notified().await;
     call.abort();
     assert!(call.await.unwrap_err().is_cancelled());
-    finished.notified().await;
+    tokio::time::timeout(Duration::from_secs(5), finished.notified())
+        .await
+        .expect("the getter finishes");
     until_stored(&cache, "k", "new").await;
 }
 
@@ -569,4 +571,107 @@ async fn a_recompute_within_the_soft_timeout_is_returned() {
         .unwrap();
     assert_eq!(got, "new");
     assert_eq!(cache.stats().soft_timeouts, 0);
+}
+
+/// Without `error_backoff`, a failed recompute backs the key off for the value's `expire` (at
+/// most 30 s): here 300 ms.
+#[tokio::test]
+async fn without_error_backoff_a_failed_recompute_backs_off_for_expire() {
+    let cache = stale(Cache::builder());
+    stored_then_stale(&cache, "k", "old").await;
+    let failed_at = Instant::now();
+    assert_eq!(failing(&cache, "k").await.unwrap(), "old");
+    let runs = AtomicUsize::new(0);
+    let counted = || async {
+        runs.fetch_add(1, Ordering::SeqCst);
+        Ok::<_, Error>("new".to_owned())
+    };
+    // Asked until the getter runs: memcached gives no event for a backoff's end.
+    let got = loop {
+        let got: String = cache.get("k", LIMIT, EXPIRE, counted).await.unwrap();
+        if runs.load(Ordering::SeqCst) > 0 {
+            break got;
+        }
+        assert_eq!(got, "old");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let waited = failed_at.elapsed();
+    assert_eq!(got, "new");
+    assert!(
+        (EXPIRE..EXPIRE + Duration::from_millis(250)).contains(&waited),
+        "recomputed {waited:?} after the failure"
+    );
+}
+
+/// A value invalidated while its recompute runs is not served when that recompute fails: the
+/// caller gets the getter's error.
+#[tokio::test]
+async fn a_value_invalidated_during_a_failing_recompute_is_not_served() {
+    let server = Memcached::start().await;
+    let cache = stale(on(&server));
+    stored_then_stale(&cache, "k", "old").await;
+    let (entered, gate) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let recompute = {
+        let (cache, entered, gate) = (cache.clone(), entered.clone(), gate.clone());
+        tokio::spawn(async move {
+            cache
+                .get::<String, Error, _, _>("k", LIMIT, EXPIRE, || async move {
+                    entered.notify_one();
+                    gate.notified().await;
+                    Err(Error::InvalidArgument {
+                        key: "origin".into(),
+                        reason: "the origin is down",
+                    })
+                })
+                .await
+        })
+    };
+    entered.notified().await;
+    cache.invalidate("k").await.unwrap();
+    gate.notify_one();
+    let err = recompute.await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
+    assert_eq!(cache.stats().stale_served, 0);
+}
+
+/// A caller cancelled while it recomputes gives its claim up: the next caller recomputes at
+/// once, not after the claim's end (`exec_limit` + 1 s).
+#[tokio::test]
+async fn a_cancelled_recompute_gives_its_claim_up() {
+    let server = Memcached::start().await;
+    let cache = stale(on(&server));
+    stored_then_stale(&cache, "k", "old").await;
+    let entered = Arc::new(Notify::new());
+    let claimant = {
+        let (cache, entered) = (cache.clone(), entered.clone());
+        tokio::spawn(async move {
+            cache
+                .get::<String, Error, _, _>("k", LIMIT, EXPIRE, || async move {
+                    entered.notify_one();
+                    std::future::pending().await
+                })
+                .await
+        })
+    };
+    entered.notified().await;
+    claimant.abort();
+    let cancelled = Instant::now();
+    // The claim is given up from a spawned task: asked until a call recomputes.
+    loop {
+        let got: String = cache
+            .get("k", LIMIT, EXPIRE, || async {
+                Ok::<_, Error>("new".to_owned())
+            })
+            .await
+            .unwrap();
+        if got == "new" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        cancelled.elapsed() < Duration::from_secs(1),
+        "recomputed {:?} after the cancellation, not after the claim ({LIMIT:?} + 1 s)",
+        cancelled.elapsed()
+    );
 }

@@ -35,3 +35,21 @@ async fn h(db: Arc<Db>, id: u32) -> Result<u32, E> {
 }
 
 fn main() {}
+
+/// `'static` borrows nothing from the caller.
+#[distcache::distcached(expire = "10s", exec_limit = "1m", soft_timeout = "100ms")]
+async fn s(name: &'static str, tags: Vec<&'static str>) -> Result<u32, E> {
+    Ok(1)
+}
+
+/// Under a millisecond is refused, as the runtime would refuse it; `"0s"` turns stale_if_error
+/// off.
+#[distcache::distcached(expire = "10s", exec_limit = "1m", soft_timeout = "100us")]
+async fn t(id: u32) -> Result<u32, E> {
+    Ok(id)
+}
+
+#[distcache::distcached(expire = "10s", exec_limit = "1m", stale_if_error = "0s")]
+async fn u(id: u32) -> Result<u32, E> {
+    Ok(id)
+}

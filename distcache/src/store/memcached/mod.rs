@@ -129,16 +129,16 @@ impl Cluster {
         }
     }
 
-    /// Runs `request` on the node that granted `lease`, and only on the run of its server that
-    /// granted it: only that one can honour the lease's CAS.
-    /// `ms … C<cas>` on the lease's node: how it went, and the stored item's CAS.
+    /// `ms … C<cas>` on the lease's node (`operation`: a fill, or a swap): how it went, and,
+    /// asked for with `return_cas`, the stored item's CAS.
     async fn set_if_cas(
         &self,
+        operation: &'static str,
         key: &WireKey,
         lease: Lease,
-        data: &Bytes,
-        flags: u32,
+        (data, flags): (&Bytes, u32),
         expire: Duration,
+        return_cas: bool,
     ) -> Result<(Fill, Option<u64>), StoreError> {
         if self.inner.nodes[lease.node].refuses(key.as_bytes().len(), data.len()) {
             // Not sent: the server would refuse it and delete the lease's stub with it.
@@ -150,8 +150,9 @@ impl Cluster {
             flags,
             ttl: ttl_seconds(expire),
             cas: lease.cas,
+            return_cas,
         };
-        let reply = match self.on_lease_node("fill", lease, request).await {
+        let reply = match self.on_lease_node(operation, lease, request).await {
             Err(err) if matches!(err.kind, StoreErrorKind::Restarted) => {
                 debug!(key = key.as_str(), error = %err, "not filled");
                 return Ok((Fill::LeaseLost, None));
@@ -170,11 +171,13 @@ impl Cluster {
                 kind: ErrorKind::Server,
                 message,
             } if message.contains("too large") => Ok((Fill::TooLarge, None)),
-            other => meta("fill", &self.inner.nodes[lease.node].server, other)
+            other => meta(operation, &self.inner.nodes[lease.node].server, other)
                 .map(|_| (Fill::LeaseLost, None)),
         }
     }
 
+    /// Runs `request` on the node that granted `lease`, and only on the run of its server that
+    /// granted it: only that one can honour the lease's CAS.
     async fn on_lease_node(
         &self,
         operation: &'static str,
@@ -295,7 +298,7 @@ impl Store for Cluster {
         flags: u32,
         expire: Duration,
     ) -> Result<Fill, StoreError> {
-        self.set_if_cas(key, lease, data, flags, expire)
+        self.set_if_cas("fill", key, lease, (data, flags), expire, false)
             .await
             .map(|(fill, _)| fill)
     }
@@ -308,14 +311,27 @@ impl Store for Cluster {
         flags: u32,
         expire: Duration,
     ) -> Result<Option<Lease>, StoreError> {
-        Ok(
-            match self.set_if_cas(key, version, data, flags, expire).await? {
-                (Fill::Stored, Some(cas)) => Some(Lease { cas, ..version }),
-                _ => None,
-            },
-        )
+        match self
+            .set_if_cas("swap", key, version, (data, flags), expire, true)
+            .await?
+        {
+            (Fill::Stored, Some(cas)) => Ok(Some(Lease { cas, ..version })),
+            // Stored, but the server did not say under which CAS: nobody could use the new
+            // value's version (a claim would block the key until it ends).
+            (Fill::Stored, None) => Err(StoreError {
+                operation: "swap",
+                node: self.inner.nodes[version.node].server.to_string(),
+                kind: StoreErrorKind::Server(
+                    "the server stored the item without returning its CAS (`ms … c`)".into(),
+                ),
+            }),
+            _ => Ok(None),
+        }
     }
 
+    /// A touch cannot compare the CAS: if the stub expired and the key was leased or filled by
+    /// another since, its TTL is set too. The flight only extends a lease it knows to be alive
+    /// (`flight::LEASE_MARGIN`), so that this takes a round trip delayed by seconds.
     async fn extend(
         &self,
         key: &WireKey,

@@ -31,15 +31,16 @@ pub(crate) enum Request<'a> {
         lease: u32,
         refresh: u32,
     },
-    /// `ms <key> <len> c T<ttl> C<cas> F<flags> O<op>`: store, only if the item's CAS is still
-    /// `cas` (our lease's stub, or the value we replace); `HD c<cas>` gives the new item's CAS
-    /// (memcached 1.6.18 answers it).
+    /// `ms <key> <len> [c] T<ttl> C<cas> F<flags> O<op>`: store, only if the item's CAS is still
+    /// `cas` (our lease's stub, or the value we replace); with `c` (`return_cas`), `HD c<cas>`
+    /// gives the new item's CAS (memcached 1.6.18 answers it).
     SetIfCas {
         key: &'a WireKey,
         data: &'a [u8],
         flags: u32,
         ttl: u32,
         cas: u64,
+        return_cas: bool,
     },
     /// `md <key> [C<cas>] O<op>`: delete, only if the CAS is still `cas` when given.
     Delete { key: &'a WireKey, cas: Option<u64> },
@@ -76,11 +77,15 @@ impl Request<'_> {
                 flags,
                 ttl,
                 cas,
+                return_cas,
             } => {
                 out.extend_from_slice(b"ms ");
                 out.extend_from_slice(key.as_bytes());
                 flag(out, b" ", data.len() as u64);
-                flag(out, b" c T", ttl.into());
+                if return_cas {
+                    out.extend_from_slice(b" c");
+                }
+                flag(out, b" T", ttl.into());
                 flag(out, b" C", cas);
                 flag(out, b" F", flags.into());
             }

@@ -43,7 +43,19 @@ fn requests_are_built_from_typed_values() {
             data: b"{}",
             flags: 5,
             ttl: 60,
-            cas: 99
+            cas: 99,
+            return_cas: false,
+        }),
+        "ms user:1 2 T60 C99 F5 O7\r\n{}\r\n"
+    );
+    assert_eq!(
+        encoded(Request::SetIfCas {
+            key: &k,
+            data: b"{}",
+            flags: 5,
+            ttl: 60,
+            cas: 99,
+            return_cas: true,
         }),
         "ms user:1 2 c T60 C99 F5 O7\r\n{}\r\n"
     );
