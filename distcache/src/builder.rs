@@ -1,5 +1,6 @@
 //! [`CacheBuilder`]: every setting checked at `build()`, which does no I/O.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::codec::DEFAULT_MAX_VALUE_BYTES;
@@ -9,7 +10,7 @@ use crate::core::{
 use crate::key::KeyEncoder;
 use crate::store::AnyStore;
 use crate::store::memcached::ring::Ring;
-use crate::store::memcached::{Cluster, NodeConfig, Server};
+use crate::store::memcached::{Cluster, Credentials, NodeConfig, Server};
 use crate::store::memory::{MemoryLimits, MemoryStore};
 use crate::{BuildError, Cache};
 
@@ -53,6 +54,8 @@ pub struct CacheBuilder {
     error_backoff: Option<Duration>,
     stale_if_error: Duration,
     soft_timeout: Option<Duration>,
+    /// Checked when given; `Debug` shows no password.
+    credentials: Option<Result<Credentials, String>>,
     in_process: MemoryLimits,
 }
 
@@ -73,6 +76,7 @@ impl Default for CacheBuilder {
             error_backoff: None,
             stale_if_error: Duration::ZERO,
             soft_timeout: None,
+            credentials: None,
             in_process: MemoryLimits::default(),
         }
     }
@@ -247,6 +251,23 @@ impl CacheBuilder {
         self
     }
 
+    /// Logs in to servers that ask for it (`memcached -Y authfile`, whose lines are
+    /// `username:password`; printable ASCII, without spaces), on each new connection, before any
+    /// request. A server that does not
+    /// ask is never sent them. A refused login fails the connection with an error that names the
+    /// server and says "authentication"; the server is marked down at once and tried again once
+    /// per `retry_interval` (each time logged), and calls run their getter meanwhile, or fail
+    /// with [`Error::Unavailable`](crate::Error::Unavailable) under `OnUnavailable::Fail`. The
+    /// password appears in no `Debug` output, log or error. For the default cache:
+    /// `DISTCACHE_USERNAME` and `DISTCACHE_PASSWORD`.
+    ///
+    /// memcached has no permissions per key: whoever has the password may read, write and delete
+    /// every key. Over a network others can see, use it with TLS.
+    pub fn credentials(mut self, username: impl Into<String>, password: impl Into<String>) -> Self {
+        self.credentials = Some(Credentials::new(username.into(), password.into()));
+        self
+    }
+
     /// The most entries (values, and keys being computed) the in-process store keeps; past it, or
     /// past [`in_process_max_bytes`](Self::in_process_max_bytes), it evicts the values least
     /// likely to be read again, expired ones first. Only the in-process store (no servers) uses
@@ -321,6 +342,12 @@ impl CacheBuilder {
             return Err(BuildError::InvalidSetting {
                 setting: "soft_timeout",
                 reason: format!("{soft:?} is not between 1ms and 365 days"),
+            });
+        }
+        if let Some(Err(reason)) = &self.credentials {
+            return Err(BuildError::InvalidSetting {
+                setting: "credentials",
+                reason: reason.clone(),
             });
         }
         // Checked with servers too: a wrong setting is a mistake whichever store is used today.
@@ -414,6 +441,12 @@ impl CacheBuilder {
             },
             max_value: self.max_value_bytes,
             greet: true,
+            // Checked by `build`.
+            credentials: self
+                .credentials
+                .as_ref()
+                .and_then(|given| given.as_ref().ok())
+                .map(|credentials| Arc::new(credentials.clone())),
         };
         Ok(Cluster::new(ring, &config))
     }

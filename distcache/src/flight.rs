@@ -48,7 +48,7 @@ use crate::error::Error;
 use crate::key::WireKey;
 use crate::options::GetOptions;
 use crate::schedule::{Knowledge, PollSchedule, Site, SiteWait};
-use crate::store::{Fill, Item, Lease, Lookup, Store, StoreError, whole_seconds};
+use crate::store::{Fill, Item, Lease, Lookup, Store, StoreError, StoreErrorKind, whole_seconds};
 
 const EXEC_LIMIT_RANGE: &str = "exec_limit must be more than zero and at most 365 days";
 
@@ -1141,9 +1141,19 @@ impl<S: Store> Call<'_, S> {
     {
         let stats = &self.core.stats;
         stats.store_errors.incr();
+        // A node already marked down was logged then (and, for a refused login, at each probe):
+        // each call that finds it down says so at debug, not once per call at warn.
+        let known = matches!(
+            err.kind,
+            StoreErrorKind::MarkedDown | StoreErrorKind::NoNode
+        );
         match self.core.config.on_unavailable {
             OnUnavailable::Fail => {
-                warn!(key = self.key, error = %err, "the cache store is unavailable; failing the call as configured");
+                if known {
+                    debug!(key = self.key, error = %err, "the cache store is unavailable; failing the call as configured");
+                } else {
+                    warn!(key = self.key, error = %err, "the cache store is unavailable; failing the call as configured");
+                }
                 Err(Error::Unavailable {
                     key: self.key.to_owned(),
                     source: err.into_box(),
@@ -1152,7 +1162,11 @@ impl<S: Store> Call<'_, S> {
             }
             OnUnavailable::RunGetter => {
                 stats.degraded_calls.incr();
-                warn!(key = self.key, error = %err, "the cache store is unavailable; running the getter without it");
+                if known {
+                    debug!(key = self.key, error = %err, "the cache store is unavailable; running the getter without it");
+                } else {
+                    warn!(key = self.key, error = %err, "the cache store is unavailable; running the getter without it");
+                }
                 self.run_unstored(leader, getter).await
             }
         }

@@ -46,7 +46,9 @@ pub fn set_default(cache: Cache) -> Result<(), Cache> {
 /// - `DISTCACHE_STALE_IF_ERROR`: how long [values are kept past their expire](crate::CacheBuilder::stale_if_error),
 ///   written as `DISTCACHE_ERROR_BACKOFF` is (`"1h"`); default off;
 /// - `DISTCACHE_SOFT_TIMEOUT`: the [soft timeout](crate::CacheBuilder::soft_timeout) of detached
-///   calls, written the same way (`"100ms"`); default off.
+///   calls, written the same way (`"100ms"`); default off;
+/// - `DISTCACHE_USERNAME` and `DISTCACHE_PASSWORD`: the [credentials](crate::CacheBuilder::credentials)
+///   for servers that ask for them; both or neither.
 ///
 /// A configuration that does not build fails every call through the default cache with
 /// [`Error::DefaultCache`], so that it is fixed rather than silently ignored.
@@ -107,6 +109,17 @@ fn from_vars(env: impl Fn(&str) -> Option<String>) -> Result<Cache, BuildError> 
             ),
         })?;
         builder = builder.soft_timeout(parsed);
+    }
+    match (var("DISTCACHE_USERNAME"), env("DISTCACHE_PASSWORD")) {
+        (Some(username), Some(password)) => builder = builder.credentials(username, password),
+        (None, None) => {}
+        (Some(_), None) | (None, Some(_)) => {
+            return Err(BuildError::InvalidSetting {
+                setting: "credentials",
+                reason: "DISTCACHE_USERNAME and DISTCACHE_PASSWORD are set together, or not at all"
+                    .into(),
+            });
+        }
     }
     match var("DISTCACHE_SERVERS") {
         Some(servers) => {
@@ -224,6 +237,39 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn credentials_come_from_the_environment_both_or_neither() {
+        assert!(
+            with(&[
+                ("DISTCACHE_USERNAME", "alice"),
+                ("DISTCACHE_PASSWORD", "pw")
+            ])
+            .is_ok()
+        );
+        for one in [
+            ("DISTCACHE_USERNAME", "alice"),
+            ("DISTCACHE_PASSWORD", "pw"),
+        ] {
+            let err = with(&[one]).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    BuildError::InvalidSetting {
+                        setting: "credentials",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+        }
+        let err = with(&[
+            ("DISTCACHE_USERNAME", "al ice"),
+            ("DISTCACHE_PASSWORD", "pw"),
+        ])
+        .unwrap_err();
+        assert!(!err.to_string().contains("pw"), "{err}");
     }
 
     #[test]

@@ -104,6 +104,10 @@ pub(crate) enum StoreErrorKind {
     Server(String),
     #[error("the server restarted since the lease was won; the lease went with it")]
     Restarted,
+    /// The server refused the credentials (`CacheBuilder::credentials`), or asked for some
+    /// that were not given.
+    #[error("{0}")]
+    Authentication(String),
 }
 
 impl StoreError {

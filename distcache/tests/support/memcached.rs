@@ -57,6 +57,16 @@ impl Memcached {
         panic!("could not start memcached on a free port in 20 attempts");
     }
 
+    /// Starts a server that asks for a login (`-Y`), with one user in its authfile.
+    pub async fn start_with_auth(username: &str, password: &str) -> Self {
+        static FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("distcache-authfile-{}-{n}", std::process::id()));
+        std::fs::write(&path, format!("{username}:{password}\n")).expect("write the authfile");
+        Self::start_with(&["-Y", path.to_str().expect("a UTF-8 temp path")]).await
+    }
+
     /// `127.0.0.1:port`.
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
@@ -216,9 +226,10 @@ async fn answers(port: u16) -> bool {
         return false;
     }
     let mut buf = [0u8; 64];
+    // A server that asks for a login (`-Y`) answers too, with `CLIENT_ERROR unauthenticated`.
     matches!(
         tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await,
-        Ok(Ok(n)) if buf[..n].starts_with(b"VERSION")
+        Ok(Ok(n)) if buf[..n].starts_with(b"VERSION") || buf[..n].starts_with(b"CLIENT_ERROR unauthenticated")
     )
 }
 

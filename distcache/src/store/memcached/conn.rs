@@ -38,6 +38,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use super::auth::{self, Credentials};
 use super::handshake::{self, Greeting, Instance};
 use super::health::{Health, Ticket};
 pub(crate) use super::orphans::Orphans;
@@ -78,6 +79,8 @@ pub(crate) struct ConnConfig {
     pub(crate) greet: bool,
     /// The node's leases to hand back on its next connection.
     pub(crate) orphans: Option<Arc<Orphans>>,
+    /// Logged in with on each new connection, if the server asks for it (`auth.rs`).
+    pub(crate) credentials: Option<Arc<Credentials>>,
 }
 
 /// A handle to a connection; clones share it, and the last one to go closes it.
@@ -215,6 +218,9 @@ impl Connection {
         for addr in addrs {
             let connect = async {
                 let mut stream = TcpStream::connect(addr).await?;
+                if let Some(credentials) = &config.credentials {
+                    auth::log_in(&mut stream, credentials).await?;
+                }
                 let greeting = match config.greet {
                     true => handshake::greet(&mut stream, timeout).await?,
                     false => Greeting::SILENT,
@@ -225,7 +231,14 @@ impl Connection {
                 Ok(Ok((stream, greeting))) => return Ok(Self::start(stream, greeting, config)),
                 // The server answered, and cannot be used: another address of it would say
                 // the same.
-                Ok(Err(err)) if err.kind() == io::ErrorKind::InvalidData => return Err(err),
+                Ok(Err(err))
+                    if matches!(
+                        err.kind(),
+                        io::ErrorKind::InvalidData | io::ErrorKind::PermissionDenied
+                    ) =>
+                {
+                    return Err(err);
+                }
                 Ok(Err(err)) => last = err,
                 Err(_) => {
                     last = io::Error::new(

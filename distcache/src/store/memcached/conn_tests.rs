@@ -19,6 +19,7 @@ fn config(io_timeout: Duration) -> ConnConfig {
         health: None,
         greet: false,
         orphans: None,
+        credentials: None,
     }
 }
 

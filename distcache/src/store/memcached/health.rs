@@ -145,9 +145,12 @@ impl Health {
     }
 
     pub(crate) fn failure(&self, ticket: Ticket, error: &StoreErrorKind) {
+        // Down at once: the node does not answer, or will refuse every connect the same way.
         let timed_out = matches!(
             error,
-            StoreErrorKind::Timeout(_) | StoreErrorKind::Refused(_)
+            StoreErrorKind::Timeout(_)
+                | StoreErrorKind::Refused(_)
+                | StoreErrorKind::Authentication(_)
         );
         let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
         if timed_out || failures >= self.threshold || ticket == Ticket::Probe {

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+pub(crate) use self::auth::Credentials;
 use self::handshake::Instance;
 pub use self::health::NodeStats;
 pub(crate) use self::node::NodeConfig;
@@ -18,6 +19,7 @@ pub use self::ring::Server;
 use super::{Fill, Item, Lease, Lookup, Store, StoreError, StoreErrorKind, whole_seconds};
 use crate::key::WireKey;
 
+mod auth;
 mod conn;
 mod handshake;
 mod health;
@@ -464,6 +466,7 @@ mod tests {
             connections: 2,
             max_value: crate::codec::DEFAULT_MAX_VALUE_BYTES,
             greet: true,
+            credentials: None,
         }
     }
 

@@ -9,6 +9,7 @@ use std::sync::{Arc, RwLock};
 use std::task::Poll;
 use std::time::Duration;
 
+use super::auth::Credentials;
 use super::conn::{ConnConfig, ConnError, Connection, Orphans, PendingReply};
 use super::handshake::Instance;
 use super::health::Health;
@@ -33,6 +34,8 @@ pub(crate) struct NodeConfig {
     /// Ask each server about itself on connecting (`handshake.rs`): always, but in tests against
     /// scripted peers.
     pub(crate) greet: bool,
+    /// Log in with these where the server asks for it (`auth.rs`).
+    pub(crate) credentials: Option<Arc<Credentials>>,
 }
 
 #[derive(Debug)]
@@ -73,6 +76,7 @@ impl Node {
                 max_value: config.max_value,
                 health: Some(health.clone()),
                 greet: config.greet,
+                credentials: config.credentials.clone(),
                 orphans: Some(orphans.clone()),
             },
             health: health.clone(),
@@ -541,6 +545,10 @@ impl managed::Manager for Manager {
                 // `failure_threshold`: one slow connect must not take down a node that answers.
                 let kind = if err.kind() == io::ErrorKind::TimedOut && !ready.any_open() {
                     StoreErrorKind::Timeout(connect_timeout)
+                } else if err.kind() == io::ErrorKind::PermissionDenied {
+                    // A wrong password: every connect will be refused the same way. Down at
+                    // once, and probed once per `retry_interval`, not a connect per call.
+                    StoreErrorKind::Authentication(err.to_string())
                 } else if refused(err) && !ready.any_open() {
                     // Nothing listens (or a proxy in front of it has nothing behind it): the
                     // node is down now, as after a timeout; waiting for `failure_threshold`
@@ -582,6 +590,7 @@ mod tests {
             connections: 1,
             max_value: 1_000_000,
             greet: false,
+            credentials: None,
         }
     }
 
