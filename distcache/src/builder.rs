@@ -10,6 +10,7 @@ use crate::core::{
 use crate::key::KeyEncoder;
 use crate::store::AnyStore;
 use crate::store::memcached::ring::Ring;
+use crate::store::memcached::tls::TlsSource;
 use crate::store::memcached::{Cluster, Credentials, NodeConfig, Server};
 use crate::store::memory::{MemoryLimits, MemoryStore};
 use crate::{BuildError, Cache};
@@ -56,6 +57,8 @@ pub struct CacheBuilder {
     soft_timeout: Option<Duration>,
     /// Checked when given; `Debug` shows no password.
     credentials: Option<Result<Credentials, String>>,
+    /// Where TLS's roots come from, resolved by `build`; `None`: plain TCP.
+    tls: Option<TlsSource>,
     in_process: MemoryLimits,
 }
 
@@ -77,6 +80,7 @@ impl Default for CacheBuilder {
             stale_if_error: Duration::ZERO,
             soft_timeout: None,
             credentials: None,
+            tls: None,
             in_process: MemoryLimits::default(),
         }
     }
@@ -268,6 +272,58 @@ impl CacheBuilder {
         self
     }
 
+    /// Connects to the servers over TLS (`memcached -Z`), checking their certificates against the
+    /// system's root certificates, as managed services with public CAs need. The name checked is
+    /// each server's host as configured, an IP address included. With the `tls` feature; for the
+    /// default cache: `DISTCACHE_TLS=1`. A server that does not speak TLS, a certificate from an
+    /// unknown authority, for another name or expired: each fails its connections with an error
+    /// that says which, and the server is marked down at once (calls run their getter, or fail
+    /// with `OnUnavailable::Fail`).
+    ///
+    /// rustls with its ring provider: it builds faster than aws-lc-rs and needs no C toolchain
+    /// beyond a C compiler. The pipelined connection keeps its batching over TLS.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self) -> Self {
+        self.tls = Some(TlsSource::System);
+        self
+    }
+
+    /// TLS, as [`tls`](Self::tls), with the certificate authorities of a PEM file (one or more)
+    /// instead of the system's: for servers with certificates of your own CA. The file is read by
+    /// [`build`](Self::build). For the default cache: `DISTCACHE_TLS_CA_FILE`.
+    #[cfg(feature = "tls")]
+    pub fn tls_ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.tls = Some(TlsSource::CaFile(path.into()));
+        self
+    }
+
+    /// TLS with a `rustls` client configuration of your own: client certificates (mutual TLS),
+    /// custom verification. [`rustls`](crate::rustls) is re-exported, so that its version is the
+    /// one distcache is built with.
+    #[cfg(feature = "tls")]
+    pub fn tls_config(mut self, config: Arc<crate::rustls::ClientConfig>) -> Self {
+        self.tls = Some(TlsSource::Config(config));
+        self
+    }
+
+    /// TLS as the environment asks (`DISTCACHE_TLS`, `DISTCACHE_TLS_CA_FILE`): without the
+    /// `tls` feature, a build error that says so.
+    pub(crate) fn tls_from_env(mut self, ca_file: Option<String>) -> Self {
+        #[cfg(feature = "tls")]
+        {
+            self.tls = Some(match ca_file {
+                Some(path) => TlsSource::CaFile(path.into()),
+                None => TlsSource::System,
+            });
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            let _ = ca_file;
+            self.tls = Some(TlsSource::Unavailable);
+        }
+        self
+    }
+
     /// The most entries (values, and keys being computed) the in-process store keeps; past it, or
     /// past [`in_process_max_bytes`](Self::in_process_max_bytes), it evicts the values least
     /// likely to be read again, expired ones first. Only the in-process store (no servers) uses
@@ -447,6 +503,27 @@ impl CacheBuilder {
                 .as_ref()
                 .and_then(|given| given.as_ref().ok())
                 .map(|credentials| Arc::new(credentials.clone())),
+            tls: match &self.tls {
+                None => None,
+                Some(source) => {
+                    let settings =
+                        source
+                            .settings()
+                            .map_err(|reason| BuildError::InvalidSetting {
+                                setting: "tls",
+                                reason,
+                            })?;
+                    for server in ring.servers() {
+                        if let Err(reason) = settings.for_host(server.host()) {
+                            return Err(BuildError::InvalidSetting {
+                                setting: "tls",
+                                reason,
+                            });
+                        }
+                    }
+                    Some(settings)
+                }
+            },
         };
         Ok(Cluster::new(ring, &config))
     }

@@ -48,7 +48,9 @@ pub fn set_default(cache: Cache) -> Result<(), Cache> {
 /// - `DISTCACHE_SOFT_TIMEOUT`: the [soft timeout](crate::CacheBuilder::soft_timeout) of detached
 ///   calls, written the same way (`"100ms"`); default off;
 /// - `DISTCACHE_USERNAME` and `DISTCACHE_PASSWORD`: the [credentials](crate::CacheBuilder::credentials)
-///   for servers that ask for them; both or neither.
+///   for servers that ask for them; both or neither;
+/// - `DISTCACHE_TLS=1`: [TLS](crate::CacheBuilder::tls) with the system's roots, or
+///   `DISTCACHE_TLS_CA_FILE=path` with a PEM file's (either implies TLS; with the `tls` feature).
 ///
 /// A configuration that does not build fails every call through the default cache with
 /// [`Error::DefaultCache`], so that it is fixed rather than silently ignored.
@@ -118,6 +120,21 @@ fn from_vars(env: impl Fn(&str) -> Option<String>) -> Result<Cache, BuildError> 
                 setting: "credentials",
                 reason: "DISTCACHE_USERNAME and DISTCACHE_PASSWORD are set together, or not at all"
                     .into(),
+            });
+        }
+    }
+    let tls = var("DISTCACHE_TLS").map(|v| v.trim().to_owned());
+    let ca_file = var("DISTCACHE_TLS_CA_FILE");
+    match tls.as_deref() {
+        Some("1" | "true") => builder = builder.tls_from_env(ca_file),
+        None | Some("0" | "false") if ca_file.is_some() => {
+            builder = builder.tls_from_env(ca_file);
+        }
+        None | Some("0" | "false") => {}
+        Some(other) => {
+            return Err(BuildError::InvalidSetting {
+                setting: "tls",
+                reason: format!("DISTCACHE_TLS={other:?} is not 1 or 0"),
             });
         }
     }

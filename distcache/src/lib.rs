@@ -326,3 +326,8 @@ pub use store::memcached::ring::Ring;
 /// `E: From<distcache::Error>`. The function keeps its signature and attributes, and its future
 /// is `Send` when the body's is.
 pub use distcache_macros::distcached;
+
+/// The `rustls` distcache is built with, for [`CacheBuilder::tls_config`]: a `ClientConfig` of
+/// another version would not be accepted.
+#[cfg(feature = "tls")]
+pub use rustls;

@@ -104,10 +104,11 @@ pub(crate) enum StoreErrorKind {
     Server(String),
     #[error("the server restarted since the lease was won; the lease went with it")]
     Restarted,
-    /// The server refused the credentials (`CacheBuilder::credentials`), or asked for some
-    /// that were not given.
+    /// The server's TLS, or its login, refused the connection: a wrong password, a certificate
+    /// from an unknown authority, a server without TLS. Said in the words of `auth.rs` and
+    /// `tls.rs`.
     #[error("{0}")]
-    Authentication(String),
+    Security(String),
 }
 
 impl StoreError {

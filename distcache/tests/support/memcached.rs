@@ -176,7 +176,7 @@ impl Memcached {
             if child.try_wait().ok().flatten().is_some() {
                 return false;
             }
-            if answers(self.port).await {
+            if answers(self.port, self.args.iter().any(|a| a == "-Z")).await {
                 self.child = Some(child);
                 return true;
             }
@@ -218,10 +218,14 @@ fn running_as_root() -> bool {
     })
 }
 
-async fn answers(port: u16) -> bool {
+/// Whether the server on `port` answers; a TLS server (`-Z`) only when it accepts a connection.
+async fn answers(port: u16, tls: bool) -> bool {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)).await else {
         return false;
     };
+    if tls {
+        return true;
+    }
     if stream.write_all(b"version\r\n").await.is_err() {
         return false;
     }

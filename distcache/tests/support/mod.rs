@@ -5,3 +5,4 @@ pub mod history;
 pub mod kids;
 pub mod memcached;
 pub mod proxy;
+pub mod tls;

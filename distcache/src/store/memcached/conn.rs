@@ -30,7 +30,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, oneshot};
@@ -43,6 +43,7 @@ use super::handshake::{self, Greeting, Instance};
 use super::health::{Health, Ticket};
 pub(crate) use super::orphans::Orphans;
 use super::protocol::{ErrorKind, Meta, Parser, Reply, Request};
+use super::tls::NodeTls;
 use crate::key::WireKey;
 use crate::store::StoreErrorKind;
 
@@ -81,6 +82,37 @@ pub(crate) struct ConnConfig {
     pub(crate) orphans: Option<Arc<Orphans>>,
     /// Logged in with on each new connection, if the server asks for it (`auth.rs`).
     pub(crate) credentials: Option<Arc<Credentials>>,
+    /// TLS to the node (`tls.rs`); `None`: plain TCP.
+    pub(crate) tls: Option<NodeTls>,
+}
+
+/// A connected stream, before its handshakes: split into halves for the reader and the writer
+/// tasks once they are done.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    type Read: AsyncRead + Unpin + Send + 'static;
+    type Write: AsyncWrite + Unpin + Send + 'static;
+    fn into_halves(self) -> (Self::Read, Self::Write);
+}
+
+impl Stream for TcpStream {
+    type Read = OwnedReadHalf;
+    type Write = OwnedWriteHalf;
+
+    /// Two halves without a lock between them.
+    fn into_halves(self) -> (OwnedReadHalf, OwnedWriteHalf) {
+        self.into_split()
+    }
+}
+
+#[cfg(feature = "tls")]
+impl Stream for super::tls::TlsStream {
+    type Read = tokio::io::ReadHalf<Self>;
+    type Write = tokio::io::WriteHalf<Self>;
+
+    /// A TLS session's state is one: its halves share it under a lock.
+    fn into_halves(self) -> (Self::Read, Self::Write) {
+        tokio::io::split(self)
+    }
 }
 
 /// A handle to a connection; clones share it, and the last one to go closes it.
@@ -217,18 +249,30 @@ impl Connection {
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no address to connect to");
         for addr in addrs {
             let connect = async {
-                let mut stream = TcpStream::connect(addr).await?;
-                if let Some(credentials) = &config.credentials {
-                    auth::log_in(&mut stream, credentials).await?;
+                let stream = TcpStream::connect(addr).await?;
+                // Small requests must not wait for Nagle's algorithm.
+                let _ = stream.set_nodelay(true);
+                match &config.tls {
+                    // A TLS server resets a connection whose first bytes are not a TLS hello.
+                    None => Self::open(stream, config, timeout).await.map_err(|err| {
+                        match err.kind() {
+                            io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof => {
+                                io::Error::new(
+                                    err.kind(),
+                                    format!("{err} before its first answer: does the server require TLS (memcached -Z)?"),
+                                )
+                            }
+                            _ => err,
+                        }
+                    }),
+                    #[cfg(feature = "tls")]
+                    Some(tls) => Self::open(tls.connect(stream).await?, config, timeout).await,
+                    #[cfg(not(feature = "tls"))]
+                    Some(tls) => tls.unreachable(),
                 }
-                let greeting = match config.greet {
-                    true => handshake::greet(&mut stream, timeout).await?,
-                    false => Greeting::SILENT,
-                };
-                Ok::<_, io::Error>((stream, greeting))
             };
             match tokio::time::timeout(timeout, connect).await {
-                Ok(Ok((stream, greeting))) => return Ok(Self::start(stream, greeting, config)),
+                Ok(Ok(connection)) => return Ok(connection),
                 // The server answered, and cannot be used: another address of it would say
                 // the same.
                 Ok(Err(err))
@@ -251,10 +295,24 @@ impl Connection {
         Err(last)
     }
 
-    fn start(stream: TcpStream, greeting: Greeting, config: &ConnConfig) -> Self {
-        // Small requests must not wait for Nagle's algorithm.
-        let _ = stream.set_nodelay(true);
-        let (read, write) = stream.into_split();
+    /// Logs in and greets the server on a connected stream, then starts the connection's tasks.
+    async fn open<S: Stream>(
+        mut stream: S,
+        config: &ConnConfig,
+        timeout: Duration,
+    ) -> io::Result<Self> {
+        if let Some(credentials) = &config.credentials {
+            auth::log_in(&mut stream, credentials).await?;
+        }
+        let greeting = match config.greet {
+            true => handshake::greet(&mut stream, timeout).await?,
+            false => Greeting::SILENT,
+        };
+        Ok(Self::start(stream, greeting, config))
+    }
+
+    fn start<S: Stream>(stream: S, greeting: Greeting, config: &ConnConfig) -> Self {
+        let (read, write) = stream.into_halves();
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             writer: Notify::new(),
@@ -612,7 +670,11 @@ impl Drop for ClosesOnDrop {
 }
 
 /// `_closes`, an argument, is dropped with the task's future even if it never ran.
-async fn write_requests(shared: Arc<Shared>, mut write: OwnedWriteHalf, _closes: ClosesOnDrop) {
+async fn write_requests<W: AsyncWrite + Unpin>(
+    shared: Arc<Shared>,
+    mut write: W,
+    _closes: ClosesOnDrop,
+) {
     loop {
         let pending = shared.lock().out.len();
         if pending == 0 {
@@ -670,7 +732,11 @@ async fn write_requests(shared: Arc<Shared>, mut write: OwnedWriteHalf, _closes:
     }
 }
 
-async fn read_replies(shared: Arc<Shared>, mut read: OwnedReadHalf, _closes: ClosesOnDrop) {
+async fn read_replies<R: AsyncRead + Unpin>(
+    shared: Arc<Shared>,
+    mut read: R,
+    _closes: ClosesOnDrop,
+) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut parser = Parser::new(shared.max_value);
     let watch = tokio::time::sleep(shared.io_timeout);

@@ -20,6 +20,7 @@ fn config(io_timeout: Duration) -> ConnConfig {
         greet: false,
         orphans: None,
         credentials: None,
+        tls: None,
     }
 }
 

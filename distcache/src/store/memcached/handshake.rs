@@ -16,8 +16,7 @@
 use std::io;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The longest answer read: `stats` and `stats settings` are a few kilobytes.
 const MAX_ANSWER: usize = 256 * 1024;
@@ -43,7 +42,10 @@ impl Greeting {
 
 /// Asks the server about itself within `timeout`; fails, with the reason, if distcache cannot
 /// use it.
-pub(crate) async fn greet(stream: &mut TcpStream, timeout: Duration) -> io::Result<Greeting> {
+pub(crate) async fn greet<S>(stream: &mut S, timeout: Duration) -> io::Result<Greeting>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let exchange = async {
         stream.write_all(b"stats\r\nstats settings\r\n").await?;
         let mut answer = Vec::with_capacity(8 * 1024);
@@ -239,7 +241,7 @@ mod tests {
                 .unwrap();
             stream
         });
-        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let err = greet(&mut stream, Duration::from_secs(5))
             .await
             .unwrap_err();

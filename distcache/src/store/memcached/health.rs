@@ -148,9 +148,7 @@ impl Health {
         // Down at once: the node does not answer, or will refuse every connect the same way.
         let timed_out = matches!(
             error,
-            StoreErrorKind::Timeout(_)
-                | StoreErrorKind::Refused(_)
-                | StoreErrorKind::Authentication(_)
+            StoreErrorKind::Timeout(_) | StoreErrorKind::Refused(_) | StoreErrorKind::Security(_)
         );
         let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
         if timed_out || failures >= self.threshold || ticket == Ticket::Probe {

@@ -27,6 +27,7 @@ mod node;
 mod orphans;
 pub(crate) mod protocol;
 pub(crate) mod ring;
+pub(crate) mod tls;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Cluster {
@@ -467,6 +468,7 @@ mod tests {
             max_value: crate::codec::DEFAULT_MAX_VALUE_BYTES,
             greet: true,
             credentials: None,
+            tls: None,
         }
     }
 

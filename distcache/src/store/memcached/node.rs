@@ -16,6 +16,7 @@ use super::health::Health;
 pub(crate) use super::health::Ticket;
 use super::protocol::{Reply, Request};
 use super::ring::Server;
+use super::tls::TlsSettings;
 use crate::key::WireKey;
 use crate::store::{StoreError, StoreErrorKind};
 use deadpool::managed::{self, Metrics, Pool, PoolError, RecycleError, RecycleResult, Timeouts};
@@ -36,6 +37,8 @@ pub(crate) struct NodeConfig {
     pub(crate) greet: bool,
     /// Log in with these where the server asks for it (`auth.rs`).
     pub(crate) credentials: Option<Arc<Credentials>>,
+    /// TLS to every node (`tls.rs`); `None`: plain TCP.
+    pub(crate) tls: Option<TlsSettings>,
 }
 
 #[derive(Debug)]
@@ -78,6 +81,11 @@ impl Node {
                 greet: config.greet,
                 credentials: config.credentials.clone(),
                 orphans: Some(orphans.clone()),
+                // Every server's name is checked when the cache is built.
+                tls: config.tls.as_ref().map(|tls| {
+                    tls.for_host(server.host())
+                        .expect("CacheBuilder::build checks every server's TLS name")
+                }),
             },
             health: health.clone(),
             ready: ready.clone(),
@@ -546,9 +554,10 @@ impl managed::Manager for Manager {
                 let kind = if err.kind() == io::ErrorKind::TimedOut && !ready.any_open() {
                     StoreErrorKind::Timeout(connect_timeout)
                 } else if err.kind() == io::ErrorKind::PermissionDenied {
-                    // A wrong password: every connect will be refused the same way. Down at
-                    // once, and probed once per `retry_interval`, not a connect per call.
-                    StoreErrorKind::Authentication(err.to_string())
+                    // A wrong password, or a TLS handshake that failed: every connect will be
+                    // refused the same way. Down at once, and probed once per `retry_interval`,
+                    // not a connect per call.
+                    StoreErrorKind::Security(err.to_string())
                 } else if refused(err) && !ready.any_open() {
                     // Nothing listens (or a proxy in front of it has nothing behind it): the
                     // node is down now, as after a timeout; waiting for `failure_threshold`
@@ -591,6 +600,7 @@ mod tests {
             max_value: 1_000_000,
             greet: false,
             credentials: None,
+            tls: None,
         }
     }
 
