@@ -23,6 +23,11 @@
 //! deadpool's own size, twice the CPUs), one request in flight on each, get, compute on a miss,
 //! set; no lease, no coalescing.
 //!
+//! Security: `--tls-ca-file PATH` (TLS, with that CA), `--username U --password P` for your own
+//! servers; with `--spawn-servers`, `--tls` starts the three nodes with `-Z` and certificates it
+//! makes (a CA of its own), and `--auth` with `-Y` and a user of its own (the counter server
+//! stays plain). distcache only: the naive baseline has no TLS.
+//!
 //! Progress goes to stderr, the result line to stdout. Besides the scenario's parameters (with
 //! `seed` and `workers`, so that a run can be replayed), the fields:
 //! - `getter_calls`: counted on the counter server; `duplicate_calls = getter_calls - keys`;
@@ -59,6 +64,8 @@
 
 #[path = "../distcache/tests/support/memcached.rs"]
 mod memcached;
+#[path = "../distcache/tests/support/tls.rs"]
+mod tls;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -87,6 +94,12 @@ struct Args {
     value_bytes: usize,
     warm_gets: usize,
     spawn_servers: bool,
+    /// With `--spawn-servers`: TLS (`-Z`) and a login (`-Y`) on the nodes.
+    tls: bool,
+    auth: bool,
+    tls_ca_file: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
     /// The naive system's pool size per server; default: deadpool's (twice the CPUs).
     naive_pool: usize,
     /// Tokio worker threads in each herd process; default: the process's share of the
@@ -128,6 +141,11 @@ fn parse_args() -> Result<Args, String> {
         value_bytes: 1000,
         warm_gets: 2000,
         spawn_servers: false,
+        tls: false,
+        auth: false,
+        tls_ca_file: None,
+        username: None,
+        password: None,
         naive_pool: 2 * cores(),
         workers: None,
         dump_calls: None,
@@ -170,6 +188,11 @@ fn parse_args() -> Result<Args, String> {
             "--value-bytes" => args.value_bytes = number(value()?)?,
             "--warm-gets" => args.warm_gets = number(value()?)?,
             "--spawn-servers" => args.spawn_servers = true,
+            "--tls" => args.tls = true,
+            "--auth" => args.auth = true,
+            "--tls-ca-file" => args.tls_ca_file = Some(value()?),
+            "--username" => args.username = Some(value()?),
+            "--password" => args.password = Some(value()?),
             "--dump-calls" => args.dump_calls = Some(value()?),
             "--naive-pool" => args.naive_pool = number(value()?)?,
             "--workers" => args.workers = Some(number(value()?)?),
@@ -193,6 +216,15 @@ fn parse_args() -> Result<Args, String> {
             "--system is distcache or naive, not {:?}",
             args.system
         ));
+    }
+    if (args.tls || args.auth) && !args.spawn_servers {
+        return Err("--tls and --auth make the servers they use: with --spawn-servers".into());
+    }
+    if args.username.is_some() != args.password.is_some() {
+        return Err("--username and --password go together".into());
+    }
+    if args.system == "naive" && (args.tls || args.tls_ca_file.is_some() || args.username.is_some()) {
+        return Err("the naive baseline has no TLS and no login".into());
     }
     if args.workers == Some(0) {
         return Err("--workers must be positive".into());
@@ -306,8 +338,28 @@ fn computed_at(value: &str) -> Option<u64> {
 
 async fn coordinate(mut args: Args) {
     let mut spawned = Vec::new();
+    // Kept until the servers are gone: their certificates and authfile live in its directory.
+    let pki = (args.spawn_servers && (args.tls || args.auth)).then(tls::Pki::new);
     if args.spawn_servers {
-        spawned.extend(memcached::Memcached::start_many::<4>().await);
+        let mut node_args: Vec<String> = Vec::new();
+        if let Some(pki) = &pki {
+            if args.tls {
+                node_args.extend(pki.server("node", &["127.0.0.1"], false, false).args());
+                args.tls_ca_file = Some(pki.ca_file().display().to_string());
+            }
+            if args.auth {
+                let authfile = pki.dir().join("authfile");
+                std::fs::write(&authfile, "herd:herd-password\n").expect("write the authfile");
+                node_args.extend(["-Y".to_owned(), authfile.display().to_string()]);
+                args.username = Some("herd".into());
+                args.password = Some("herd-password".into());
+            }
+        }
+        let node_args: Vec<&str> = node_args.iter().map(String::as_str).collect();
+        for _ in 0..3 {
+            spawned.push(memcached::Memcached::start_with(&node_args).await);
+        }
+        spawned.push(memcached::Memcached::start().await);
         args.servers = spawned[..3].iter().map(|s| s.addr()).collect();
         args.counter = Some(spawned[3].addr());
     }
@@ -488,6 +540,8 @@ async fn coordinate(mut args: Args) {
         "seed": seed,
         "naive_pool": (args.system == "naive").then_some(args.naive_pool),
         "workers": workers(&args),
+        "tls": args.tls_ca_file.is_some(),
+        "auth": args.username.is_some(),
         "getter_calls": getter_calls,
         "duplicate_calls": getter_calls as i64 - args.keys as i64,
         "failed_calls": failed,
@@ -607,6 +661,9 @@ fn spawn_child(args: &Args, counter: &str, run: &str, index: usize) -> Child {
             &args.origin_down_for.to_string(),
         ])
         .args(["--naive-pool", &args.naive_pool.to_string()])
+        .args(args.tls_ca_file.iter().flat_map(|ca| ["--tls-ca-file".to_owned(), ca.clone()]))
+        .args(args.username.iter().flat_map(|u| ["--username".to_owned(), u.clone()]))
+        .args(args.password.iter().flat_map(|p| ["--password".to_owned(), p.clone()]))
         .args(["--workers", &workers(args).to_string()])
         .args([
             "--seed",
@@ -948,6 +1005,12 @@ async fn child(args: Args, run: String) {
     let system = Arc::new(match args.system.as_str() {
         "distcache" => {
             let mut builder = Cache::builder().servers(&args.servers);
+            if let Some(ca) = &args.tls_ca_file {
+                builder = builder.tls_ca_file(ca);
+            }
+            if let (Some(username), Some(password)) = (&args.username, &args.password) {
+                builder = builder.credentials(username, password);
+            }
             if let Some(max_stale) = args.stale_if_error {
                 builder = builder.stale_if_error(max_stale);
             }

@@ -1,8 +1,8 @@
-//! The herd with a failing origin, small enough for CI (a debug build, 2 processes × 8 callers):
-//! with `stale_if_error`, no call fails and the origin is asked about once per key per
+//! The herd, small enough for CI (a debug build, 2 processes × 8 callers). With a failing
+//! origin: with `stale_if_error`, no call fails and the origin is asked about once per key per
 //! `error_backoff` while it is down; without it, the callers get the getter's error or
-//! `Error::Backoff`, never anything else, and the origin is asked as rarely. The full-size
-//! figures are in BENCHMARKS.md.
+//! `Error::Backoff`, never anything else, and the origin is asked as rarely. Over TLS with a
+//! login, the processes share one run per key. The full-size figures are in BENCHMARKS.md.
 
 mod common;
 
@@ -82,4 +82,21 @@ fn with_a_soft_timeout_a_slow_origin_is_waited_for_in_the_background() {
     // per expire-and-2-s while it was slow, never one per caller.
     let per_key = r["origin_calls_down_max_per_key"].as_u64().unwrap();
     assert!((1..=3).contains(&per_key), "{r}");
+}
+
+/// Over TLS with a login (`memcached -Z -Y`, certificates made by the herd): 2 processes share
+/// one getter run per key, and no call fails.
+#[test]
+fn over_tls_with_a_login_processes_share_one_run_per_key() {
+    let output = std::process::Command::new(common::example_binary("herd"))
+        .args(["--spawn-servers", "--tls", "--auth", "--procs", "2", "--callers", "8"])
+        .args(["--keys", "50", "--warm-gets", "2000"])
+        .output()
+        .expect("the herd runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the herd succeeded:\n{stderr}");
+    let r: Value =
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|err| panic!("{err}:\n{stderr}"));
+    assert_eq!((&r["tls"], &r["auth"]), (&true.into(), &true.into()), "{r}");
+    assert_eq!((&r["duplicate_calls"], &r["failed_calls"]), (&0.into(), &0.into()), "{r}");
 }
