@@ -26,7 +26,8 @@
 //! Security: `--tls-ca-file PATH` (TLS, with that CA), `--username U --password P` for your own
 //! servers; with `--spawn-servers`, `--tls` starts the three nodes with `-Z` and certificates it
 //! makes (a CA of its own), and `--auth` with `-Y` and a user of its own (the counter server
-//! stays plain). distcache only: the naive baseline has no TLS.
+//! stays plain); `--signed` signs every value (`signing_keys`). distcache only: the naive
+//! baseline has none of these.
 //!
 //! Progress goes to stderr, the result line to stdout. Besides the scenario's parameters (with
 //! `seed` and `workers`, so that a run can be replayed), the fields:
@@ -100,6 +101,8 @@ struct Args {
     tls_ca_file: Option<String>,
     username: Option<String>,
     password: Option<String>,
+    /// Signed values (`signing_keys`), with a key of the herd's own.
+    signed: bool,
     /// The naive system's pool size per server; default: deadpool's (twice the CPUs).
     naive_pool: usize,
     /// Tokio worker threads in each herd process; default: the process's share of the
@@ -146,6 +149,7 @@ fn parse_args() -> Result<Args, String> {
         tls_ca_file: None,
         username: None,
         password: None,
+        signed: false,
         naive_pool: 2 * cores(),
         workers: None,
         dump_calls: None,
@@ -189,6 +193,7 @@ fn parse_args() -> Result<Args, String> {
             "--warm-gets" => args.warm_gets = number(value()?)?,
             "--spawn-servers" => args.spawn_servers = true,
             "--tls" => args.tls = true,
+            "--signed" => args.signed = true,
             "--auth" => args.auth = true,
             "--tls-ca-file" => args.tls_ca_file = Some(value()?),
             "--username" => args.username = Some(value()?),
@@ -223,7 +228,8 @@ fn parse_args() -> Result<Args, String> {
     if args.username.is_some() != args.password.is_some() {
         return Err("--username and --password go together".into());
     }
-    if args.system == "naive" && (args.tls || args.tls_ca_file.is_some() || args.username.is_some()) {
+    if args.system == "naive" && (args.tls || args.tls_ca_file.is_some() || args.username.is_some())
+    {
         return Err("the naive baseline has no TLS and no login".into());
     }
     if args.workers == Some(0) {
@@ -542,6 +548,7 @@ async fn coordinate(mut args: Args) {
         "workers": workers(&args),
         "tls": args.tls_ca_file.is_some(),
         "auth": args.username.is_some(),
+        "signed": args.signed,
         "getter_calls": getter_calls,
         "duplicate_calls": getter_calls as i64 - args.keys as i64,
         "failed_calls": failed,
@@ -661,9 +668,22 @@ fn spawn_child(args: &Args, counter: &str, run: &str, index: usize) -> Child {
             &args.origin_down_for.to_string(),
         ])
         .args(["--naive-pool", &args.naive_pool.to_string()])
-        .args(args.tls_ca_file.iter().flat_map(|ca| ["--tls-ca-file".to_owned(), ca.clone()]))
-        .args(args.username.iter().flat_map(|u| ["--username".to_owned(), u.clone()]))
-        .args(args.password.iter().flat_map(|p| ["--password".to_owned(), p.clone()]))
+        .args(args.signed.then_some("--signed"))
+        .args(
+            args.tls_ca_file
+                .iter()
+                .flat_map(|ca| ["--tls-ca-file".to_owned(), ca.clone()]),
+        )
+        .args(
+            args.username
+                .iter()
+                .flat_map(|u| ["--username".to_owned(), u.clone()]),
+        )
+        .args(
+            args.password
+                .iter()
+                .flat_map(|p| ["--password".to_owned(), p.clone()]),
+        )
         .args(["--workers", &workers(args).to_string()])
         .args([
             "--seed",
@@ -1010,6 +1030,9 @@ async fn child(args: Args, run: String) {
             }
             if let (Some(username), Some(password)) = (&args.username, &args.password) {
                 builder = builder.credentials(username, password);
+            }
+            if args.signed {
+                builder = builder.signing_keys([b"the herd's signing key, 32 bytes+".as_slice()]);
             }
             if let Some(max_stale) = args.stale_if_error {
                 builder = builder.stale_if_error(max_stale);

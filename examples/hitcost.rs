@@ -15,7 +15,8 @@
 //! `concurrent` is `memcached` with 32 callers at once over 200 keys (the herd's warm phase in
 //! one process): the cost per hit when requests share writes and reads. `misses` is `memcached`
 //! with a new key at every call: the cost of a lookup that wins the lease, an instant getter run
-//! under it, and the fill.
+//! under it, and the fill. `signed` and `signed-concurrent` are `memcached` and `concurrent`
+//! with signing keys: each hit verifies an HMAC-SHA256 tag over its 1 KB value.
 
 #[path = "../distcache/tests/support/memcached.rs"]
 mod memcached;
@@ -37,13 +38,14 @@ fn main() {
     runtime.block_on(async {
         let (_server, cache) = match store.as_str() {
             "memory" => (None, Cache::builder().build().expect("a cache")),
-            "memcached" | "concurrent" | "misses" => {
+            "memcached" | "concurrent" | "misses" | "signed" | "signed-concurrent" => {
                 let server = memcached::Memcached::start().await;
-                let cache = Cache::builder()
-                    .server(server.addr())
-                    .build()
-                    .expect("a cache");
-                if store == "concurrent" {
+                let mut builder = Cache::builder().server(server.addr());
+                if store.starts_with("signed") {
+                    builder = builder.signing_keys([[7u8; 32]]);
+                }
+                let cache = builder.build().expect("a cache");
+                if store == "concurrent" || store == "signed-concurrent" {
                     concurrent(&cache, hits).await;
                     return;
                 }
@@ -66,7 +68,7 @@ fn main() {
                 return;
             }
             other => panic!(
-                "the store is memory, memcached, by-hand, concurrent or misses, not {other:?}"
+                "the store is memory, memcached, signed, by-hand, concurrent, signed-concurrent or misses, not {other:?}"
             ),
         };
         let value = "v".repeat(998);

@@ -11,7 +11,7 @@ use crate::key::KeyEncoder;
 use crate::store::AnyStore;
 use crate::store::memcached::ring::Ring;
 use crate::store::memcached::tls::TlsSource;
-use crate::store::memcached::{Cluster, Credentials, NodeConfig, Server};
+use crate::store::memcached::{Cluster, Credentials, NodeConfig, Server, Signer};
 use crate::store::memory::{MemoryLimits, MemoryStore};
 use crate::{BuildError, Cache};
 
@@ -59,6 +59,8 @@ pub struct CacheBuilder {
     credentials: Option<Result<Credentials, String>>,
     /// Where TLS's roots come from, resolved by `build`; `None`: plain TCP.
     tls: Option<TlsSource>,
+    /// Checked when given; `Debug` shows no key.
+    signing: Option<Result<Signer, String>>,
     in_process: MemoryLimits,
 }
 
@@ -81,6 +83,7 @@ impl Default for CacheBuilder {
             soft_timeout: None,
             credentials: None,
             tls: None,
+            signing: None,
             in_process: MemoryLimits::default(),
         }
     }
@@ -306,6 +309,26 @@ impl CacheBuilder {
         self
     }
 
+    /// Signs every item this cache writes to memcached with HMAC-SHA256, and never returns one
+    /// read without a valid signature: anyone who can reach a server can write to it, and a
+    /// planted value (of the right type, under the right key) would otherwise be decoded,
+    /// trusted and returned. Such an item is a miss: counted in
+    /// [`Stats::forged_values`](crate::Stats::forged_values), logged, recomputed and replaced.
+    ///
+    /// The first key signs; every key verifies, so keys rotate without a flag day: give every
+    /// process `[old, new]`, then `[new, old]`, then `[new]`. Each key is at least 32 bytes
+    /// (a [`BuildError`] otherwise); use random bytes. For the default cache:
+    /// `DISTCACHE_SIGNING_KEYS`, keys separated by commas, each its UTF-8 bytes.
+    ///
+    /// It does not stop replay: whoever can write to memcached can put back an older genuine
+    /// value of the same key (until its own expiry). Nor does it hide values: that is TLS's part,
+    /// on the wire. The in-process store, which no other process can write, is not signed.
+    pub fn signing_keys<K: AsRef<[u8]>>(mut self, keys: impl IntoIterator<Item = K>) -> Self {
+        let keys: Vec<Vec<u8>> = keys.into_iter().map(|k| k.as_ref().to_vec()).collect();
+        self.signing = Some(Signer::new(&keys));
+        self
+    }
+
     /// TLS as the environment asks (`DISTCACHE_TLS`, `DISTCACHE_TLS_CA_FILE`): without the
     /// `tls` feature, a build error that says so.
     pub(crate) fn tls_from_env(mut self, ca_file: Option<String>) -> Self {
@@ -398,6 +421,12 @@ impl CacheBuilder {
             return Err(BuildError::InvalidSetting {
                 setting: "soft_timeout",
                 reason: format!("{soft:?} is not between 1ms and 365 days"),
+            });
+        }
+        if let Some(Err(reason)) = &self.signing {
+            return Err(BuildError::InvalidSetting {
+                setting: "signing_keys",
+                reason: reason.clone(),
             });
         }
         if let Some(Err(reason)) = &self.credentials {
@@ -503,6 +532,11 @@ impl CacheBuilder {
                 .as_ref()
                 .and_then(|given| given.as_ref().ok())
                 .map(|credentials| Arc::new(credentials.clone())),
+            signer: self
+                .signing
+                .as_ref()
+                .and_then(|given| given.as_ref().ok())
+                .cloned(),
             tls: match &self.tls {
                 None => None,
                 Some(source) => {

@@ -123,6 +123,8 @@ pub(crate) enum DecodeError {
     Backoff { until: SystemTime },
     #[error("the item's freshness header is unreadable")]
     Freshness,
+    #[error("the item has no valid signature: written by something that holds no signing key")]
+    Forged,
     #[error("the item's flags {0:#010x} are not distcache JSON")]
     ForeignFlags(u32),
     #[error("the item is not JSON of the requested type: {0}")]
@@ -203,6 +205,9 @@ pub(crate) fn decode<T: DeserializeOwned>(flags: u32, data: &[u8]) -> Result<T, 
                 shareable,
                 reason: String::from_utf8_lossy(reason).into_owned(),
             });
+        }
+        if flags == crate::store::memcached::signing::FORGED_FLAGS {
+            return Err(DecodeError::Forged);
         }
         if flags == BACKOFF_FLAGS {
             // Unreadable bytes under these flags are a backoff already over.

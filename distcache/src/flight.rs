@@ -1339,6 +1339,14 @@ impl<S: Store> Call<'_, S> {
     }
 
     fn decode_miss(&self, err: &codec::DecodeError) {
+        if let DecodeError::Forged = err {
+            self.core.stats.forged_values.incr();
+            warn!(
+                key = self.key,
+                "an item without a valid signature was read; recomputing and replacing it"
+            );
+            return;
+        }
         self.core.stats.decode_misses.incr();
         warn!(key = self.key, error = %err, "a cached item does not decode as the requested type; recomputing");
     }

@@ -49,8 +49,10 @@ pub fn set_default(cache: Cache) -> Result<(), Cache> {
 ///   calls, written the same way (`"100ms"`); default off;
 /// - `DISTCACHE_USERNAME` and `DISTCACHE_PASSWORD`: the [credentials](crate::CacheBuilder::credentials)
 ///   for servers that ask for them; both or neither;
-/// - `DISTCACHE_TLS=1`: [TLS](crate::CacheBuilder::tls) with the system's roots, or
-///   `DISTCACHE_TLS_CA_FILE=path` with a PEM file's (either implies TLS; with the `tls` feature).
+/// - `DISTCACHE_TLS=1`: TLS (`CacheBuilder::tls`, with the `tls` feature) with the system's roots, or
+///   `DISTCACHE_TLS_CA_FILE=path` with a PEM file's (either implies TLS; with the `tls` feature);
+/// - `DISTCACHE_SIGNING_KEYS`: the [signing keys](crate::CacheBuilder::signing_keys), separated
+///   by commas, the first signing.
 ///
 /// A configuration that does not build fails every call through the default cache with
 /// [`Error::DefaultCache`], so that it is fixed rather than silently ignored.
@@ -137,6 +139,9 @@ fn from_vars(env: impl Fn(&str) -> Option<String>) -> Result<Cache, BuildError> 
                 reason: format!("DISTCACHE_TLS={other:?} is not 1 or 0"),
             });
         }
+    }
+    if let Some(keys) = env("DISTCACHE_SIGNING_KEYS").filter(|k| !k.is_empty()) {
+        builder = builder.signing_keys(keys.split(','));
     }
     match var("DISTCACHE_SERVERS") {
         Some(servers) => {

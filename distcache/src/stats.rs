@@ -82,6 +82,10 @@ pub struct Stats {
     /// Calls that returned the value they had (stale, or being refreshed ahead) because its
     /// recompute ran past their `soft_timeout`: the getter finished in the background.
     pub soft_timeouts: u64,
+    /// Items read from memcached without a valid signature, with
+    /// [`CacheBuilder::signing_keys`](crate::CacheBuilder::signing_keys) set: never returned;
+    /// recomputed and replaced, as a miss.
+    pub forged_values: u64,
 }
 
 macro_rules! counters {
@@ -122,6 +126,7 @@ counters!(
     backoffs,
     stale_served,
     soft_timeouts,
+    forged_values,
 );
 
 /// A monotonic event counter.

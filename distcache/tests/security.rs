@@ -203,3 +203,130 @@ fn credentials_the_server_file_cannot_hold_are_a_build_error_without_the_passwor
         .unwrap_err();
     assert!(!err.to_string().contains("here"), "{err}");
 }
+
+const KEY_1: &[u8] = b"the first signing key, 32+ bytes!";
+const KEY_2: &[u8] = b"the second signing key, 32+ bytes";
+
+fn signed(server: &Memcached, keys: &[&[u8]]) -> Cache {
+    Cache::builder()
+        .server(server.addr())
+        .signing_keys(keys.iter().copied())
+        .build()
+        .unwrap()
+}
+
+/// A raw client plants a value of the right type under a signed cache's key, once with a plain
+/// distcache item's flags and once with a signed one's (and a tag that is not one): it is never
+/// returned, and the genuine value replaces it.
+#[tokio::test]
+async fn a_planted_value_is_never_returned_and_is_replaced() {
+    let server = Memcached::start().await;
+    let cache = signed(&server, &[KEY_1]);
+    let outside = Outside::connect(&server.addr()).await;
+    let mut forged_tag = vec![0u8; 32];
+    forged_tag.extend_from_slice(b"666");
+    for (key, bytes, flags) in [
+        ("plain", b"666".to_vec(), u32::from_be_bytes(*b"DCJ1")),
+        ("tagged", forged_tag, u32::from_be_bytes(*b"SCJ1")),
+    ] {
+        outside.set(key, &bytes, flags).await;
+        let got: u32 = cache
+            .get(key, MINUTE, MINUTE, || async { Ok::<_, Error>(42) })
+            .await
+            .unwrap();
+        assert_eq!(got, 42, "{key}: the planted 666 was returned");
+        let (stored, stored_flags) = outside.get(key).await.unwrap();
+        assert_eq!(
+            stored_flags.to_be_bytes(),
+            *b"SCJ1",
+            "{key}: replaced by a signed item"
+        );
+        assert_eq!(&stored[32..], b"42", "{key}");
+        // Read again: the genuine value, without the getter.
+        let again: u32 = cache
+            .get(key, MINUTE, MINUTE, || async { Ok::<_, Error>(0) })
+            .await
+            .unwrap();
+        assert_eq!(again, 42);
+    }
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.forged_values, stats.getter_runs),
+        (2, 2),
+        "{stats:?}"
+    );
+}
+
+/// Keys rotate without a flag day: the first key signs, every key verifies. Markers are signed
+/// too: a backoff written by one cache holds in another.
+#[tokio::test]
+async fn keys_rotate_and_markers_are_signed_too() {
+    let server = Memcached::start().await;
+    let old = signed(&server, &[KEY_1]);
+    let rotating = signed(&server, &[KEY_2, KEY_1]);
+    let runs = std::sync::atomic::AtomicUsize::new(0);
+    let value = || async {
+        runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok::<_, Error>(5u32)
+    };
+    let _ = old.get("a", MINUTE, MINUTE, value).await.unwrap();
+    assert_eq!(rotating.get("a", MINUTE, MINUTE, value).await.unwrap(), 5);
+    let _ = rotating.get("b", MINUTE, MINUTE, value).await.unwrap();
+    let other_order = signed(&server, &[KEY_1, KEY_2]);
+    assert_eq!(
+        other_order.get("b", MINUTE, MINUTE, value).await.unwrap(),
+        5
+    );
+    assert_eq!(
+        runs.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "each read the other's"
+    );
+    // A cache that holds only the old key takes the new key's items as forged.
+    assert_eq!(old.get("b", MINUTE, MINUTE, value).await.unwrap(), 5);
+    assert_eq!(old.stats().forged_values, 1);
+
+    let backing_off = || {
+        Cache::builder()
+            .server(server.addr())
+            .signing_keys([KEY_1])
+            .error_backoff(MINUTE)
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (backing_off(), backing_off());
+    let failed = a
+        .get::<u32, Error, _, _>("failing", MINUTE, MINUTE, || async {
+            Err(Error::InvalidArgument {
+                key: "origin".into(),
+                reason: "down",
+            })
+        })
+        .await;
+    assert!(failed.is_err());
+    let err = b
+        .get("failing", MINUTE, MINUTE, || async { Ok::<_, Error>(1u32) })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Backoff { .. }), "{err:?}");
+    assert_eq!(b.stats().forged_values, 0);
+}
+
+#[test]
+fn a_signing_key_under_32_bytes_is_a_build_error_that_does_not_show_it() {
+    let err = Cache::builder()
+        .signing_keys([b"too-short-secret".as_slice()])
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BuildError::InvalidSetting {
+                setting: "signing_keys",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("secret"), "{err}");
+}

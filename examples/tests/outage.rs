@@ -89,7 +89,15 @@ fn with_a_soft_timeout_a_slow_origin_is_waited_for_in_the_background() {
 #[test]
 fn over_tls_with_a_login_processes_share_one_run_per_key() {
     let output = std::process::Command::new(common::example_binary("herd"))
-        .args(["--spawn-servers", "--tls", "--auth", "--procs", "2", "--callers", "8"])
+        .args([
+            "--spawn-servers",
+            "--tls",
+            "--auth",
+            "--procs",
+            "2",
+            "--callers",
+            "8",
+        ])
         .args(["--keys", "50", "--warm-gets", "2000"])
         .output()
         .expect("the herd runs");
@@ -98,5 +106,9 @@ fn over_tls_with_a_login_processes_share_one_run_per_key() {
     let r: Value =
         serde_json::from_slice(&output.stdout).unwrap_or_else(|err| panic!("{err}:\n{stderr}"));
     assert_eq!((&r["tls"], &r["auth"]), (&true.into(), &true.into()), "{r}");
-    assert_eq!((&r["duplicate_calls"], &r["failed_calls"]), (&0.into(), &0.into()), "{r}");
+    assert_eq!(
+        (&r["duplicate_calls"], &r["failed_calls"]),
+        (&0.into(), &0.into()),
+        "{r}"
+    );
 }

@@ -16,6 +16,7 @@ use self::node::{Node, Ticket};
 use self::protocol::{Code, ErrorKind, MAX_RELATIVE_TTL, Meta, Reply, Request};
 use self::ring::Ring;
 pub use self::ring::Server;
+pub(crate) use self::signing::Signer;
 use super::{Fill, Item, Lease, Lookup, Store, StoreError, StoreErrorKind, whole_seconds};
 use crate::key::WireKey;
 
@@ -27,6 +28,7 @@ mod node;
 mod orphans;
 pub(crate) mod protocol;
 pub(crate) mod ring;
+pub(crate) mod signing;
 pub(crate) mod tls;
 
 #[derive(Debug, Clone)]
@@ -38,6 +40,8 @@ pub(crate) struct Cluster {
 struct Inner {
     ring: Ring,
     nodes: Vec<Node>,
+    /// Signs every item written and verifies every item read (`signing.rs`); `None`: off.
+    signer: Option<Signer>,
 }
 
 impl Cluster {
@@ -50,7 +54,11 @@ impl Cluster {
             .map(|server| Node::new(server.clone(), config, epoch))
             .collect();
         Cluster {
-            inner: Arc::new(Inner { ring, nodes }),
+            inner: Arc::new(Inner {
+                ring,
+                nodes,
+                signer: config.signer.clone(),
+            }),
         }
     }
 
@@ -143,6 +151,15 @@ impl Cluster {
         expire: Duration,
         return_cas: bool,
     ) -> Result<(Fill, Option<u64>), StoreError> {
+        let signed;
+        let (data, flags) = match &self.inner.signer {
+            None => (data, flags),
+            Some(signer) => {
+                let (flags, bytes) = signer.sign(key.as_bytes(), flags, data);
+                signed = bytes;
+                (&signed, flags)
+            }
+        };
         if self.inner.nodes[lease.node].refuses(key.as_bytes().len(), data.len()) {
             // Not sent: the server would refuse it and delete the lease's stub with it.
             return Ok((Fill::TooLarge, None));
@@ -266,10 +283,17 @@ impl Store for Cluster {
             node,
             instance,
         };
-        let item = |meta: Meta| Item {
-            data: meta.data,
-            flags: meta.client_flags.unwrap_or_default(),
-            version,
+        let item = |meta: Meta| {
+            let flags = meta.client_flags.unwrap_or_default();
+            let (flags, data) = match &self.inner.signer {
+                None => (flags, meta.data),
+                Some(signer) => signer.verify(key.as_bytes(), flags, meta.data),
+            };
+            Item {
+                data,
+                flags,
+                version,
+            }
         };
         match meta.code {
             // A stale item (X) or the empty stub of a lease (`N`) carries a value nobody should
@@ -469,6 +493,7 @@ mod tests {
             greet: true,
             credentials: None,
             tls: None,
+            signer: None,
         }
     }
 

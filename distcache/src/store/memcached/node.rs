@@ -39,6 +39,8 @@ pub(crate) struct NodeConfig {
     pub(crate) credentials: Option<Arc<Credentials>>,
     /// TLS to every node (`tls.rs`); `None`: plain TCP.
     pub(crate) tls: Option<TlsSettings>,
+    /// Signs and verifies every item (`signing.rs`); `None`: off.
+    pub(crate) signer: Option<super::Signer>,
 }
 
 #[derive(Debug)]
@@ -601,6 +603,7 @@ mod tests {
             greet: false,
             credentials: None,
             tls: None,
+            signer: None,
         }
     }
 
