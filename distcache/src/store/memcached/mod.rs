@@ -468,6 +468,10 @@ impl Cluster {
 #[path = "../../../tests/support/memcached.rs"]
 mod harness;
 
+#[cfg(all(test, feature = "tls"))]
+#[path = "../../../tests/support/tls.rs"]
+mod pki;
+
 #[cfg(test)]
 mod tests {
     use super::harness::{Memcached, Outside};
@@ -721,6 +725,44 @@ mod tests {
         let server = Memcached::start().await;
         contract::a_swap_replaces_only_the_version_it_read(&cluster(&[&server]), &key("s"), LEASE)
             .await;
+    }
+
+    /// The store contract over TLS with a login (`memcached -Z -Y`), certificates made here.
+    #[cfg(feature = "tls")]
+    #[tokio::test]
+    async fn the_contract_holds_over_tls_with_a_login() {
+        let pki = super::pki::Pki::new();
+        let cert = pki.server("contract", &["127.0.0.1"], false, false);
+        let authfile = pki.dir().join("authfile");
+        std::fs::write(&authfile, "alice:contract-password\n").unwrap();
+        let mut args = cert.args();
+        args.extend(["-Y".to_owned(), authfile.display().to_string()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let server = Memcached::start_with(&args).await;
+        let tls = tls::TlsSource::CaFile(pki.ca_file()).settings().unwrap();
+        let secure = || {
+            let ring = Ring::new([server.addr().parse().unwrap()]).unwrap();
+            Cluster::new(
+                ring,
+                &NodeConfig {
+                    credentials: Some(Arc::new(
+                        Credentials::new("alice".into(), "contract-password".into()).unwrap(),
+                    )),
+                    tls: Some(tls.clone()),
+                    ..test_config()
+                },
+            )
+        };
+        contract::release_and_invalidate_free_the_key(&secure(), &key("r"), LEASE).await;
+        contract::a_swap_replaces_only_the_version_it_read(&secure(), &key("s"), LEASE).await;
+        contract::a_value_near_its_end_is_refreshed_by_one(&secure(), &key("n"), LEASE).await;
+        contract::an_extended_lease_outlives_its_first_ttl(&secure(), &key("e"), &key("f")).await;
+        let cluster = secure();
+        let k = key("late");
+        let late = won(&cluster, &k).await;
+        cluster.release(&k, late).await.unwrap();
+        let fresh = won(&cluster, &k).await;
+        contract::a_late_fill_is_refused(&cluster, &k, late, fresh, LEASE).await;
     }
 
     #[tokio::test]
