@@ -225,7 +225,7 @@ fn parse_args() -> Result<Args, String> {
     if (args.tls || args.auth) && !args.spawn_servers {
         return Err("--tls and --auth make the servers they use: with --spawn-servers".into());
     }
-    if args.username.is_some() != args.password.is_some() {
+    if args.child.is_none() && args.username.is_some() != args.password.is_some() {
         return Err("--username and --password go together".into());
     }
     if args.system == "naive" && (args.tls || args.tls_ca_file.is_some() || args.username.is_some())
@@ -271,6 +271,10 @@ fn main() -> std::process::ExitCode {
         runtime.worker_threads(workers(&args));
     }
     let runtime = runtime.enable_all().build().expect("a tokio runtime");
+    let mut args = args;
+    if args.child.is_some() && args.username.is_some() {
+        args.password = std::env::var("HERD_PASSWORD").ok();
+    }
     match args.child.clone() {
         Some(run) => runtime.block_on(child(args, run)),
         None => runtime.block_on(coordinate(args)),
@@ -355,7 +359,7 @@ async fn coordinate(mut args: Args) {
             }
             if args.auth {
                 let authfile = pki.dir().join("authfile");
-                std::fs::write(&authfile, "herd:herd-password\n").expect("write the authfile");
+                tls::write_secret(&authfile, "herd:herd-password\n");
                 node_args.extend(["-Y".to_owned(), authfile.display().to_string()]);
                 args.username = Some("herd".into());
                 args.password = Some("herd-password".into());
@@ -679,11 +683,8 @@ fn spawn_child(args: &Args, counter: &str, run: &str, index: usize) -> Child {
                 .iter()
                 .flat_map(|u| ["--username".to_owned(), u.clone()]),
         )
-        .args(
-            args.password
-                .iter()
-                .flat_map(|p| ["--password".to_owned(), p.clone()]),
-        )
+        // Not on the command line, where `ps` shows it.
+        .envs(args.password.iter().map(|p| ("HERD_PASSWORD", p.clone())))
         .args(["--workers", &workers(args).to_string()])
         .args([
             "--seed",

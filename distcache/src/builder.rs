@@ -1,7 +1,10 @@
-//! [`CacheBuilder`]: every setting checked at `build()`, which does no I/O.
+//! [`CacheBuilder`]: every setting checked at `build()`, which connects to nothing (it reads a
+//! TLS CA file, or the system's root certificates, when TLS is on).
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use tracing::warn;
 
 use crate::codec::DEFAULT_MAX_VALUE_BYTES;
 use crate::core::{
@@ -269,7 +272,8 @@ impl CacheBuilder {
     /// `DISTCACHE_USERNAME` and `DISTCACHE_PASSWORD`.
     ///
     /// memcached has no permissions per key: whoever has the password may read, write and delete
-    /// every key. Over a network others can see, use it with TLS.
+    /// every key. Without TLS the password crosses the network in clear (a warning says so when
+    /// the cache is built), and anyone who can pose as a server can ask for it.
     pub fn credentials(mut self, username: impl Into<String>, password: impl Into<String>) -> Self {
         self.credentials = Some(Credentials::new(username.into(), password.into()));
         self
@@ -321,8 +325,10 @@ impl CacheBuilder {
     /// `DISTCACHE_SIGNING_KEYS`, keys separated by commas, each its UTF-8 bytes.
     ///
     /// It does not stop replay: whoever can write to memcached can put back an older genuine
-    /// value of the same key (until its own expiry). Nor does it hide values: that is TLS's part,
-    /// on the wire. The in-process store, which no other process can write, is not signed.
+    /// value of the same key, with a TTL of their choosing (the TTL is not signed). Nor does it
+    /// hide values: that is TLS's part, on the wire. Turning it on, or off, is a flag day for a
+    /// key space: processes that differ take each other's items as forged, or as foreign, and
+    /// recompute them. The in-process store, which no other process can write, is not signed.
     pub fn signing_keys<K: AsRef<[u8]>>(mut self, keys: impl IntoIterator<Item = K>) -> Self {
         let keys: Vec<Vec<u8>> = keys.into_iter().map(|k| k.as_ref().to_vec()).collect();
         self.signing = Some(Signer::new(&keys));
@@ -370,7 +376,8 @@ impl CacheBuilder {
         self
     }
 
-    /// Checks the settings and builds the cache. Synchronous, no I/O.
+    /// Checks the settings and builds the cache. Synchronous, and connects to nothing; with TLS,
+    /// it reads the CA file, or the system's root certificates.
     ///
     /// ```
     /// use distcache::{BuildError, Cache};
@@ -497,6 +504,9 @@ impl CacheBuilder {
             }
             Ok(value)
         };
+        if self.credentials.is_some() && self.tls.is_none() {
+            warn!("distcache: credentials without TLS: the password crosses the network in clear");
+        }
         let minute = Duration::from_secs(60);
         let config = NodeConfig {
             connect_timeout: duration("connect_timeout", self.connect_timeout, minute)?,
@@ -524,7 +534,11 @@ impl CacheBuilder {
                     });
                 }
             },
-            max_value: self.max_value_bytes,
+            // An item holds a value of up to `max_value_bytes` and what distcache adds to it: a
+            // freshness header (`stale_if_error`) and a signature.
+            max_value: self.max_value_bytes
+                + crate::codec::FRESHNESS_BYTES
+                + crate::store::memcached::signing::TAG_BYTES,
             greet: true,
             // Checked by `build`.
             credentials: self

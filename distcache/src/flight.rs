@@ -1145,7 +1145,7 @@ impl<S: Store> Call<'_, S> {
         // each call that finds it down says so at debug, not once per call at warn.
         let known = matches!(
             err.kind,
-            StoreErrorKind::MarkedDown | StoreErrorKind::NoNode
+            StoreErrorKind::MarkedDown(_) | StoreErrorKind::NoNode(_)
         );
         match self.core.config.on_unavailable {
             OnUnavailable::Fail => {

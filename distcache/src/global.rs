@@ -262,6 +262,29 @@ mod tests {
     }
 
     #[test]
+    fn tls_and_signing_keys_come_from_the_environment() {
+        let servers = ("DISTCACHE_SERVERS", "127.0.0.1:11211");
+        let setting = |err: BuildError| match err {
+            BuildError::InvalidSetting { setting, .. } => setting,
+            other => panic!("{other}"),
+        };
+        assert_eq!(
+            setting(with(&[servers, ("DISTCACHE_TLS", "yes")]).unwrap_err()),
+            "tls"
+        );
+        let missing = ("DISTCACHE_TLS_CA_FILE", "/nonexistent/ca.pem");
+        let err = with(&[servers, missing]).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+        assert_eq!(setting(err), "tls");
+        assert!(with(&[servers, ("DISTCACHE_TLS", "0")]).is_ok());
+        let keys = "a key of at least thirty-two bytes,another key of thirty-two bytes or more";
+        assert!(with(&[servers, ("DISTCACHE_SIGNING_KEYS", keys)]).is_ok());
+        let short = with(&[servers, ("DISTCACHE_SIGNING_KEYS", "short-secret")]).unwrap_err();
+        assert!(!short.to_string().contains("short-secret"), "{short}");
+        assert_eq!(setting(short), "signing_keys");
+    }
+
+    #[test]
     fn credentials_come_from_the_environment_both_or_neither() {
         assert!(
             with(&[

@@ -88,10 +88,12 @@ pub(crate) struct StoreError {
 pub(crate) enum StoreErrorKind {
     #[error("the call's deadline passed")]
     Deadline,
-    #[error("every node is marked down")]
-    NoNode,
-    #[error("the node is marked down")]
-    MarkedDown,
+    /// With why the key's own node was marked down, when known: a refused login or a failed TLS
+    /// handshake is said on every call, not only on the one that met it.
+    #[error("every node is marked down{}", because(.0))]
+    NoNode(Option<String>),
+    #[error("the node is marked down{}", because(.0))]
+    MarkedDown(Option<String>),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     #[error("cannot connect: {0}")]
@@ -109,6 +111,13 @@ pub(crate) enum StoreErrorKind {
     /// `tls.rs`.
     #[error("{0}")]
     Security(String),
+}
+
+/// `" (why)"`, or nothing.
+fn because(why: &Option<String>) -> String {
+    why.as_ref()
+        .map(|why| format!(" ({why})"))
+        .unwrap_or_default()
 }
 
 impl StoreError {

@@ -63,7 +63,18 @@ impl Memcached {
         let n = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path =
             std::env::temp_dir().join(format!("distcache-authfile-{}-{n}", std::process::id()));
-        std::fs::write(&path, format!("{username}:{password}\n")).expect("write the authfile");
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)
+                .and_then(|mut file| writeln!(file, "{username}:{password}"))
+                .expect("write the authfile");
+        }
         Self::start_with(&["-Y", path.to_str().expect("a UTF-8 temp path")]).await
     }
 

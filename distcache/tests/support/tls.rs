@@ -91,7 +91,7 @@ impl Pki {
         let chain = self.dir.join(format!("{file}.pem"));
         let key_path = self.dir.join(format!("{file}.key"));
         std::fs::write(&chain, cert.pem()).expect("write the chain");
-        std::fs::write(&key_path, key.serialize_pem()).expect("write the key");
+        write_secret(&key_path, &key.serialize_pem());
         ServerCert {
             chain,
             key: key_path,
@@ -101,6 +101,20 @@ impl Pki {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// Writes a file only its owner can read: a key, an authfile.
+pub fn write_secret(path: &Path, contents: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(contents.as_bytes()))
+        .expect("write a secret file");
 }
 
 impl Drop for Pki {

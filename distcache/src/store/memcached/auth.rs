@@ -11,11 +11,36 @@
 use std::fmt;
 use std::io;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 /// The longest username and password together that is sent; memcached's own authfile lines are
 /// short.
 const MAX_TOKEN: usize = 1024;
+
+/// A server's refusal of the connection for a reason of configuration, not of the network: a
+/// refused login, a TLS handshake that failed on a certificate or the protocol, a login asked
+/// for and not configured. Carried in an `io::Error` ([`io::ErrorKind::PermissionDenied`]), so
+/// that the node can tell it from an I/O failure ([`is_refusal`]).
+#[derive(Debug)]
+pub(crate) struct Refusal(pub(crate) String);
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+/// An `io::Error` holding a [`Refusal`].
+pub(crate) fn refusal(reason: String) -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, Refusal(reason))
+}
+
+/// Whether `err` is a server's refusal ([`Refusal`]) rather than an I/O failure.
+pub(crate) fn is_refusal(err: &io::Error) -> bool {
+    err.get_ref().is_some_and(|inner| inner.is::<Refusal>())
+}
 
 /// A username and its password. `Debug` shows the username only.
 #[derive(Clone, PartialEq, Eq)]
@@ -89,14 +114,11 @@ where
     stream.write_all(&request).await?;
     match line(stream).await?.as_str() {
         "STORED" => Ok(()),
-        refused if refused.starts_with("CLIENT_ERROR") => Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!(
-                "authentication failed: the server refused the username {:?} and its password ({})",
-                credentials.username,
-                refused.trim_start_matches("CLIENT_ERROR ")
-            ),
-        )),
+        refused if refused.starts_with("CLIENT_ERROR") => Err(refusal(format!(
+            "authentication failed: the server refused the username {:?} and its password ({})",
+            credentials.username,
+            refused.trim_start_matches("CLIENT_ERROR ")
+        ))),
         other => Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("the server answered the login with {other:?}"),
@@ -105,9 +127,9 @@ where
 }
 
 /// One line of the server's answer, without its `\r\n`, read byte by byte: nothing past it is
-/// taken from the stream.
+/// taken from the stream, and no more than 257 bytes of it.
 async fn line<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<String> {
-    let mut reader = BufReader::with_capacity(1, stream);
+    let mut reader = BufReader::with_capacity(1, stream.take(257));
     let mut line = Vec::new();
     reader.read_until(b'\n', &mut line).await?;
     if line.is_empty() {

@@ -276,10 +276,7 @@ impl Connection {
                 // The server answered, and cannot be used: another address of it would say
                 // the same.
                 Ok(Err(err))
-                    if matches!(
-                        err.kind(),
-                        io::ErrorKind::InvalidData | io::ErrorKind::PermissionDenied
-                    ) =>
+                    if err.kind() == io::ErrorKind::InvalidData || auth::is_refusal(&err) =>
                 {
                     return Err(err);
                 }
@@ -720,6 +717,12 @@ async fn write_requests<W: AsyncWrite + Unpin>(
                     return;
                 }
             }
+        }
+        // TLS keeps the records of a write that found the socket full: a flush sends them (before
+        // the writer sleeps on an idle connection, where nothing else would). A no-op on TCP.
+        if let Err(err) = write.flush().await {
+            shared.fail(&format!("write failed: {err}"));
+            return;
         }
         // Give the buffer back, so that steady traffic does not allocate.
         batch.clear();

@@ -65,6 +65,12 @@ where
             answer.extend_from_slice(&chunk[..n]);
             ends = count_ends(&answer);
             if let Some(refused) = refused(&answer) {
+                if refused == "CLIENT_ERROR unauthenticated" {
+                    return Err(super::auth::refusal(
+                        "the server requires a login (memcached -Y): set CacheBuilder::credentials"
+                            .into(),
+                    ));
+                }
                 // A proxy may answer `stats` and not `stats settings`: what it said is enough.
                 if ends == 1 {
                     break;

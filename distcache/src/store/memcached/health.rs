@@ -62,6 +62,8 @@ pub(crate) struct Health {
     /// Times the node was marked down, and brought back.
     marked_down: AtomicU64,
     back: AtomicU64,
+    /// Why it was last marked down.
+    last_failure: std::sync::Mutex<Option<String>>,
 }
 
 impl Health {
@@ -81,6 +83,7 @@ impl Health {
             threshold,
             marked_down: AtomicU64::new(0),
             back: AtomicU64::new(0),
+            last_failure: std::sync::Mutex::new(None),
         }
     }
 
@@ -152,6 +155,10 @@ impl Health {
         );
         let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
         if timed_out || failures >= self.threshold || ticket == Ticket::Probe {
+            *self
+                .last_failure
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(error.to_string());
             let until = self.now() + self.retry_interval.as_millis() as u64;
             let was = self.down_until.swap(until, Ordering::AcqRel);
             if ticket == Ticket::Probe {
@@ -164,6 +171,14 @@ impl Health {
                     "memcached node marked down: its keys go to the next node on the ring");
             }
         }
+    }
+
+    /// Why the node was last marked down, if it was.
+    pub(crate) fn last_failure(&self) -> Option<String> {
+        self.last_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// A request ended without teaching anything (its caller's deadline came first): an

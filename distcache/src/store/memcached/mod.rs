@@ -119,7 +119,7 @@ impl Cluster {
                 return Err(last.unwrap_or(StoreError {
                     operation,
                     node: "every node".into(),
-                    kind: StoreErrorKind::NoNode,
+                    kind: StoreErrorKind::NoNode(nodes[self.home(key)].last_failure()),
                 }));
             };
             match nodes[index]
@@ -283,11 +283,13 @@ impl Store for Cluster {
             node,
             instance,
         };
+        let skipped = meta.skipped();
         let item = |meta: Meta| {
             let flags = meta.client_flags.unwrap_or_default();
             let (flags, data) = match &self.inner.signer {
-                None => (flags, meta.data),
-                Some(signer) => signer.verify(key.as_bytes(), flags, meta.data),
+                // Skipped unread: a miss for its size, not a forgery.
+                Some(signer) if !skipped => signer.verify(key.as_bytes(), flags, meta.data),
+                _ => (flags, meta.data),
             };
             Item {
                 data,
@@ -417,7 +419,7 @@ impl Store for Cluster {
                 break StoreError {
                     operation: "invalidate",
                     node: nodes[home].server.to_string(),
-                    kind: StoreErrorKind::MarkedDown,
+                    kind: StoreErrorKind::MarkedDown(nodes[home].last_failure()),
                 };
             };
             match nodes[home]
@@ -734,7 +736,7 @@ mod tests {
         let pki = super::pki::Pki::new();
         let cert = pki.server("contract", &["127.0.0.1"], false, false);
         let authfile = pki.dir().join("authfile");
-        std::fs::write(&authfile, "alice:contract-password\n").unwrap();
+        super::pki::write_secret(&authfile, "alice:contract-password\n");
         let mut args = cert.args();
         args.extend(["-Y".to_owned(), authfile.display().to_string()]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -57,6 +57,11 @@ pub(crate) struct Node {
 }
 
 impl Node {
+    /// Why the node was last marked down, if it was.
+    pub(crate) fn last_failure(&self) -> Option<String> {
+        self.health.last_failure()
+    }
+
     /// A node that connects on first use.
     pub(crate) fn new(server: Server, config: &NodeConfig, epoch: Instant) -> Self {
         let health = Arc::new(Health::new(
@@ -555,7 +560,7 @@ impl managed::Manager for Manager {
                 // `failure_threshold`: one slow connect must not take down a node that answers.
                 let kind = if err.kind() == io::ErrorKind::TimedOut && !ready.any_open() {
                     StoreErrorKind::Timeout(connect_timeout)
-                } else if err.kind() == io::ErrorKind::PermissionDenied {
+                } else if super::auth::is_refusal(err) {
                     // A wrong password, or a TLS handshake that failed: every connect will be
                     // refused the same way. Down at once, and probed once per `retry_interval`,
                     // not a connect per call.

@@ -76,7 +76,12 @@ impl NodeTls {
         self.connector
             .connect(self.name.clone(), stream)
             .await
-            .map_err(|err| io::Error::new(io::ErrorKind::PermissionDenied, described(&err)))
+            .map_err(|err| match described(&err) {
+                // Refused on a certificate or the protocol: the same at every connect.
+                Some(what) => super::auth::refusal(format!("TLS: {what}")),
+                // The network failed during the handshake: an I/O failure like any other.
+                None => io::Error::new(err.kind(), format!("TLS handshake: {err}")),
+            })
     }
 
     /// None can be made without the `tls` feature.
@@ -86,32 +91,28 @@ impl NodeTls {
     }
 }
 
-/// A TLS handshake's failure, said for an operator.
+/// A TLS handshake's failure on a certificate or the protocol, said for an operator; `None` for
+/// an I/O failure.
 #[cfg(feature = "tls")]
-fn described(err: &io::Error) -> String {
+fn described(err: &io::Error) -> Option<String> {
     use rustls::{CertificateError, Error as Tls};
     let inner = err.get_ref().and_then(|inner| inner.downcast_ref::<Tls>());
-    let what = match inner {
-        Some(Tls::InvalidCertificate(CertificateError::UnknownIssuer)) => {
+    Some(match inner? {
+        Tls::InvalidCertificate(CertificateError::UnknownIssuer) => {
             "the server's certificate is signed by an unknown authority (see tls_ca_file)"
                 .to_owned()
         }
-        Some(Tls::InvalidCertificate(
+        Tls::InvalidCertificate(
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-        )) => "the server's certificate is not valid for the host as configured".to_owned(),
-        Some(Tls::InvalidCertificate(
+        ) => "the server's certificate is not valid for the host as configured".to_owned(),
+        Tls::InvalidCertificate(
             CertificateError::Expired | CertificateError::ExpiredContext { .. },
-        )) => "the server's certificate has expired".to_owned(),
-        Some(Tls::InvalidMessage(_) | Tls::InappropriateMessage { .. }) => {
+        ) => "the server's certificate has expired".to_owned(),
+        Tls::InvalidMessage(_) | Tls::InappropriateMessage { .. } => {
             "the server does not speak TLS (is it started with -Z?)".to_owned()
         }
-        Some(other) => other.to_string(),
-        None if err.kind() == io::ErrorKind::UnexpectedEof => {
-            "the server closed the connection during the handshake (does it speak TLS?)".to_owned()
-        }
-        None => err.to_string(),
-    };
-    format!("TLS: {what}")
+        other => other.to_string(),
+    })
 }
 
 /// Where a cache's TLS roots come from (`CacheBuilder::tls`, `tls_ca_file`, `tls_config`),
