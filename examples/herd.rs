@@ -42,7 +42,9 @@
 //!   another process (its first lookup included). Callers that waited on a call of their own
 //!   process make none and are not counted. `null` for naive.
 //! - `warm_*`: N gets of random cached keys per process, from all its callers at once, or as
-//!   many as they make in `--warm-secs`; `warm_coalesced_waits`: of those, how many distcache
+//!   many as they make in `--warm-secs`; uniform, or by Zipf's law with `--zipf S` (the hot keys
+//!   of a real workload); `node_gets`: each node's `cmd_get` over the warm phase, and
+//!   `hottest_node_gets` the most (not with TLS or a login); `warm_coalesced_waits`: of those, how many distcache
 //!   served by joining an identical get in flight in the same process.
 //!
 //! A failing origin (`--origin-down-after S --origin-down-for S`, counted from the warm phase's
@@ -103,6 +105,9 @@ struct Args {
     password: Option<String>,
     /// Signed values (`signing_keys`), with a key of the herd's own.
     signed: bool,
+    /// The warm phase's keys by popularity: Zipf with this exponent (rank r is asked with
+    /// probability proportional to 1 / r^s); `None`: uniform.
+    zipf: Option<f64>,
     /// The naive system's pool size per server; default: deadpool's (twice the CPUs).
     naive_pool: usize,
     /// Tokio worker threads in each herd process; default: the process's share of the
@@ -150,6 +155,7 @@ fn parse_args() -> Result<Args, String> {
         username: None,
         password: None,
         signed: false,
+        zipf: None,
         naive_pool: 2 * cores(),
         workers: None,
         dump_calls: None,
@@ -194,6 +200,12 @@ fn parse_args() -> Result<Args, String> {
             "--spawn-servers" => args.spawn_servers = true,
             "--tls" => args.tls = true,
             "--signed" => args.signed = true,
+            "--zipf" => {
+                args.zipf = Some(match value()?.parse::<f64>() {
+                    Ok(s) if s > 0.0 && s.is_finite() => s,
+                    _ => return Err("--zipf takes a positive exponent, such as 1.1".into()),
+                })
+            }
             "--auth" => args.auth = true,
             "--tls-ca-file" => args.tls_ca_file = Some(value()?),
             "--username" => args.username = Some(value()?),
@@ -441,6 +453,14 @@ async fn coordinate(mut args: Args) {
         }
         std::fs::write(path, dump).expect("write --dump-calls");
     }
+    // Each node's gets, read before the warm phase and after: where the load of hot keys lands.
+    // Not over TLS or with a login, which the coordinator's raw client does not speak.
+    let count_gets = args.tls_ca_file.is_none() && args.username.is_none();
+    let gets_before = if count_gets {
+        node_gets(&args.servers).await
+    } else {
+        Vec::new()
+    };
     let warm_at = now_us() + PHASE_START_US;
     for child in &mut children {
         writeln!(child.stdin.as_mut().expect("piped"), "warm {warm_at}").expect("tell a child");
@@ -476,6 +496,16 @@ async fn coordinate(mut args: Args) {
         assert!(status.success(), "a child failed: {status}");
     }
 
+    let node_gets_during: Vec<u64> = if count_gets {
+        node_gets(&args.servers)
+            .await
+            .iter()
+            .zip(&gets_before)
+            .map(|(after, before)| after - before)
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut getter_calls = 0;
     let (mut down_calls, mut down_calls_max) = (0, 0);
     for k in 0..args.keys {
@@ -572,6 +602,9 @@ async fn coordinate(mut args: Args) {
         "warm_p99_ms": percentile(&all, 99.0),
         "warm_max_ms": percentile(&all, 100.0),
         "warm_secs": args.warm_secs,
+        "zipf": args.zipf,
+        "node_gets": count_gets.then(|| node_gets_during.clone()),
+        "hottest_node_gets": count_gets.then(|| node_gets_during.iter().copied().max().unwrap_or(0)),
         "expire_s": args.expire.as_secs_f64(),
         "stale_if_error_s": args.stale_if_error.map(|d| d.as_secs_f64()),
         "error_backoff_s": args.error_backoff.map(|d| d.as_secs_f64()),
@@ -597,6 +630,48 @@ async fn coordinate(mut args: Args) {
         "recovery_s": outage.then(|| round(totals.recovery_us as f64 / 1e6, 3)),
     });
     println!("{line}");
+}
+
+/// Each server's `cmd_get` (memcached counts a meta get in it), asked with `stats`.
+async fn node_gets(servers: &[String]) -> Vec<u64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut gets = Vec::new();
+    for server in servers {
+        let mut stream = tokio::net::TcpStream::connect(server.as_str())
+            .await
+            .expect("connect for stats");
+        stream.write_all(b"stats\r\n").await.expect("ask stats");
+        let mut answer = Vec::new();
+        while !answer.ends_with(b"END\r\n") {
+            let mut chunk = [0u8; 8192];
+            let n = stream.read(&mut chunk).await.expect("read stats");
+            assert!(n > 0, "{server} closed before answering stats");
+            answer.extend_from_slice(&chunk[..n]);
+        }
+        let count = String::from_utf8_lossy(&answer)
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("STAT cmd_get ")
+                    .map(|n| n.trim().parse().unwrap())
+            })
+            .expect("cmd_get in stats");
+        gets.push(count);
+    }
+    gets
+}
+
+/// Zipf's cumulative distribution over `keys` ranks with exponent `s`, for sampling by search.
+fn zipf_cdf(keys: usize, s: f64) -> Vec<f64> {
+    let mut cdf: Vec<f64> = (1..=keys).map(|r| 1.0 / (r as f64).powf(s)).collect();
+    let mut sum = 0.0;
+    for p in &mut cdf {
+        sum += *p;
+        *p = sum;
+    }
+    for p in &mut cdf {
+        *p /= sum;
+    }
+    cdf
 }
 
 fn round(x: f64, digits: i32) -> f64 {
@@ -673,6 +748,11 @@ fn spawn_child(args: &Args, counter: &str, run: &str, index: usize) -> Child {
         ])
         .args(["--naive-pool", &args.naive_pool.to_string()])
         .args(args.signed.then_some("--signed"))
+        .args(
+            args.zipf
+                .iter()
+                .flat_map(|s| ["--zipf".to_owned(), s.to_string()]),
+        )
         .args(
             args.tls_ca_file
                 .iter()
@@ -1132,10 +1212,11 @@ async fn child(args: Args, run: String) {
     let before = system.stats();
     let per_caller = args.warm_gets / args.callers;
     let extra = args.warm_gets % args.callers;
+    let zipf = Arc::new(args.zipf.map(|s| zipf_cdf(args.keys, s)));
     let start = now_us();
     let callers: Vec<_> = (0..args.callers)
         .map(|caller| {
-            let (system, getter) = (system.clone(), getter.clone());
+            let (system, getter, zipf) = (system.clone(), getter.clone(), zipf.clone());
             let gets = per_caller + usize::from(caller < extra);
             let keys = args.keys;
             let mut rng = caller_rng(&args, caller, Phase::Warm);
@@ -1149,7 +1230,13 @@ async fn child(args: Args, run: String) {
                         None if made == gets => break,
                         _ => made += 1,
                     }
-                    let k = rng.usize(0..keys);
+                    let k = match &*zipf {
+                        Some(cdf) => {
+                            let u = rng.f64();
+                            cdf.partition_point(|&p| p < u).min(keys - 1)
+                        }
+                        None => rng.usize(0..keys),
+                    };
                     let result = system.get(k, &getter).await;
                     let end = now_us();
                     let down = outage.is_some_and(|(from, until)| (from..until).contains(&t));

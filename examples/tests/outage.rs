@@ -2,7 +2,8 @@
 //! origin: with `stale_if_error`, no call fails and the origin is asked about once per key per
 //! `error_backoff` while it is down; without it, the callers get the getter's error or
 //! `Error::Backoff`, never anything else, and the origin is asked as rarely. Over TLS with a
-//! login, the processes share one run per key. The full-size figures are in BENCHMARKS.md.
+//! login, the processes share one run per key. With Zipf keys, each node's gets are counted. The
+//! full-size figures are in BENCHMARKS.md.
 
 mod common;
 
@@ -109,6 +110,38 @@ fn over_tls_with_a_login_processes_share_one_run_per_key() {
     assert_eq!(
         (&r["duplicate_calls"], &r["failed_calls"]),
         (&0.into(), &0.into()),
+        "{r}"
+    );
+}
+
+/// Keys by Zipf's law in the warm phase: every get is of its key, and each node's gets are
+/// counted from its own `stats`.
+#[test]
+fn zipf_keys_and_node_gets() {
+    let output = std::process::Command::new(common::example_binary("herd"))
+        .args(["--spawn-servers", "--procs", "2", "--callers", "8"])
+        .args(["--keys", "200", "--zipf", "1.1", "--warm-secs", "1"])
+        .output()
+        .expect("the herd runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the herd succeeded:\n{stderr}");
+    let r: Value =
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|err| panic!("{err}:\n{stderr}"));
+    assert_eq!(r["failed_calls"], 0, "{r}");
+    let nodes: Vec<u64> = r["node_gets"]
+        .as_array()
+        .expect("node_gets")
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .collect();
+    assert_eq!(nodes.len(), 3, "{r}");
+    let gets = r["warm_gets"].as_u64().unwrap();
+    let coalesced = r["warm_coalesced_waits"].as_u64().unwrap();
+    // Every warm get that did not join another in its process asked a node once.
+    assert_eq!(nodes.iter().sum::<u64>(), gets - coalesced, "{r}");
+    assert_eq!(
+        r["hottest_node_gets"].as_u64(),
+        nodes.iter().max().copied(),
         "{r}"
     );
 }
