@@ -62,9 +62,19 @@ struct Shared {
 impl FaultProxy {
     /// A proxy to the server at `upstream` (`127.0.0.1:port`), passing traffic through.
     pub async fn start(upstream: &str) -> Self {
+        Self::start_with(upstream, None).await
+    }
+
+    /// A proxy whose connections from clients take at most about `bytes` into their receive
+    /// buffer: with [`Fault::Slice`], a client's large write finds its socket full.
+    pub async fn start_narrow(upstream: &str, bytes: u32) -> Self {
+        Self::start_with(upstream, Some(bytes)).await
+    }
+
+    async fn start_with(upstream: &str, receive_buffer: Option<u32>) -> Self {
         let upstream: SocketAddr = upstream.parse().expect("a loopback address");
         assert!(upstream.ip().is_loopback(), "loopback only");
-        let listener = listen("127.0.0.1:0".parse().unwrap());
+        let listener = listen("127.0.0.1:0".parse().unwrap(), receive_buffer);
         let addr = listener.local_addr().unwrap();
         let (fault, faults) = watch::channel(Fault::Pass);
         let shared = Arc::new(Shared {
@@ -74,7 +84,13 @@ impl FaultProxy {
             taken_lines: AtomicUsize::new(0),
             connections: Mutex::new(Vec::new()),
         });
-        let task = tokio::spawn(accept(listener, addr, faults, shared.clone()));
+        let task = tokio::spawn(accept(
+            listener,
+            addr,
+            receive_buffer,
+            faults,
+            shared.clone(),
+        ));
         FaultProxy {
             addr,
             fault,
@@ -148,10 +164,14 @@ impl Drop for FaultProxy {
     }
 }
 
-fn listen(addr: SocketAddr) -> TcpListener {
+fn listen(addr: SocketAddr, receive_buffer: Option<u32>) -> TcpListener {
     let socket = TcpSocket::new_v4().unwrap();
     // The same port again after `Refuse`, while old connections are in TIME_WAIT.
     socket.set_reuseaddr(true).unwrap();
+    if let Some(bytes) = receive_buffer {
+        // Inherited by the accepted connections.
+        socket.set_recv_buffer_size(bytes).unwrap();
+    }
     socket.bind(addr).unwrap();
     socket.listen(1024).unwrap()
 }
@@ -159,6 +179,7 @@ fn listen(addr: SocketAddr) -> TcpListener {
 async fn accept(
     listener: TcpListener,
     addr: SocketAddr,
+    receive_buffer: Option<u32>,
     mut faults: watch::Receiver<Fault>,
     shared: Arc<Shared>,
 ) {
@@ -170,7 +191,7 @@ async fn accept(
                 return;
             }
             if *faults.borrow() != Fault::Refuse {
-                listener = Some(listen(addr));
+                listener = Some(listen(addr, receive_buffer));
             }
             continue;
         };
