@@ -634,28 +634,9 @@ async fn coordinate(mut args: Args) {
 
 /// Each server's `cmd_get` (memcached counts a meta get in it), asked with `stats`.
 async fn node_gets(servers: &[String]) -> Vec<u64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut gets = Vec::new();
     for server in servers {
-        let mut stream = tokio::net::TcpStream::connect(server.as_str())
-            .await
-            .expect("connect for stats");
-        stream.write_all(b"stats\r\n").await.expect("ask stats");
-        let mut answer = Vec::new();
-        while !answer.ends_with(b"END\r\n") {
-            let mut chunk = [0u8; 8192];
-            let n = stream.read(&mut chunk).await.expect("read stats");
-            assert!(n > 0, "{server} closed before answering stats");
-            answer.extend_from_slice(&chunk[..n]);
-        }
-        let count = String::from_utf8_lossy(&answer)
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("STAT cmd_get ")
-                    .map(|n| n.trim().parse().unwrap())
-            })
-            .expect("cmd_get in stats");
-        gets.push(count);
+        gets.push(memcached::stat(server, "cmd_get").await);
     }
     gets
 }

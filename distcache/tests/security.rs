@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use distcache::{BuildError, Cache, CacheBuilder, Error, OnUnavailable};
-use support::memcached::{Memcached, Outside};
+use support::memcached::{Memcached, Outside, stat};
 use tokio::time::Instant;
 
 const USER: &str = "alice";
@@ -180,31 +180,10 @@ async fn a_server_that_asks_for_no_login_is_never_sent_the_password() {
     assert_eq!(got, 7);
     assert_eq!(cache.stats().degraded_calls, 0);
     assert_eq!(
-        items(&server).await,
+        stat(&server.addr(), "curr_items").await,
         1,
         "the value alone: no login was stored as an item"
     );
-}
-
-/// The server's `curr_items`.
-async fn items(server: &Memcached) -> u64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
-    stream.write_all(b"stats\r\n").await.unwrap();
-    let mut answer = Vec::new();
-    while !answer.ends_with(b"END\r\n") {
-        let mut chunk = [0u8; 4096];
-        let n = stream.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "the server answers stats");
-        answer.extend_from_slice(&chunk[..n]);
-    }
-    String::from_utf8_lossy(&answer)
-        .lines()
-        .find_map(|line| line.strip_prefix("STAT curr_items "))
-        .expect("curr_items")
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 #[test]

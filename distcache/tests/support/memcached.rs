@@ -326,3 +326,25 @@ pub async fn remaining_ttl(addr: &str, key: &str) -> i64 {
         .parse()
         .unwrap()
 }
+
+/// The server at `addr`'s `stats` counter `name` (`curr_items`, `cmd_get`), asked on a connection
+/// of its own.
+pub async fn stat(addr: &str, name: &str) -> u64 {
+    let mut stream = TcpStream::connect(addr).await.expect("connect for stats");
+    stream.write_all(b"stats\r\n").await.expect("ask stats");
+    let mut answer = Vec::new();
+    while !answer.ends_with(b"END\r\n") {
+        let mut chunk = [0u8; 8192];
+        let n = stream.read(&mut chunk).await.expect("read stats");
+        assert!(n > 0, "{addr} closed before answering stats");
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    let prefix = format!("STAT {name} ");
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(prefix.as_str())
+                .map(|n| n.trim().parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no {name} in stats"))
+}
