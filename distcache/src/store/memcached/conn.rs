@@ -91,12 +91,16 @@ pub(crate) struct ConnConfig {
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     type Read: AsyncRead + Unpin + Send + 'static;
     type Write: AsyncWrite + Unpin + Send + 'static;
+    /// Whether a write may keep bytes back that only a flush sends (TLS's records); the writer
+    /// flushes after each batch only then, not on every batch of a plain TCP connection.
+    const KEEPS_WRITES: bool;
     fn into_halves(self) -> (Self::Read, Self::Write);
 }
 
 impl Stream for TcpStream {
     type Read = OwnedReadHalf;
     type Write = OwnedWriteHalf;
+    const KEEPS_WRITES: bool = false;
 
     /// Two halves without a lock between them.
     fn into_halves(self) -> (OwnedReadHalf, OwnedWriteHalf) {
@@ -108,6 +112,7 @@ impl Stream for TcpStream {
 impl Stream for super::tls::TlsStream {
     type Read = tokio::io::ReadHalf<Self>;
     type Write = tokio::io::WriteHalf<Self>;
+    const KEEPS_WRITES: bool = true;
 
     /// A TLS session's state is one: its halves share it under a lock.
     fn into_halves(self) -> (Self::Read, Self::Write) {
@@ -332,6 +337,7 @@ impl Connection {
         let writer = tokio::spawn(write_requests(
             shared.clone(),
             write,
+            S::KEEPS_WRITES,
             ClosesOnDrop(shared.clone()),
         ));
         shared
@@ -670,6 +676,7 @@ impl Drop for ClosesOnDrop {
 async fn write_requests<W: AsyncWrite + Unpin>(
     shared: Arc<Shared>,
     mut write: W,
+    flush: bool,
     _closes: ClosesOnDrop,
 ) {
     loop {
@@ -719,8 +726,8 @@ async fn write_requests<W: AsyncWrite + Unpin>(
             }
         }
         // TLS keeps the records of a write that found the socket full: a flush sends them (before
-        // the writer sleeps on an idle connection, where nothing else would). A no-op on TCP.
-        if let Err(err) = write.flush().await {
+        // the writer sleeps on an idle connection, where nothing else would).
+        if flush && let Err(err) = write.flush().await {
             shared.fail(&format!("write failed: {err}"));
             return;
         }
