@@ -116,18 +116,18 @@ impl<M> GetOptions<M> {
     #[must_use]
     pub const fn soft_timeout(self, soft_timeout: Duration) -> GetOptions<Detached> {
         GetOptions {
-            exec_limit: self.exec_limit,
-            expire: self.expire,
-            refresh_ahead: self.refresh_ahead,
-            error_backoff: self.error_backoff,
-            stale_if_error: self.stale_if_error,
             soft_timeout: Some(soft_timeout),
-            mode: PhantomData,
+            ..self.in_mode()
         }
     }
 
     /// These options, in the mode every call takes: what the flight reads.
     pub(crate) const fn erased(&self) -> GetOptions {
+        self.in_mode()
+    }
+
+    /// The same settings, in mode `N`.
+    const fn in_mode<N>(&self) -> GetOptions<N> {
         GetOptions {
             exec_limit: self.exec_limit,
             expire: self.expire,

@@ -71,15 +71,9 @@ async fn stored_then_stale(cache: &Cache, key: &str, value: &str) {
     tokio::time::sleep(EXPIRE + Duration::from_millis(50)).await;
 }
 
+/// A call whose origin is down, with the cache's own settings.
 async fn failing(cache: &Cache, key: &str) -> Result<String, Error> {
-    cache
-        .get(key, LIMIT, EXPIRE, || async {
-            Err(Error::InvalidArgument {
-                key: "origin".into(),
-                reason: "the origin is down",
-            })
-        })
-        .await
+    failing_with(cache, key, &GetOptions::new(LIMIT, EXPIRE)).await
 }
 
 /// While one caller recomputes a stale value (its getter held), every other caller, in this
