@@ -15,8 +15,8 @@ use syn::{Expr, ExprLit, Ident, Lit, LitStr, Meta, Token};
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 const VALID: &str = "`expire`, `exec_limit`, `name`, `cache`, `skip(...)`, `key`, \
-                     `refresh_ahead`, `error_backoff`, `stale_if_error`, `soft_timeout` and \
-                     `helpers`";
+                     `refresh_ahead`, `error_backoff`, `stale_if_error`, `soft_timeout`, \
+                     `near_ttl` and `helpers`";
 
 /// The checked arguments.
 pub(crate) struct Args {
@@ -38,6 +38,9 @@ pub(crate) struct Args {
     /// `soft_timeout`'s span, if given: the getter may then finish in the background, so the
     /// function must not borrow (`expand::check`), and its call is the detached one.
     pub(crate) soft_timeout: Option<Span>,
+    /// `near_ttl`'s span, if given, and whether it keeps values (not `"0s"`): the value type
+    /// must then be keepable, an error spanned there.
+    pub(crate) near_ttl: Option<(Span, bool)>,
 }
 
 pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
@@ -46,6 +49,7 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
     let (mut expire, mut exec_limit, mut name, mut cache) = (None, None, None, None);
     let (mut skip, mut key, mut helpers) = (None, None, None);
     let mut soft_timeout = None;
+    let mut near_ttl = None;
     let mut options = Vec::new();
     let mut given = Vec::new();
     for meta in metas {
@@ -137,6 +141,14 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
                 }
                 Err(err) => errors.push(err),
             },
+            "near_ttl" => match setting(&nv.value, "near_ttl", true) {
+                Ok(d) => {
+                    let (secs, nanos) = (d.as_secs(), d.subsec_nanos());
+                    near_ttl = Some((nv.path.span(), !d.is_zero()));
+                    options.push(quote!(.near_ttl(::core::time::Duration::new(#secs, #nanos))));
+                }
+                Err(err) => errors.push(err),
+            },
             "refresh_ahead" => match fraction(&nv.value) {
                 Ok(fraction) => options.push(quote!(.refresh_ahead(#fraction))),
                 Err(err) => errors.push(err),
@@ -190,6 +202,7 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
         options,
         helpers: helpers.unwrap_or(true),
         soft_timeout,
+        near_ttl,
     })
 }
 

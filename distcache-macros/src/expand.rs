@@ -353,6 +353,22 @@ fn expand(args: Args, mut function: ItemFn) -> TokenStream {
         static __DISTCACHE_OPTIONS: #options_type =
             ::distcache::GetOptions::new(#exec_limit, #expire) #(#per_function)*;
     };
+    // Whether values are kept near: with `near_ttl`, the value type must allow it (an error
+    // spanned at `near_ttl`); without it, they are where the type allows, if the cache has a
+    // `near_ttl` (`DISTCACHE_NEAR_TTL`).
+    let near = match args.near_ttl {
+        Some((span, true)) => quote_spanned!(span=> ::distcache::__private::keep_near()),
+        // Spanned at the return type, as the call is: a type that is not a cacheable `Result`
+        // is reported there once, not again for this argument.
+        Some((_, false)) => {
+            quote_spanned!(return_type.span()=> ::distcache::__private::Near::never())
+        }
+        None => quote_spanned! {return_type.span()=> {
+            #[allow(unused_imports)]
+            use ::distcache::__private::{KeptIfClone as _, NotKept as _};
+            (&&::distcache::__private::Probe::<#return_type>::new()).near()
+        }},
+    };
     let block = &function.block;
     // The call is spanned at the return type: a type that is not a cacheable `Result` is
     // reported there, once.
@@ -362,6 +378,7 @@ fn expand(args: Args, mut function: ItemFn) -> TokenStream {
             #label,
             __distcache_key,
             &__DISTCACHE_OPTIONS,
+            #near,
             move || async move {
                 #(#destructure)*
                 #fake_return

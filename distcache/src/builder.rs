@@ -40,6 +40,12 @@ const IN_PROCESS_ENTRIES: std::ops::RangeInclusive<usize> = 16..=1_000_000_000;
 /// The range of `in_process_max_bytes`: from 4 KiB for each of the store's 16 shards to 1 TiB.
 const IN_PROCESS_BYTES: std::ops::RangeInclusive<u64> = 64 * 1024..=1 << 40;
 
+/// The range of `near_max_entries`.
+const NEAR_ENTRIES: std::ops::RangeInclusive<usize> = 1..=1_000_000_000;
+
+/// The range of `near_max_bytes`: 64 KiB to 1 TiB.
+const NEAR_BYTES: std::ops::RangeInclusive<u64> = 64 * 1024..=1 << 40;
+
 /// Configures a [`Cache`]. Nothing is checked or connected until [`build`](CacheBuilder::build).
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until .build() is called"]
@@ -58,6 +64,9 @@ pub struct CacheBuilder {
     error_backoff: Option<Duration>,
     stale_if_error: Duration,
     soft_timeout: Option<Duration>,
+    near_ttl: Duration,
+    near_max_entries: usize,
+    near_max_bytes: u64,
     /// Checked when given; `Debug` shows no password.
     credentials: Option<Result<Credentials, String>>,
     /// Where TLS's roots come from, resolved by `build`; `None`: plain TCP.
@@ -84,6 +93,9 @@ impl Default for CacheBuilder {
             error_backoff: None,
             stale_if_error: Duration::ZERO,
             soft_timeout: None,
+            near_ttl: Duration::ZERO,
+            near_max_entries: 10_000,
+            near_max_bytes: 32 << 20,
             credentials: None,
             tls: None,
             signing: None,
@@ -261,6 +273,52 @@ impl CacheBuilder {
         self
     }
 
+    /// Keeps values in this process for `near_ttl` after the store read that brought them was
+    /// sent (or their write), and serves them from there, decoded, without asking the store: the
+    /// near cache, for the keys read most. It applies to the calls that can keep a value:
+    /// [`Cache::get_near`](crate::Cache::get_near), and `#[distcached]` functions whose value is
+    /// `Clone + Send + Sync + 'static`.
+    ///
+    /// **The staleness bound.** A value is served from here at most `near_ttl` after the read
+    /// that brought it was sent, and never past its own expiry in the store. So another
+    /// process's new value, or its [`invalidate`](crate::Cache::invalidate), reaches this
+    /// process's callers up to `near_ttl` late. This process's own `invalidate` removes its copy
+    /// at once. Near hits are counted in [`Stats::near_hits`](crate::Stats::near_hits), not in
+    /// `hits`.
+    ///
+    /// Off by default (zero). Between 1 ms and 365 days. Per call:
+    /// [`GetOptions::near_ttl`](crate::GetOptions::near_ttl); per function:
+    /// `#[distcached(near_ttl = "1s")]`; for the default cache: `DISTCACHE_NEAR_TTL`. Bounded by
+    /// [`near_max_entries`](Self::near_max_entries) and [`near_max_bytes`](Self::near_max_bytes).
+    ///
+    /// ```
+    /// let cache = distcache::Cache::builder()
+    ///     .near_ttl(std::time::Duration::from_secs(1))
+    ///     .build()?;
+    /// # Ok::<(), distcache::BuildError>(())
+    /// ```
+    pub fn near_ttl(mut self, near_ttl: Duration) -> Self {
+        self.near_ttl = near_ttl;
+        self
+    }
+
+    /// The most values the near cache keeps; past it, or past
+    /// [`near_max_bytes`](Self::near_max_bytes), it evicts those least likely to be read again
+    /// (quick_cache's CLOCK-Pro). Between 1 and 10⁹; default: 10,000.
+    pub fn near_max_entries(mut self, entries: usize) -> Self {
+        self.near_max_entries = entries;
+        self
+    }
+
+    /// The most bytes the near cache keeps, counting each value as its JSON size (its decoded
+    /// form may take more or less), its key, and about 100 bytes per entry; each entry counts
+    /// for at least `near_max_bytes / near_max_entries`, which keeps both limits with one
+    /// budget. Between 64 KiB and 1 TiB; default: 32 MiB.
+    pub fn near_max_bytes(mut self, bytes: u64) -> Self {
+        self.near_max_bytes = bytes;
+        self
+    }
+
     /// Logs in to servers that ask for it (`memcached -Y authfile`, whose lines are
     /// `username:password`; printable ASCII, without spaces), on each new connection, before any
     /// request. A server that does not
@@ -430,6 +488,34 @@ impl CacheBuilder {
                 reason: format!("{soft:?} is not between 1ms and 365 days"),
             });
         }
+        if !self.near_ttl.is_zero() && !duration_in_range(self.near_ttl) {
+            return Err(BuildError::InvalidSetting {
+                setting: "near_ttl",
+                reason: format!("{:?} is not between 1ms and 365 days", self.near_ttl),
+            });
+        }
+        if !NEAR_ENTRIES.contains(&self.near_max_entries) {
+            return Err(BuildError::InvalidSetting {
+                setting: "near_max_entries",
+                reason: format!(
+                    "{} is not between {} and {}",
+                    self.near_max_entries,
+                    NEAR_ENTRIES.start(),
+                    NEAR_ENTRIES.end()
+                ),
+            });
+        }
+        if !NEAR_BYTES.contains(&self.near_max_bytes) {
+            return Err(BuildError::InvalidSetting {
+                setting: "near_max_bytes",
+                reason: format!(
+                    "{} is not between {} and {}",
+                    self.near_max_bytes,
+                    NEAR_BYTES.start(),
+                    NEAR_BYTES.end()
+                ),
+            });
+        }
         if let Some(Err(reason)) = &self.signing {
             return Err(BuildError::InvalidSetting {
                 setting: "signing_keys",
@@ -475,6 +561,7 @@ impl CacheBuilder {
             flights: Default::default(),
             stats: Default::default(),
             estimates: Default::default(),
+            near: Default::default(),
             config: Config {
                 max_value_bytes: self.max_value_bytes,
                 on_unavailable: self.on_unavailable,
@@ -483,6 +570,9 @@ impl CacheBuilder {
                 error_backoff: self.error_backoff,
                 stale_if_error: self.stale_if_error,
                 soft_timeout: self.soft_timeout,
+                near_ttl: self.near_ttl,
+                near_max_entries: self.near_max_entries,
+                near_max_bytes: self.near_max_bytes,
             },
         };
         Ok(Cache::from_parts(core, store))

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use crate::core::{Core, Tasks};
 use crate::error::Error;
 use crate::flight::{self, Detachable, Getter};
+use crate::near::Keep;
 use crate::options::GetOptions;
 use crate::schedule::{Site, site_of};
 use crate::stats::Stats;
@@ -54,6 +55,11 @@ impl Cache {
     #[cfg(test)]
     pub(crate) fn soft_timeout(&self) -> Option<Duration> {
         self.inner.core.config.soft_timeout
+    }
+
+    #[cfg(test)]
+    pub(crate) fn near_ttl(&self) -> Duration {
+        self.inner.core.config.near_ttl
     }
 
     /// The in-process store's entries and bytes now; `None` on memcached.
@@ -156,7 +162,8 @@ impl Cache {
         Fut: Future<Output = Result<T, E>>,
     {
         let options = GetOptions::new(exec_limit, expire);
-        self.get_at(site_of::<F>(), key, &options, getter).await
+        self.get_at(site_of::<F>(), key, &options, None, getter)
+            .await
     }
 
     /// [`Cache::get`] with a call's settings as one value, per-call options included, which
@@ -189,7 +196,63 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        self.get_at(site_of::<F>(), key, options, getter).await
+        self.get_at(site_of::<F>(), key, options, None, getter)
+            .await
+    }
+
+    /// [`Cache::get_with`], keeping the value in this process (the near cache) for the
+    /// options' [`near_ttl`](GetOptions::near_ttl), or the cache's
+    /// ([`CacheBuilder::near_ttl`](crate::CacheBuilder::near_ttl)): a call within it returns a
+    /// clone of the kept value, without asking the store or decoding JSON. For the keys read
+    /// most, whose reads would all land on one memcached server.
+    ///
+    /// **The staleness bound.** A value is served from this process at most `near_ttl` after
+    /// the store read that brought it was sent (or after its write), and never past its own
+    /// expiry in the store: another process's new value, or its `invalidate`, reaches this
+    /// process's callers up to `near_ttl` late. This process's own
+    /// [`invalidate`](Cache::invalidate) removes its copy at once. With neither `near_ttl` set,
+    /// this is [`Cache::get_with`].
+    ///
+    /// The value is cloned out on each call: wrap a large one in an [`Arc`] to make that a
+    /// reference count.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use distcache::GetOptions;
+    ///
+    /// static PRICES: GetOptions = GetOptions::new(Duration::from_secs(5), Duration::from_secs(60))
+    ///     .near_ttl(Duration::from_secs(1));
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), distcache::Error> {
+    /// let cache = distcache::Cache::builder().build().unwrap();
+    /// let prices: Arc<Vec<u64>> = cache
+    ///     .get_near("prices", &PRICES, || async { Ok::<_, distcache::Error>(Arc::new(vec![1999, 2999])) })
+    ///     .await?;
+    /// // Within a second, without the store: the same `Arc`.
+    /// let again: Arc<Vec<u64>> = cache
+    ///     .get_near("prices", &PRICES, || async { unreachable!() })
+    ///     .await?;
+    /// assert!(Arc::ptr_eq(&prices, &again));
+    /// assert_eq!(cache.stats().near_hits, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn get_near<T, E, F, Fut>(
+        &self,
+        key: &str,
+        options: &GetOptions,
+        getter: F,
+    ) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        E: From<Error> + std::fmt::Debug,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let keep = Some(Keep::new());
+        self.get_at(site_of::<F>(), key, options, keep, getter)
+            .await
     }
 
     /// [`Cache::get_with`] for a getter that may outlive the call, so that options with a
@@ -235,7 +298,8 @@ impl Cache {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, E>> + Send + 'static,
     {
-        self.get_at(site_of::<F>(), key, &options.erased(), Detachable(getter))
+        let options = options.erased();
+        self.get_at(site_of::<F>(), key, &options, None, Detachable(getter))
             .await
     }
 
@@ -246,6 +310,7 @@ impl Cache {
         site: Site,
         key: &str,
         options: &GetOptions,
+        keep: Option<Keep<T>>,
         getter: F,
     ) -> Result<T, E>
     where
@@ -261,6 +326,7 @@ impl Cache {
             site,
             key,
             options,
+            keep,
             getter,
         )
         .await
@@ -284,7 +350,9 @@ impl Cache {
     }
 
     /// Removes `key`'s value, so that the next call computes it again (once). A getter running
-    /// for the key meanwhile still returns its value to its callers, but cannot store it.
+    /// for the key meanwhile still returns its value to its callers, but cannot store it. This
+    /// process's near cache drops its copy at once; other processes' copies live out their
+    /// `near_ttl` ([`CacheBuilder::near_ttl`](crate::CacheBuilder::near_ttl)).
     ///
     /// # Errors
     ///
@@ -308,8 +376,17 @@ impl Cache {
     /// ```
     pub async fn invalidate(&self, key: &str) -> Result<(), Error> {
         let inner = &*self.inner;
+        if let Some(near) = inner.core.near.get() {
+            near.invalidate(key);
+        }
         let wire = inner.core.keys.encode(key);
-        inner.store.invalidate(&wire).await.map_err(|err| {
+        let removed = inner.store.invalidate(&wire).await;
+        // Again: a read of this process sent while the store removed the value may have brought
+        // the old one back.
+        if let Some(near) = inner.core.near.get() {
+            near.invalidate(key);
+        }
+        removed.map_err(|err| {
             inner.core.stats.store_errors.incr();
             let key = key.to_owned();
             match &inner.store {

@@ -9,6 +9,7 @@ use tokio::task::JoinSet;
 
 use crate::coalesce::Flights;
 use crate::key::KeyEncoder;
+use crate::near::NearCache;
 use crate::schedule::Estimates;
 use crate::stats::Counters;
 
@@ -24,6 +25,17 @@ pub(crate) struct Core {
     pub(crate) stats: Counters,
     pub(crate) estimates: Estimates,
     pub(crate) config: Config,
+    /// Made by the first call that keeps a value near.
+    pub(crate) near: std::sync::OnceLock<NearCache>,
+}
+
+impl Core {
+    /// The near cache, made on first use.
+    pub(crate) fn near(&self) -> &NearCache {
+        self.near.get_or_init(|| {
+            NearCache::new(self.config.near_max_entries, self.config.near_max_bytes)
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -39,6 +51,10 @@ pub(crate) struct Config {
     pub(crate) stale_if_error: Duration,
     /// How long a detached call waits for the recompute of a value it has; `None`: until done.
     pub(crate) soft_timeout: Option<Duration>,
+    /// How long calls that can keep values in this process keep them; zero: they do not.
+    pub(crate) near_ttl: Duration,
+    pub(crate) near_max_entries: usize,
+    pub(crate) near_max_bytes: u64,
 }
 
 /// The recomputes that run on after their call returned (`soft_timeout`), and the core they

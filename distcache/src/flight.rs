@@ -46,6 +46,7 @@ use crate::core::{
 use crate::entry::{self, Decision};
 use crate::error::Error;
 use crate::key::WireKey;
+use crate::near::{Keep, Sent};
 use crate::options::GetOptions;
 use crate::schedule::{Knowledge, PollSchedule, Site, SiteWait};
 use crate::store::{Fill, Item, Lease, Lookup, Store, StoreError, StoreErrorKind, whole_seconds};
@@ -187,6 +188,7 @@ impl<S: Store> Job<S> {
             error_backoff: self.error_backoff,
             options: &self.options,
             site: self.site,
+            near_ttl: Duration::ZERO,
         };
         call.recompute_claimed(self.claimed, self.header, &self.json, getter)
             .await
@@ -206,6 +208,10 @@ where
     }
 }
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a call's parts, each borrowed from its own owner: the cache's, then the caller's"
+)]
 pub(crate) async fn get<S, T, E, F>(
     core: &Core,
     tasks: Option<&Tasks>,
@@ -213,6 +219,7 @@ pub(crate) async fn get<S, T, E, F>(
     site: Site,
     key: &str,
     options: &GetOptions,
+    keep: Option<Keep<T>>,
     getter: F,
 ) -> Result<T, E>
 where
@@ -235,6 +242,7 @@ where
         error_backoff,
         stale_if_error,
         soft_timeout,
+        near_ttl,
         ..
     } = *options;
     if !in_range(exec_limit) {
@@ -271,6 +279,24 @@ where
     {
         return invalid("soft_timeout must be between 1ms and 365 days");
     }
+    if let Some(ttl) = near_ttl
+        && !ttl.is_zero()
+        && !duration_in_range(ttl)
+    {
+        return invalid("near_ttl must be zero (off) or between 1ms and 365 days");
+    }
+    // The near cache: only for calls whose value type can be kept, with a `near_ttl`.
+    let near_ttl = match keep {
+        Some(_) => near_ttl.unwrap_or(core.config.near_ttl),
+        None => Duration::ZERO,
+    };
+    let keep = keep.filter(|_| !near_ttl.is_zero());
+    if let Some(keep) = keep
+        && let Some(value) = core.near().get(key, keep)
+    {
+        core.stats.near_hits.incr();
+        return Ok(value);
+    }
     let call = Call {
         core,
         tasks,
@@ -284,10 +310,11 @@ where
         error_backoff,
         options,
         site,
+        near_ttl,
     };
     loop {
         match core.flights.join(&call.wire) {
-            Join::Leader(leader) => return call.lead(leader, getter).await,
+            Join::Leader(leader) => return call.lead(leader, keep, getter).await,
             Join::Follower(follower) => {
                 core.stats.coalesced_waits.incr();
                 match timeout_at(call.deadline, follower.wait()).await {
@@ -346,8 +373,23 @@ where
         error_backoff: None,
         options: &options,
         site,
+        near_ttl: Duration::ZERO,
     };
     call.run_getter(getter).await
+}
+
+/// How long a value found by a lookup that asked for its life may be kept near, counted from
+/// when the lookup was sent: its life left in the store and, for a value that carries its
+/// freshness, until it stops being fresh. `None`: not at all.
+fn near_life(item: &Item) -> Option<Duration> {
+    let life = item.life.unwrap_or(MAX_DURATION);
+    if item.flags != FRESHNESS_FLAGS {
+        return Some(life);
+    }
+    let header = Freshness::read(&item.data)?;
+    let now = codec::unix_millis(std::time::SystemTime::now());
+    let fresh = Duration::from_millis(header.fresh_until.checked_sub(now)?);
+    Some(life.min(fresh))
 }
 
 /// What the leader does after a lookup.
@@ -411,6 +453,8 @@ struct Call<'a, S> {
     /// The call's options, for those resolved only where they are used.
     options: &'a GetOptions,
     site: Site,
+    /// How long the values this call reads or writes are kept near; zero: not.
+    near_ttl: Duration,
 }
 
 impl<S: Store> Call<'_, S> {
@@ -428,7 +472,12 @@ impl<S: Store> Call<'_, S> {
         self.options.soft_timeout.or(self.core.config.soft_timeout)
     }
 
-    async fn lead<T, E, F>(&self, leader: Leader<'_>, getter: F) -> Result<T, E>
+    async fn lead<T, E, F>(
+        &self,
+        leader: Leader<'_>,
+        keep: Option<Keep<T>>,
+        getter: F,
+    ) -> Result<T, E>
     where
         T: Serialize + DeserializeOwned,
         E: From<Error> + std::fmt::Debug,
@@ -442,12 +491,14 @@ impl<S: Store> Call<'_, S> {
             if waiting.is_some() {
                 stats.wait_lookups.incr();
             }
+            let sent = keep.map(|_| self.core.near().sent());
             let lookup = match self
                 .store
                 .lookup(
                     &self.wire,
                     self.lease_ttl(),
                     self.refresh_window(),
+                    keep.is_some(),
                     self.deadline,
                 )
                 .await
@@ -459,6 +510,11 @@ impl<S: Store> Call<'_, S> {
                     return self.without_store(leader, getter, err).await;
                 }
                 Ok(lookup) => lookup,
+            };
+            // How long a value found may be kept near: its own life left, counted from `sent`.
+            let life = match (keep, &lookup) {
+                (Some(_), Lookup::Hit(item) | Lookup::Refresh(item)) => near_life(item),
+                _ => None,
             };
             let step = match lookup {
                 Lookup::Hit(item) | Lookup::Refresh(item) if item.flags == FRESHNESS_FLAGS => {
@@ -496,6 +552,9 @@ impl<S: Store> Call<'_, S> {
                     if let Some((since, ..)) = waiting {
                         self.core.estimates.record_wait(self.site, since.elapsed());
                     }
+                    if let (Some(keep), Some(sent), Some(life)) = (keep, sent, life) {
+                        self.keep_near(keep, &value, json.len(), sent, life);
+                    }
                     leader.publish(json);
                     return Ok(value);
                 }
@@ -504,6 +563,11 @@ impl<S: Store> Call<'_, S> {
                         self.core.estimates.record_wait(self.site, since.elapsed());
                     }
                     drop(waiting);
+                    // The current value, for what it has left: its successor is kept by the
+                    // next read of it.
+                    if let (Some(keep), Some(sent), Some(life)) = (keep, sent, life) {
+                        self.keep_near(keep, &value, json.len(), sent, life);
+                    }
                     // This process's other callers take the current value now, not after the
                     // getter; later callers find it in the store, which answers them a plain hit.
                     leader.publish(json);
@@ -577,7 +641,7 @@ impl<S: Store> Call<'_, S> {
                     // A waiter that wins the lease (its holder died) stops waiting: if it was
                     // scouting the site, the part goes to another waiter now, not after the getter.
                     drop(waiting);
-                    return self.compute(leader, lease, getter).await;
+                    return self.compute(leader, lease, keep, getter).await;
                 }
                 Step::Busy => {
                     let (_, schedule, site) = waiting.get_or_insert_with(|| {
@@ -613,7 +677,13 @@ impl<S: Store> Call<'_, S> {
     }
 
     /// We hold the lease: run the getter, then store its value or hand the lease back.
-    async fn compute<T, E, F>(&self, leader: Leader<'_>, lease: Lease, getter: F) -> Result<T, E>
+    async fn compute<T, E, F>(
+        &self,
+        leader: Leader<'_>,
+        lease: Lease,
+        keep: Option<Keep<T>>,
+        getter: F,
+    ) -> Result<T, E>
     where
         T: Serialize + DeserializeOwned,
         E: From<Error>,
@@ -679,8 +749,13 @@ impl<S: Store> Call<'_, S> {
                 return Ok(self.unstorable(leader, value, err));
             }
         };
-        let filled = self.fill(lease, &json, self.expire_of(decision)).await;
+        let expire = self.expire_of(decision);
+        let sent = keep.map(|_| self.core.near().sent());
+        let filled = self.fill(lease, &json, expire).await;
         self.record_fill(&filled, json.len());
+        if let (Some(keep), Some(sent), Ok(Fill::Stored)) = (keep, sent, &filled) {
+            self.keep_near(keep, &value, json.len(), sent, expire);
+        }
         if filled.is_err() {
             // Stored or not, nobody can tell: handed back when the node can next be reached,
             // which does nothing if it was stored, and otherwise frees the key at once.
@@ -730,6 +805,15 @@ impl<S: Store> Call<'_, S> {
         self.store
             .fill(&self.wire, lease, &header.item(json), FRESHNESS_FLAGS, ttl)
             .await
+    }
+
+    /// Keeps `value` near, read or written by the store operation marked `sent`, for `near_ttl`,
+    /// or `life` if that is shorter.
+    fn keep_near<T>(&self, keep: Keep<T>, value: &T, bytes: usize, sent: Sent, life: Duration) {
+        let lasts = self.near_ttl.min(life);
+        self.core
+            .near()
+            .keep(self.key, keep, value, bytes, sent, lasts);
     }
 
     /// What to do with a value that carries its freshness: serve it (fresh, or stale while
@@ -1467,7 +1551,7 @@ impl Marker {
         if let Ok(Fill::LeaseLost) = fill(lease).await {
             let deadline = Instant::now() + self.lease_ttl;
             if let Ok(Lookup::Won(lease)) = store
-                .lookup(wire, self.lease_ttl, Duration::ZERO, deadline)
+                .lookup(wire, self.lease_ttl, Duration::ZERO, false, deadline)
                 .await
             {
                 let _ = fill(lease).await;

@@ -47,6 +47,9 @@ pub fn set_default(cache: Cache) -> Result<(), Cache> {
 ///   written as `DISTCACHE_ERROR_BACKOFF` is (`"1h"`); default off;
 /// - `DISTCACHE_SOFT_TIMEOUT`: the [soft timeout](crate::CacheBuilder::soft_timeout) of detached
 ///   calls, written the same way (`"100ms"`); default off;
+/// - `DISTCACHE_NEAR_TTL`: how long [values are kept in this process](crate::CacheBuilder::near_ttl)
+///   by `#[distcached]` functions whose value is `Clone + Send + Sync + 'static`, written the
+///   same way (`"1s"`); default off;
 /// - `DISTCACHE_USERNAME` and `DISTCACHE_PASSWORD`: the [credentials](crate::CacheBuilder::credentials)
 ///   for servers that ask for them; both or neither;
 /// - `DISTCACHE_TLS=1`: TLS (`CacheBuilder::tls`, with the `tls` feature) with the system's roots, or
@@ -113,6 +116,15 @@ fn from_vars(env: impl Fn(&str) -> Option<String>) -> Result<Cache, BuildError> 
             ),
         })?;
         builder = builder.soft_timeout(parsed);
+    }
+    if let Some(near) = var("DISTCACHE_NEAR_TTL") {
+        let parsed = duration(&near).ok_or_else(|| BuildError::InvalidSetting {
+            setting: "near_ttl",
+            reason: format!(
+                "DISTCACHE_NEAR_TTL={near:?} is not a duration such as \"500ms\" or \"1s\""
+            ),
+        })?;
+        builder = builder.near_ttl(parsed);
     }
     match (var("DISTCACHE_USERNAME"), env("DISTCACHE_PASSWORD")) {
         (Some(username), Some(password)) => builder = builder.credentials(username, password),
@@ -232,6 +244,27 @@ mod tests {
                     err,
                     BuildError::InvalidSetting {
                         setting: "stale_if_error",
+                        ..
+                    }
+                ),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn near_ttl_comes_from_the_environment_and_a_bad_one_is_a_typed_error() {
+        let near = |cache: Cache| cache.near_ttl();
+        assert_eq!(with(&[]).map(near).unwrap(), Duration::ZERO);
+        let got = with(&[("DISTCACHE_NEAR_TTL", "1s")]).map(near);
+        assert_eq!(got.unwrap(), Duration::from_secs(1));
+        for bad in ["soon", "9000h"] {
+            let err = with(&[("DISTCACHE_NEAR_TTL", bad)]).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    BuildError::InvalidSetting {
+                        setting: "near_ttl",
                         ..
                     }
                 ),

@@ -96,6 +96,7 @@ mod flight;
 mod global;
 mod json;
 mod key;
+mod near;
 mod options;
 mod schedule;
 mod stats;

@@ -41,6 +41,8 @@ pub struct GetOptions<M = Attached> {
     pub(crate) stale_if_error: Option<Duration>,
     /// `None`: the cache's (`CacheBuilder::soft_timeout`), for detached calls.
     pub(crate) soft_timeout: Option<Duration>,
+    /// `None`: the cache's (`CacheBuilder::near_ttl`), for calls that can keep values near.
+    pub(crate) near_ttl: Option<Duration>,
     pub(crate) mode: PhantomData<M>,
 }
 
@@ -67,6 +69,7 @@ impl GetOptions {
             error_backoff: None,
             stale_if_error: None,
             soft_timeout: None,
+            near_ttl: None,
             mode: PhantomData,
         }
     }
@@ -121,6 +124,18 @@ impl<M> GetOptions<M> {
         }
     }
 
+    /// Keeps the value in this process for `near_ttl`, and serves it from there, as
+    /// [`CacheBuilder::near_ttl`](crate::CacheBuilder::near_ttl) does (with its staleness
+    /// bound), for these calls: it takes precedence over the cache's setting (zero turns it
+    /// off). Only [`Cache::get_near`](crate::Cache::get_near) keeps values near: its value type
+    /// is `Clone + Send + Sync + 'static`. Zero, or between 1 ms and 365 days
+    /// ([`Error::InvalidArgument`](crate::Error::InvalidArgument) otherwise).
+    #[must_use]
+    pub const fn near_ttl(mut self, near_ttl: Duration) -> Self {
+        self.near_ttl = Some(near_ttl);
+        self
+    }
+
     /// These options, in the mode every call takes: what the flight reads.
     pub(crate) const fn erased(&self) -> GetOptions {
         self.in_mode()
@@ -135,6 +150,7 @@ impl<M> GetOptions<M> {
             error_backoff: self.error_backoff,
             stale_if_error: self.stale_if_error,
             soft_timeout: self.soft_timeout,
+            near_ttl: self.near_ttl,
             mode: PhantomData,
         }
     }

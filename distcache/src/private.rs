@@ -5,6 +5,7 @@
 //! a cacheable `Result` is reported once, there.
 
 use std::future::Future;
+use std::marker::PhantomData;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -12,6 +13,7 @@ use tracing::warn;
 
 use crate::flight::Detachable;
 use crate::json;
+use crate::near::Keep;
 use crate::options::Detached;
 use crate::schedule::site_of;
 use crate::{Cache, Error, GetOptions};
@@ -110,12 +112,80 @@ impl<T: Serialize + DeserializeOwned, E: From<Error> + std::fmt::Debug> CachedRe
     }
 }
 
+/// Whether a function's values can be kept near (`Cache::get_near`): `Some` where the value type
+/// is `Clone + Send + Sync + 'static`.
+pub struct Near<T>(Option<Keep<T>>);
+
+impl<T> Near<T> {
+    /// Not kept (`near_ttl = "0s"`).
+    pub const fn never() -> Self {
+        Near(None)
+    }
+}
+
+/// The value type of a function with `near_ttl`.
+#[diagnostic::on_unimplemented(
+    message = "`near_ttl` keeps the function's value in this process and clones it out: `{Self}` must be `Clone + Send + Sync + 'static`",
+    label = "the value is not `Clone + Send + Sync + 'static`",
+    note = "wrap the value in an `Arc` (`Result<Arc<T>, E>`), or drop `near_ttl`"
+)]
+pub trait NearValue: Clone + Send + Sync + 'static {}
+
+impl<T: Clone + Send + Sync + 'static> NearValue for T {}
+
+/// A function with `near_ttl`: its value type must be keepable.
+pub const fn keep_near<T: NearValue>() -> Near<T> {
+    Near(Some(Keep::new()))
+}
+
+/// Chooses, for a function without `near_ttl`, whether its values are kept when the cache has a
+/// `near_ttl` (`DISTCACHE_NEAR_TTL`): by the function's return type, where it is written, with
+/// `(&&Probe::<R>::new()).near()`. [`KeptIfClone`] applies to `Result<T, E>` with a keepable
+/// `T`; [`NotKept`], one autoref further, to every other type.
+pub struct Probe<R>(PhantomData<R>);
+
+impl<R> Probe<R> {
+    /// The probe of return type `R`.
+    pub const fn new() -> Self {
+        Probe(PhantomData)
+    }
+}
+
+impl<R> Default for Probe<R> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The choice for a return type whose value can be kept.
+pub trait KeptIfClone<T> {
+    /// Kept.
+    fn near(&self) -> Near<T>;
+}
+
+impl<T: Clone + Send + Sync + 'static, E> KeptIfClone<T> for &Probe<Result<T, E>> {
+    fn near(&self) -> Near<T> {
+        Near(Some(Keep::new()))
+    }
+}
+
+/// The choice for any other return type.
+pub trait NotKept {
+    /// Not kept.
+    fn near<T>(&self) -> Near<T> {
+        Near(None)
+    }
+}
+
+impl<R> NotKept for Probe<R> {}
+
 /// The body of a `#[distcached]` function.
 pub async fn call<R, F, Fut>(
     cache: Result<&Cache, Error>,
     function: &'static str,
     key: Key,
     options: &GetOptions,
+    near: Near<R::Value>,
     getter: F,
 ) -> R
 where
@@ -133,7 +203,7 @@ where
         async move { future.await.into_result() }
     };
     R::from_result(match key.finish() {
-        Ok(key) => cache.get_at(site, &key, options, getter).await,
+        Ok(key) => cache.get_at(site, &key, options, near.0, getter).await,
         Err(err) => {
             warn!(function, error = %err, "the arguments cannot be serialized into a key; running the function uncached");
             cache
@@ -150,6 +220,7 @@ pub async fn call_detached<R, F, Fut>(
     function: &'static str,
     key: Key,
     options: &GetOptions<Detached>,
+    near: Near<R::Value>,
     getter: F,
 ) -> R
 where
@@ -170,8 +241,9 @@ where
     };
     R::from_result(match key.finish() {
         Ok(key) => {
+            let options = options.erased();
             cache
-                .get_at(site, &key, &options.erased(), Detachable(getter))
+                .get_at(site, &key, &options, near.0, Detachable(getter))
                 .await
         }
         Err(err) => {

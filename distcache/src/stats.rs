@@ -86,6 +86,10 @@ pub struct Stats {
     /// [`CacheBuilder::signing_keys`](crate::CacheBuilder::signing_keys) set: never returned;
     /// recomputed and replaced, as a miss.
     pub forged_values: u64,
+    /// Calls answered from the near cache (see
+    /// [`CacheBuilder::near_ttl`](crate::CacheBuilder::near_ttl)), without asking the store:
+    /// not counted in `hits`.
+    pub near_hits: u64,
 }
 
 macro_rules! counters {
@@ -127,6 +131,7 @@ counters!(
     stale_served,
     soft_timeouts,
     forged_values,
+    near_hits,
 );
 
 /// A monotonic event counter.

@@ -17,7 +17,7 @@ pub(crate) fn far() -> Instant {
 /// Looks `k` up, expecting to win its lease.
 pub(crate) async fn won<S: Store>(store: &S, k: &WireKey, lease_ttl: Duration) -> Lease {
     match store
-        .lookup(k, lease_ttl, Duration::ZERO, far())
+        .lookup(k, lease_ttl, Duration::ZERO, false, far())
         .await
         .unwrap()
     {
@@ -29,7 +29,7 @@ pub(crate) async fn won<S: Store>(store: &S, k: &WireKey, lease_ttl: Duration) -
 /// Looks `k` up, expecting a value.
 pub(crate) async fn hit<S: Store>(store: &S, k: &WireKey, lease_ttl: Duration) -> Item {
     match store
-        .lookup(k, lease_ttl, Duration::ZERO, far())
+        .lookup(k, lease_ttl, Duration::ZERO, false, far())
         .await
         .unwrap()
     {
@@ -54,7 +54,7 @@ pub(crate) async fn release_and_invalidate_free_the_key<S: Store>(
     assert!(
         matches!(
             store
-                .lookup(k, lease_ttl, Duration::ZERO, far())
+                .lookup(k, lease_ttl, Duration::ZERO, false, far())
                 .await
                 .unwrap(),
             Lookup::Busy
@@ -115,7 +115,10 @@ pub(crate) async fn a_value_near_its_end_is_refreshed_by_one<S: Store>(
     let lease = won(store, k, lease_ttl).await;
     assert!(
         matches!(
-            store.lookup(k, lease_ttl, long, far()).await.unwrap(),
+            store
+                .lookup(k, lease_ttl, long, false, far())
+                .await
+                .unwrap(),
             Lookup::Busy
         ),
         "a lease held elsewhere is no value to refresh"
@@ -125,7 +128,7 @@ pub(crate) async fn a_value_near_its_end_is_refreshed_by_one<S: Store>(
         store.fill(k, lease, &first, 0, expire).await.unwrap(),
         Fill::Stored
     );
-    let lookup = |refresh| store.lookup(k, lease_ttl, refresh, far());
+    let lookup = |refresh| store.lookup(k, lease_ttl, refresh, false, far());
     assert!(
         matches!(lookup(short).await.unwrap(), Lookup::Hit(_)),
         "more than the window left: a plain hit"
@@ -186,7 +189,10 @@ pub(crate) async fn an_extended_lease_outlives_its_first_ttl<S: Store>(
     tokio::time::sleep(first + Duration::from_millis(500)).await;
     assert!(
         matches!(
-            store.lookup(k, first, Duration::ZERO, far()).await.unwrap(),
+            store
+                .lookup(k, first, Duration::ZERO, false, far())
+                .await
+                .unwrap(),
             Lookup::Busy
         ),
         "held past its first TTL"
@@ -251,4 +257,34 @@ pub(crate) async fn a_swap_replaces_only_the_version_it_read<S: Store>(
         None
     );
     won(store, k, lease_ttl).await;
+}
+
+/// A lookup that asks for a value's life gets at most what the value has left, and close to it
+/// (memcached's one-second clock aside); one that does not ask gets none.
+pub(crate) async fn a_lookup_tells_the_life_left_when_asked<S: Store>(
+    store: &S,
+    k: &WireKey,
+    lease_ttl: Duration,
+) {
+    let lease = won(store, k, lease_ttl).await;
+    let expire = Duration::from_secs(10);
+    let sent = Instant::now();
+    let data = Bytes::from_static(b"1");
+    assert_eq!(
+        store.fill(k, lease, &data, 5, expire).await.unwrap(),
+        Fill::Stored
+    );
+    assert_eq!(hit(store, k, lease_ttl).await.life, None, "not asked");
+    let asked = store
+        .lookup(k, lease_ttl, Duration::ZERO, true, far())
+        .await
+        .unwrap();
+    let Lookup::Hit(item) = asked else {
+        panic!("expected a hit, got {asked:?}");
+    };
+    let life = item.life.expect("asked");
+    assert!(
+        life <= expire.saturating_sub(sent.elapsed()) && life >= Duration::from_secs(8),
+        "{life:?} left of a value stored for {expire:?}"
+    );
 }

@@ -172,6 +172,7 @@ impl MemoryStore {
                 data: data.clone(),
                 flags,
                 version,
+                life: None,
             }),
             cas: version.cas,
             expires: now + expire,
@@ -297,6 +298,7 @@ impl Store for MemoryStore {
         key: &WireKey,
         lease_ttl: Duration,
         refresh: Duration,
+        ask_life: bool,
         _deadline: Instant,
     ) -> Result<Lookup, StoreError> {
         let now = Instant::now();
@@ -314,11 +316,16 @@ impl Store for MemoryStore {
             let Some(item) = value else {
                 return Ok(Lookup::Busy);
             };
+            let mut item = item.clone();
+            if ask_life {
+                // Exact: counted from now, which is after the lookup was sent.
+                item.life = Some(*expires - now);
+            }
             if !refresh.is_zero() && !*refresh_sent && *expires - now < refresh {
                 *refresh_sent = true;
-                return Ok(Lookup::Refresh(item.clone()));
+                return Ok(Lookup::Refresh(item));
             }
-            return Ok(Lookup::Hit(item.clone()));
+            return Ok(Lookup::Hit(item));
         }
         let cas = self.inner.cas();
         let stub = Entry {
@@ -421,7 +428,7 @@ mod tests {
         let k = key("a");
         let lease = won(&store, &k).await;
         assert!(matches!(
-            store.lookup(&k, LEASE, Duration::ZERO, far()).await,
+            store.lookup(&k, LEASE, Duration::ZERO, false, far()).await,
             Ok(Lookup::Busy)
         ));
         let data = Bytes::from_static(b"1");
@@ -473,6 +480,12 @@ mod tests {
             LEASE,
         )
         .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lookup_tells_the_life_left_when_asked() {
+        let store = MemoryStore::default();
+        contract::a_lookup_tells_the_life_left_when_asked(&store, &key("l"), LEASE).await;
     }
 
     #[tokio::test(start_paused = true)]
@@ -551,7 +564,9 @@ mod tests {
         }
         assert!(
             matches!(
-                store.lookup(&mine, LEASE, Duration::ZERO, far()).await,
+                store
+                    .lookup(&mine, LEASE, Duration::ZERO, false, far())
+                    .await,
                 Ok(Lookup::Busy)
             ),
             "nobody else wins the lease while its holder computes"

@@ -32,6 +32,9 @@ pub(crate) struct Item {
     pub(crate) flags: u32,
     /// `release` with it removes this item, and nothing that replaced it meanwhile.
     pub(crate) version: Lease,
+    /// For a lookup that asked: how long the item lives at least, counted from when the lookup
+    /// was sent. `None` if not asked, or if the item does not expire.
+    pub(crate) life: Option<Duration>,
 }
 
 /// The CAS of an item on the node that holds it. As the right to compute a key's value, it is
@@ -139,13 +142,14 @@ impl StoreError {
 pub(crate) trait Store: Clone + Send + Sync + 'static {
     /// Reads `key`; on a miss, takes the lease for `lease_ttl` if nobody holds it. A value with
     /// less than `refresh` left to live is a [`Lookup::Refresh`] for the first caller to see it
-    /// so (zero: never). Fails with [`StoreErrorKind::Deadline`] at `deadline`, which says
-    /// nothing of the store's health.
+    /// so (zero: never). With `ask_life`, a value comes with its [`Item::life`]. Fails with
+    /// [`StoreErrorKind::Deadline`] at `deadline`, which says nothing of the store's health.
     fn lookup(
         &self,
         key: &WireKey,
         lease_ttl: Duration,
         refresh: Duration,
+        ask_life: bool,
         deadline: Instant,
     ) -> impl Future<Output = Result<Lookup, StoreError>> + Send;
 
@@ -214,11 +218,12 @@ impl Store for AnyStore {
         key: &WireKey,
         lease_ttl: Duration,
         refresh: Duration,
+        ask_life: bool,
         deadline: tokio::time::Instant,
     ) -> Result<Lookup, StoreError> {
         match self {
-            AnyStore::Memory(s) => s.lookup(key, lease_ttl, refresh, deadline).await,
-            AnyStore::Memcached(s) => s.lookup(key, lease_ttl, refresh, deadline).await,
+            AnyStore::Memory(s) => s.lookup(key, lease_ttl, refresh, ask_life, deadline).await,
+            AnyStore::Memcached(s) => s.lookup(key, lease_ttl, refresh, ask_life, deadline).await,
         }
     }
 

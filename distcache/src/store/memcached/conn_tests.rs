@@ -66,6 +66,7 @@ fn get<'a>(k: &'a WireKey) -> Request<'a> {
         key: k,
         lease: 1,
         refresh: 0,
+        ttl: false,
     }
 }
 

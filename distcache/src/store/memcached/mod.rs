@@ -260,12 +260,14 @@ impl Store for Cluster {
         key: &WireKey,
         lease_ttl: Duration,
         refresh: Duration,
+        ask_life: bool,
         deadline: Instant,
     ) -> Result<Lookup, StoreError> {
         let request = Request::GetOrLease {
             key,
             lease: ttl_seconds(lease_ttl),
             refresh: refresh_token(refresh),
+            ttl: ask_life,
         };
         let (node, reply, instance) = self
             .on_key_node("lookup", key, request, Some(deadline))
@@ -295,6 +297,12 @@ impl Store for Cluster {
                 data,
                 flags,
                 version,
+                // `t` counts whole seconds of the server's clock, which ticks once a second: an
+                // item with `t` seconds left lives more than `t - 1` from when it was read, which
+                // is after the lookup was sent.
+                life: meta
+                    .ttl
+                    .map(|ttl| Duration::from_secs(ttl.saturating_sub(1))),
             }
         };
         match meta.code {
@@ -534,7 +542,9 @@ mod tests {
         let lease = won(&a, &k).await;
         assert!(
             matches!(
-                b.lookup(&k, LEASE, Duration::ZERO, far()).await.unwrap(),
+                b.lookup(&k, LEASE, Duration::ZERO, false, far())
+                    .await
+                    .unwrap(),
                 Lookup::Busy
             ),
             "another client waits"
@@ -564,7 +574,7 @@ mod tests {
         let fresh = tokio::time::timeout(Duration::from_secs(5), async {
             loop {
                 match cluster
-                    .lookup(&k, LEASE, Duration::ZERO, far())
+                    .lookup(&k, LEASE, Duration::ZERO, false, far())
                     .await
                     .unwrap()
                 {
@@ -626,7 +636,7 @@ mod tests {
         let server = Memcached::start_with(&["-C"]).await;
         let cluster = cluster(&[&server]);
         let err = cluster
-            .lookup(&key("k"), LEASE, Duration::ZERO, far())
+            .lookup(&key("k"), LEASE, Duration::ZERO, false, far())
             .await
             .unwrap_err();
         assert!(
@@ -658,7 +668,7 @@ mod tests {
         {
             // Sent on its first poll, then dropped: its reply (a win on the live value) comes to
             // a connection whose caller is gone.
-            let mut lookup = std::pin::pin!(cluster.lookup(&k, LEASE, window, far()));
+            let mut lookup = std::pin::pin!(cluster.lookup(&k, LEASE, window, false, far()));
             tokio::select! {
                 biased;
                 _ = &mut lookup => panic!("answered before its request could be read"),
@@ -669,7 +679,10 @@ mod tests {
         // about that one is answered before the next lookup.
         assert!(
             matches!(
-                cluster.lookup(&k, LEASE, window, far()).await.unwrap(),
+                cluster
+                    .lookup(&k, LEASE, window, false, far())
+                    .await
+                    .unwrap(),
                 Lookup::Hit(_)
             ),
             "the abandoned lookup was sent and told to refresh"
@@ -695,7 +708,10 @@ mod tests {
             Fill::Stored
         );
         assert!(matches!(
-            cluster.lookup(&k, LEASE, EXPIRE, far()).await.unwrap(),
+            cluster
+                .lookup(&k, LEASE, EXPIRE, false, far())
+                .await
+                .unwrap(),
             Lookup::Refresh(_)
         ));
     }
@@ -727,6 +743,13 @@ mod tests {
         let server = Memcached::start().await;
         contract::a_swap_replaces_only_the_version_it_read(&cluster(&[&server]), &key("s"), LEASE)
             .await;
+    }
+
+    #[tokio::test]
+    async fn a_lookup_tells_the_life_left_when_asked() {
+        let server = Memcached::start().await;
+        let cluster = cluster(&[&server]);
+        contract::a_lookup_tells_the_life_left_when_asked(&cluster, &key("l"), LEASE).await;
     }
 
     /// The store contract over TLS with a login (`memcached -Z -Y`), certificates made here.
@@ -834,7 +857,7 @@ mod tests {
         assert!(
             matches!(
                 cluster
-                    .lookup(&key("s"), LEASE, Duration::ZERO, far())
+                    .lookup(&key("s"), LEASE, Duration::ZERO, false, far())
                     .await
                     .unwrap(),
                 Lookup::Busy

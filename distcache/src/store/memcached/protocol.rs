@@ -30,6 +30,8 @@ pub(crate) enum Request<'a> {
         key: &'a WireKey,
         lease: u32,
         refresh: u32,
+        /// With `t`: the item's TTL left, for the near cache.
+        ttl: bool,
     },
     /// `ms <key> <len> [c] T<ttl> C<cas> F<flags> O<op>`: store, only if the item's CAS is still
     /// `cas` (our lease's stub, or the value we replace); with `c` (`return_cas`), `HD c<cas>`
@@ -63,12 +65,16 @@ impl Request<'_> {
                 key,
                 lease,
                 refresh,
+                ttl,
             } => {
                 out.extend_from_slice(b"mg ");
                 out.extend_from_slice(key.as_bytes());
                 flag(out, b" v c f k N", lease.into());
                 if refresh > 0 {
                     flag(out, b" R", refresh.into());
+                }
+                if ttl {
+                    out.extend_from_slice(b" t");
                 }
             }
             Request::SetIfCas {
@@ -168,6 +174,9 @@ pub(crate) struct Meta {
     pub(crate) won_elsewhere: bool,
     /// `X`: the item is stale.
     pub(crate) stale: bool,
+    /// `t`: the item's TTL left in whole seconds of the server's clock; `None` if not asked, or
+    /// the item does not expire (`t-1`).
+    pub(crate) ttl: Option<u64>,
 }
 
 impl Meta {
@@ -311,6 +320,7 @@ fn parse(buf: &mut BytesMut, max_value: usize) -> Result<Parsed, ProtocolError> 
         key: None,
         won_elsewhere: false,
         stale: false,
+        ttl: None,
     };
     let mut key = None;
     for token in tokens {
@@ -342,7 +352,9 @@ fn parse(buf: &mut BytesMut, max_value: usize) -> Result<Parsed, ProtocolError> 
             b'Z' => meta.won_elsewhere = true,
             b'X' => meta.stale = true,
             b'k' => key = Some(value),
-            // Flags we do not ask for (t, s, ...) are ignored.
+            b't' if value == b"-1" => meta.ttl = None,
+            b't' => meta.ttl = Some(number(value).ok_or_else(bad)?),
+            // Flags we do not ask for (s, ...) are ignored.
             _ => {}
         }
     }

@@ -25,7 +25,8 @@ fn requests_are_built_from_typed_values() {
         encoded(Request::GetOrLease {
             key: &k,
             lease: 3,
-            refresh: 0
+            refresh: 0,
+            ttl: false,
         }),
         "mg user:1 v c f k N3 O7\r\n"
     );
@@ -33,9 +34,19 @@ fn requests_are_built_from_typed_values() {
         encoded(Request::GetOrLease {
             key: &k,
             lease: 3,
-            refresh: 20
+            refresh: 20,
+            ttl: false,
         }),
         "mg user:1 v c f k N3 R20 O7\r\n"
+    );
+    assert_eq!(
+        encoded(Request::GetOrLease {
+            key: &k,
+            lease: 3,
+            refresh: 0,
+            ttl: true,
+        }),
+        "mg user:1 v c f k N3 t O7\r\n"
     );
     assert_eq!(
         encoded(Request::SetIfCas {
@@ -83,6 +94,7 @@ fn a_hostile_key_cannot_inject_a_command() {
         key: &k,
         lease: 1,
         refresh: 0,
+        ttl: false,
     });
     assert_eq!(line.matches("\r\n").count(), 1, "{line:?}");
     assert_eq!(line.split(' ').count(), 8, "one key token: {line:?}");
@@ -162,6 +174,15 @@ fn replies_of_memcached_1_6_parse() {
             ..
         }
     ));
+}
+
+#[test]
+fn a_ttl_left_parses_and_no_expiry_is_none() {
+    // As memcached 1.6.18 answers `mg … t`, for an item set with T10 and one with T0.
+    let replies = parse_all(b"VA 3 c2 f5 ka t10 O2\r\nabc\r\nVA 3 c3 f0 kb t-1 O3\r\nabc\r\n");
+    assert_eq!(meta(&replies[0]).ttl, Some(10));
+    assert_eq!(meta(&replies[1]).ttl, None);
+    assert!(parse(&mut BytesMut::from(&b"VA 0 tx O1\r\n\r\n"[..])).is_err());
 }
 
 #[test]
