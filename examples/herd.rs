@@ -45,7 +45,8 @@
 //!   many as they make in `--warm-secs`; uniform, or by Zipf's law with `--zipf S` (the hot keys
 //!   of a real workload); `node_gets`: each node's `cmd_get` over the warm phase, and
 //!   `hottest_node_gets` the most (not with TLS or a login); `warm_coalesced_waits`: of those, how many distcache
-//!   served by joining an identical get in flight in the same process.
+//!   served by joining an identical get in flight in the same process; with `--near-ttl D`
+//!   (distcache's `get_near`), `near_hits`: of those, how many its near cache served.
 //!
 //! A failing origin (`--origin-down-after S --origin-down-for S`, counted from the warm phase's
 //! start): while it is down, the getter fails after its sleep; with `--origin-slow-ms N`, it is
@@ -131,6 +132,8 @@ struct Args {
     /// While "down", the origin answers this slowly instead of failing.
     origin_slow_ms: Option<u64>,
     soft_timeout: Option<Duration>,
+    /// Keep values near for this long (`get_near`).
+    near_ttl: Option<Duration>,
     /// Set in the processes the coordinator spawns: the run's id.
     child: Option<String>,
     /// Set in the processes the coordinator spawns: which one this is (0..procs).
@@ -168,6 +171,7 @@ fn parse_args() -> Result<Args, String> {
         origin_down_for: 0.0,
         origin_slow_ms: None,
         soft_timeout: None,
+        near_ttl: None,
         child: None,
         child_index: 0,
     };
@@ -222,6 +226,7 @@ fn parse_args() -> Result<Args, String> {
             "--origin-down-for" => args.origin_down_for = seconds(value()?)?,
             "--origin-slow-ms" => args.origin_slow_ms = Some(number(value()?)? as u64),
             "--soft-timeout" => args.soft_timeout = Some(duration(value()?)?),
+            "--near-ttl" => args.near_ttl = Some(duration(value()?)?),
             "--child" => args.child = Some(value()?),
             "--child-index" => args.child_index = number(value()?)? as u64,
             "--bench" => {} // cargo passes it to examples run as benches
@@ -487,6 +492,7 @@ async fn coordinate(mut args: Args) {
         totals.stale_served += w.stale_served;
         totals.recovery_us = totals.recovery_us.max(w.recovery_us);
         totals.soft_timeouts += w.soft_timeouts;
+        totals.near_hits += w.near_hits;
         warm.extend(w.up);
         down.extend(w.down);
     }
@@ -619,6 +625,8 @@ async fn coordinate(mut args: Args) {
         "stale_served": (args.system == "distcache").then_some(totals.stale_served),
         "soft_timeout_ms": args.soft_timeout.map(|d| d.as_millis() as u64),
         "soft_timeouts": (args.system == "distcache").then_some(totals.soft_timeouts),
+        "near_ttl_ms": args.near_ttl.map(|d| d.as_millis() as u64),
+        "near_hits": (args.system == "distcache").then_some(totals.near_hits),
         "origin_slow_ms": args.origin_slow_ms,
         // The gets that took the soft timeout or more: those that recomputed a value.
         "soft_timeout_gets": soft_ms.map(|_| slow.len()),
@@ -715,6 +723,11 @@ fn spawn_child(args: &Args, counter: &str, run: &str, index: usize) -> Child {
             args.soft_timeout
                 .iter()
                 .flat_map(|d| ["--soft-timeout".to_owned(), format!("{}ms", d.as_millis())]),
+        )
+        .args(
+            args.near_ttl
+                .iter()
+                .flat_map(|d| ["--near-ttl".to_owned(), format!("{}ms", d.as_millis())]),
         )
         .args(
             args.origin_slow_ms
@@ -831,13 +844,14 @@ struct Warm {
     stale_served: u64,
     recovery_us: u64,
     soft_timeouts: u64,
+    near_hits: u64,
     /// Latencies (ms) of the gets that started while the origin was up, and down.
     up: Vec<f64>,
     down: Vec<f64>,
 }
 
 /// `warm <start_us> <end_us> <wrong> <other> <origin> <backoff> <coalesced> <stale_served>
-/// <recovery_us> <soft_timeouts>`, then `up <latency_us>...` and `down <latency_us>...`.
+/// <recovery_us> <soft_timeouts> <near_hits>`, then `up <latency_us>...` and `down <latency_us>...`.
 fn read_warm(reader: &mut impl BufRead) -> Warm {
     let mut line = || {
         let mut line = String::new();
@@ -862,6 +876,7 @@ fn read_warm(reader: &mut impl BufRead) -> Warm {
         stale_served: f[7],
         recovery_us: f[8],
         soft_timeouts: f[9],
+        near_hits: f[10],
         up: ms(numbers(&line(), "up")),
         down: ms(numbers(&line(), "down")),
     }
@@ -872,8 +887,9 @@ fn read_warm(reader: &mut impl BufRead) -> Warm {
 
 /// A system under test.
 enum System {
-    /// With the options of detached calls, when `--soft-timeout` is given.
-    Distcache(Cache, Option<GetOptions<Detached>>),
+    /// With the options of detached calls, when `--soft-timeout` is given, and of near calls,
+    /// when `--near-ttl` is.
+    Distcache(Cache, Option<GetOptions<Detached>>, Option<GetOptions>),
     Naive(Naive),
 }
 
@@ -904,7 +920,7 @@ impl System {
     /// distcache's counters; all zero for naive, which keeps none.
     fn stats(&self) -> Stats {
         match self {
-            System::Distcache(cache, _) => cache.stats(),
+            System::Distcache(cache, ..) => cache.stats(),
             System::Naive(_) => Stats::default(),
         }
     }
@@ -917,7 +933,7 @@ impl System {
             HerdError::Cache(Error::Backoff { .. }) => Failure::Backoff,
             HerdError::Cache(e) => Failure::Other(e.to_string()),
         };
-        if let System::Distcache(cache, Some(options)) = self {
+        if let System::Distcache(cache, Some(options), _) = self {
             // A detached getter owns what it uses.
             let value_at = Arc::new(AtomicU64::new(0));
             let compute = {
@@ -941,7 +957,10 @@ impl System {
             value
         };
         let value = match self {
-            System::Distcache(cache, _) => cache
+            System::Distcache(cache, _, Some(near)) => {
+                cache.get_near(key, near, compute).await.map_err(failure)?
+            }
+            System::Distcache(cache, ..) => cache
                 .get(key, EXEC_LIMIT, getter.expire, compute)
                 .await
                 .map_err(failure)?,
@@ -1109,7 +1128,10 @@ async fn child(args: Args, run: String) {
                 }
                 options.soft_timeout(soft)
             });
-            System::Distcache(builder.build().expect("a valid cache"), detached)
+            let near = args
+                .near_ttl
+                .map(|near| GetOptions::new(EXEC_LIMIT, args.expire).near_ttl(near));
+            System::Distcache(builder.build().expect("a valid cache"), detached, near)
         }
         _ => System::Naive(Naive::new(&args.servers, args.naive_pool)),
     });
@@ -1256,7 +1278,7 @@ async fn child(args: Args, run: String) {
     let mut out = std::io::BufWriter::new(stdout.lock());
     writeln!(
         out,
-        "warm {start} {end} {} {} {} {} {} {} {} {}",
+        "warm {start} {end} {} {} {} {} {} {} {} {} {}",
         seen.wrong,
         seen.other,
         seen.origin,
@@ -1264,7 +1286,8 @@ async fn child(args: Args, run: String) {
         after.coalesced_waits - before.coalesced_waits,
         after.stale_served - before.stale_served,
         seen.recovery_us,
-        after.soft_timeouts - before.soft_timeouts
+        after.soft_timeouts - before.soft_timeouts,
+        after.near_hits - before.near_hits
     )
     .unwrap();
     for (name, latencies) in [("up", &seen.up), ("down", &seen.down)] {

@@ -16,14 +16,16 @@
 //! one process): the cost per hit when requests share writes and reads. `misses` is `memcached`
 //! with a new key at every call: the cost of a lookup that wins the lease, an instant getter run
 //! under it, and the fill. `signed` and `signed-concurrent` are `memcached` and `concurrent`
-//! with signing keys: each hit verifies an HMAC-SHA256 tag over its 1 KB value.
+//! with signing keys: each hit verifies an HMAC-SHA256 tag over its 1 KB value. `near` is
+//! `memcached` through `get_near` with a minute's `near_ttl`: every hit after the first is a near
+//! hit, a clone of the kept 1 KB `String`.
 
 #[path = "../distcache/tests/support/memcached.rs"]
 mod memcached;
 
 use std::time::Duration;
 
-use distcache::{Cache, Error};
+use distcache::{Cache, Error, GetOptions};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -38,7 +40,7 @@ fn main() {
     runtime.block_on(async {
         let (_server, cache) = match store.as_str() {
             "memory" => (None, Cache::builder().build().expect("a cache")),
-            "memcached" | "concurrent" | "misses" | "signed" | "signed-concurrent" => {
+            "memcached" | "concurrent" | "misses" | "signed" | "signed-concurrent" | "near" => {
                 let server = memcached::Memcached::start().await;
                 let mut builder = Cache::builder().server(server.addr());
                 if store.starts_with("signed") {
@@ -68,10 +70,26 @@ fn main() {
                 return;
             }
             other => panic!(
-                "the store is memory, memcached, signed, by-hand, concurrent, signed-concurrent or misses, not {other:?}"
+                "the store is memory, memcached, near, signed, by-hand, concurrent, signed-concurrent or misses, not {other:?}"
             ),
         };
         let value = "v".repeat(998);
+        if store == "near" {
+            // Every call after the first is a near hit: a clone of the kept String.
+            let options = GetOptions::new(MINUTE, MINUTE).near_ttl(MINUTE);
+            for _ in 0..hits + 1 {
+                let got: String = cache
+                    .get_near("hitcost", &options, || async {
+                        Ok::<_, Error>(value.clone())
+                    })
+                    .await
+                    .expect("a hit");
+                std::hint::black_box(got);
+            }
+            let stats = cache.stats();
+            assert_eq!((stats.near_hits, stats.getter_runs), (hits as u64, 1));
+            return;
+        }
         for _ in 0..hits + 1 {
             let got: String = cache
                 .get("hitcost", MINUTE, MINUTE, || async {

@@ -8,11 +8,12 @@
 mod counting;
 mod support;
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use counting::ALLOCATIONS;
-use distcache::{Cache, Error};
+use distcache::{Cache, Error, GetOptions};
 
 const MINUTE: Duration = Duration::from_secs(60);
 const HITS: u64 = 5_000;
@@ -28,6 +29,31 @@ async fn per_hit(cache: &Cache) -> f64 {
             .await
             .unwrap();
         assert_eq!(got.len(), 998);
+    };
+    for _ in 0..500 {
+        hit().await;
+    }
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for _ in 0..HITS {
+        hit().await;
+    }
+    (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / HITS as f64
+}
+
+/// Allocations per near hit of `value` (a clone of it each), after a warm-up.
+async fn per_near_hit<T>(cache: &Cache, value: T) -> f64
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    let options = GetOptions::new(MINUTE, MINUTE).near_ttl(MINUTE);
+    let hit = || async {
+        let got: T = cache
+            .get_near("alloc:near", &options, || async {
+                Ok::<_, Error>(value.clone())
+            })
+            .await
+            .unwrap();
+        std::hint::black_box(got);
     };
     for _ in 0..500 {
         hit().await;
@@ -62,5 +88,15 @@ fn a_hit_allocates_its_decoded_value_and_a_small_constant() {
             "memcached hit: {memcached} allocations"
         );
         assert_eq!(cluster.stats().getter_runs, 1, "hits, not recomputations");
+
+        // A near hit allocates its clone and nothing else: the String's buffer, or nothing for
+        // an `Arc`.
+        let near = Cache::builder().server(server.addr()).build().unwrap();
+        let string = per_near_hit(&near, "v".repeat(998)).await;
+        assert_eq!(string, 1.0, "near hit of a String: {string} allocations");
+        let near = Cache::builder().server(server.addr()).build().unwrap();
+        let arc = per_near_hit(&near, Arc::new("v".repeat(998))).await;
+        assert_eq!(arc, 0.0, "near hit of an Arc: {arc} allocations");
+        assert!(near.stats().near_hits >= HITS);
     });
 }
