@@ -361,7 +361,7 @@ fn expand(args: Args, mut function: ItemFn) -> TokenStream {
         // Spanned at the return type, as the call is: a type that is not a cacheable `Result`
         // is reported there once, not again for this argument.
         Some((_, false)) => {
-            quote_spanned!(return_type.span()=> ::distcache::__private::Near::never())
+            quote_spanned!(return_type.span()=> ::distcache::__private::NoNear)
         }
         None => quote_spanned! {return_type.span()=> {
             #[allow(unused_imports)]
@@ -373,7 +373,7 @@ fn expand(args: Args, mut function: ItemFn) -> TokenStream {
     // The call is spanned at the return type: a type that is not a cacheable `Result` is
     // reported there, once.
     let call = quote_spanned! {return_type.span()=>
-        ::distcache::__private::#call_fn::<#return_type, _, _>(
+        ::distcache::__private::#call_fn::<#return_type, _, _, _>(
             #cache,
             #label,
             __distcache_key,

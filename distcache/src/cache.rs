@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 
 use crate::core::{Core, Tasks};
 use crate::error::Error;
-use crate::flight::{self, Detachable, Getter};
+use crate::flight::{self, Detachable, Getter, WithNear};
 use crate::near::Keep;
 use crate::options::GetOptions;
 use crate::schedule::{Site, site_of};
@@ -162,8 +162,7 @@ impl Cache {
         Fut: Future<Output = Result<T, E>>,
     {
         let options = GetOptions::new(exec_limit, expire);
-        self.get_at(site_of::<F>(), key, &options, None, getter)
-            .await
+        self.get_at(site_of::<F>(), key, &options, getter).await
     }
 
     /// [`Cache::get`] with a call's settings as one value, per-call options included, which
@@ -196,8 +195,7 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        self.get_at(site_of::<F>(), key, options, None, getter)
-            .await
+        self.get_at(site_of::<F>(), key, options, getter).await
     }
 
     /// [`Cache::get_with`], keeping the value in this process (the near cache) for the
@@ -250,9 +248,12 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let keep = Some(Keep::new());
-        self.get_at(site_of::<F>(), key, options, keep, getter)
-            .await
+        let keep = Keep::new();
+        if let Some(value) = self.near_hit(key, options, Some(keep)) {
+            return Ok(value);
+        }
+        let getter = WithNear(getter, keep);
+        self.get_at(site_of::<F>(), key, options, getter).await
     }
 
     /// [`Cache::get_with`] for a getter that may outlive the call, so that options with a
@@ -299,7 +300,7 @@ impl Cache {
         Fut: Future<Output = Result<T, E>> + Send + 'static,
     {
         let options = options.erased();
-        self.get_at(site_of::<F>(), key, &options, None, Detachable(getter))
+        self.get_at(site_of::<F>(), key, &options, Detachable(getter))
             .await
     }
 
@@ -310,7 +311,6 @@ impl Cache {
         site: Site,
         key: &str,
         options: &GetOptions,
-        keep: Option<Keep<T>>,
         getter: F,
     ) -> Result<T, E>
     where
@@ -326,10 +326,21 @@ impl Cache {
             site,
             key,
             options,
-            keep,
             getter,
         )
         .await
+    }
+
+    /// `key`'s value from this process's near cache, if the call keeps values and it is there:
+    /// looked for before the call's future is built.
+    #[inline]
+    pub(crate) fn near_hit<T>(
+        &self,
+        key: &str,
+        options: &GetOptions,
+        keep: Option<Keep<T>>,
+    ) -> Option<T> {
+        flight::near_hit(&self.inner.core, key, options, keep)
     }
 
     /// Runs `getter` without the store, for a call that has no usable key.

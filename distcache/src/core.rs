@@ -109,6 +109,7 @@ pub(crate) fn refresh_ahead_in_range(fraction: f64) -> bool {
 
 /// Whether `d` is a `stale_if_error` (zero, off, aside) or a `soft_timeout` a cache accepts: 1 ms
 /// to 365 days.
+#[inline]
 pub(crate) fn duration_in_range(d: Duration) -> bool {
     (Duration::from_millis(1)..=MAX_DURATION).contains(&d)
 }

@@ -46,7 +46,7 @@ use crate::core::{
 use crate::entry::{self, Decision};
 use crate::error::Error;
 use crate::key::WireKey;
-use crate::near::{Keep, Sent};
+use crate::near::{Keep, NearChoice, Sent};
 use crate::options::GetOptions;
 use crate::schedule::{Knowledge, PollSchedule, Site, SiteWait};
 use crate::store::{Fill, Item, Lease, Lookup, Store, StoreError, StoreErrorKind, whole_seconds};
@@ -92,6 +92,13 @@ pub(crate) trait Getter<T, E>: Sized {
 
     /// Whether [`detach`](Getter::detach) can send this getter to a task of its own.
     const DETACHABLE: bool = false;
+
+    /// How its values are kept near, if they are ([`WithNear`]). A constant per getter type:
+    /// the near cache's code is compiled out of the calls that cannot keep values.
+    #[inline]
+    fn keep(&self) -> Option<Keep<T>> {
+        None
+    }
 
     /// Runs `job`, the rest of a claimed recompute, with this getter in a task of its own, and
     /// says how it ended. Only a [`Detachable`] getter can be sent there; any other is given
@@ -147,6 +154,40 @@ where
             let _ = sender.send(ended);
         });
         Ok(receiver)
+    }
+}
+
+/// A getter whose values may be kept near: `near` says how (`Cache::get_near`, or a
+/// `#[distcached]` function whose value type allows it).
+pub(crate) struct WithNear<G, N>(pub(crate) G, pub(crate) N);
+
+impl<T, E, G, N> Getter<T, E> for WithNear<G, N>
+where
+    G: Getter<T, E>,
+    N: NearChoice<T>,
+{
+    type Future = G::Future;
+    const DETACHABLE: bool = G::DETACHABLE;
+
+    #[inline]
+    fn call(self) -> G::Future {
+        self.0.call()
+    }
+
+    #[inline]
+    fn keep(&self) -> Option<Keep<T>> {
+        self.1.keep()
+    }
+
+    fn detach<S: Store>(
+        self,
+        job: Job<S>,
+        tasks: &Tasks,
+    ) -> Result<oneshot::Receiver<Recomputed<T, E>>, Self> {
+        let WithNear(getter, near) = self;
+        getter
+            .detach(job, tasks)
+            .map_err(|getter| WithNear(getter, near))
     }
 }
 
@@ -208,10 +249,6 @@ where
     }
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "a call's parts, each borrowed from its own owner: the cache's, then the caller's"
-)]
 pub(crate) async fn get<S, T, E, F>(
     core: &Core,
     tasks: Option<&Tasks>,
@@ -219,7 +256,6 @@ pub(crate) async fn get<S, T, E, F>(
     site: Site,
     key: &str,
     options: &GetOptions,
-    keep: Option<Keep<T>>,
     getter: F,
 ) -> Result<T, E>
 where
@@ -228,75 +264,32 @@ where
     E: From<Error> + std::fmt::Debug,
     F: Getter<T, E>,
 {
-    let invalid = |reason| {
-        Err(Error::InvalidArgument {
+    if let Err(reason) = check(options) {
+        return Err(Error::InvalidArgument {
             key: key.to_owned(),
             reason,
         }
-        .into())
-    };
+        .into());
+    }
     let GetOptions {
         exec_limit,
         expire,
         refresh_ahead,
         error_backoff,
-        stale_if_error,
-        soft_timeout,
         near_ttl,
         ..
     } = *options;
-    if !in_range(exec_limit) {
-        return invalid(EXEC_LIMIT_RANGE);
-    }
-    if !in_range(expire) {
-        return invalid("expire must be more than zero and at most 365 days");
-    }
-    // Per call (or per function), then the cache's.
-    let refresh_ahead = match refresh_ahead {
-        Some(fraction) if !refresh_ahead_in_range(fraction) => {
-            return invalid("refresh_ahead must be at least 0 and under 1");
-        }
-        Some(fraction) => fraction,
-        None => core.config.refresh_ahead,
-    };
-    let error_backoff = match error_backoff {
-        Some(backoff) if !error_backoff_in_range(backoff) => {
-            return invalid("error_backoff must be between 1ms and one day");
-        }
-        Some(backoff) => Some(backoff),
-        None => core.config.error_backoff,
-    };
-    // Checked here, resolved where they are used (`Call::max_stale`, `Call::soft_timeout`): a
-    // hit reads neither.
-    if let Some(max_stale) = stale_if_error
-        && !max_stale.is_zero()
-        && !duration_in_range(max_stale)
-    {
-        return invalid("stale_if_error must be zero (off) or between 1ms and 365 days");
-    }
-    if let Some(soft) = soft_timeout
-        && !duration_in_range(soft)
-    {
-        return invalid("soft_timeout must be between 1ms and 365 days");
-    }
-    if let Some(ttl) = near_ttl
-        && !ttl.is_zero()
-        && !duration_in_range(ttl)
-    {
-        return invalid("near_ttl must be zero (off) or between 1ms and 365 days");
-    }
-    // The near cache: only for calls whose value type can be kept, with a `near_ttl`.
-    let near_ttl = match keep {
+    // Per call (or per function), then the cache's. `stale_if_error` and `soft_timeout` are
+    // resolved where they are used (`Call::max_stale`, `Call::soft_timeout`): a hit reads
+    // neither.
+    let refresh_ahead = refresh_ahead.unwrap_or(core.config.refresh_ahead);
+    let error_backoff = error_backoff.or(core.config.error_backoff);
+    // Values are kept near only by calls whose getter can keep them (`WithNear`), which have
+    // looked for a near hit before this (`near_hit`).
+    let near_ttl = match getter.keep() {
         Some(_) => near_ttl.unwrap_or(core.config.near_ttl),
         None => Duration::ZERO,
     };
-    let keep = keep.filter(|_| !near_ttl.is_zero());
-    if let Some(keep) = keep
-        && let Some(value) = core.near().get(key, keep)
-    {
-        core.stats.near_hits.incr();
-        return Ok(value);
-    }
     let call = Call {
         core,
         tasks,
@@ -314,7 +307,7 @@ where
     };
     loop {
         match core.flights.join(&call.wire) {
-            Join::Leader(leader) => return call.lead(leader, keep, getter).await,
+            Join::Leader(leader) => return call.lead(leader, getter).await,
             Join::Follower(follower) => {
                 core.stats.coalesced_waits.incr();
                 match timeout_at(call.deadline, follower.wait()).await {
@@ -334,6 +327,63 @@ where
             }
         }
     }
+}
+
+/// Whether a call's options are ones it accepts; why not, for [`Error::InvalidArgument`].
+#[inline]
+fn check(options: &GetOptions) -> Result<(), &'static str> {
+    let GetOptions {
+        exec_limit,
+        expire,
+        refresh_ahead,
+        error_backoff,
+        stale_if_error,
+        soft_timeout,
+        near_ttl,
+        ..
+    } = *options;
+    if !in_range(exec_limit) {
+        return Err(EXEC_LIMIT_RANGE);
+    }
+    if !in_range(expire) {
+        return Err("expire must be more than zero and at most 365 days");
+    }
+    if refresh_ahead.is_some_and(|fraction| !refresh_ahead_in_range(fraction)) {
+        return Err("refresh_ahead must be at least 0 and under 1");
+    }
+    if error_backoff.is_some_and(|backoff| !error_backoff_in_range(backoff)) {
+        return Err("error_backoff must be between 1ms and one day");
+    }
+    let off_or_in_range = |d: Duration| d.is_zero() || duration_in_range(d);
+    if stale_if_error.is_some_and(|max_stale| !off_or_in_range(max_stale)) {
+        return Err("stale_if_error must be zero (off) or between 1ms and 365 days");
+    }
+    if soft_timeout.is_some_and(|soft| !duration_in_range(soft)) {
+        return Err("soft_timeout must be between 1ms and 365 days");
+    }
+    if near_ttl.is_some_and(|ttl| !off_or_in_range(ttl)) {
+        return Err("near_ttl must be zero (off) or between 1ms and 365 days");
+    }
+    Ok(())
+}
+
+/// `key`'s value from the near cache, for a call that can keep values (`keep`) and has a
+/// `near_ttl`, with options it accepts (otherwise [`get`] says why). Called first, before the
+/// call's future is built: a near hit is a map lookup and a clone.
+#[inline]
+pub(crate) fn near_hit<T>(
+    core: &Core,
+    key: &str,
+    options: &GetOptions,
+    keep: Option<Keep<T>>,
+) -> Option<T> {
+    let keep = keep?;
+    if options.near_ttl.unwrap_or(core.config.near_ttl).is_zero() || check(options).is_err() {
+        return None;
+    }
+    let value = core.near.get()?.get(key, keep)?;
+    core.stats.near_hits.incr();
+    Some(value)
 }
 
 /// Runs `getter` within `exec_limit`, without the store: the call has no usable key (the
@@ -382,7 +432,7 @@ where
 /// when the lookup was sent: its life left in the store and, for a value that carries its
 /// freshness, until it stops being fresh. `None`: not at all.
 fn near_life(item: &Item) -> Option<Duration> {
-    let life = item.life.unwrap_or(MAX_DURATION);
+    let life = item.life().unwrap_or(MAX_DURATION);
     if item.flags != FRESHNESS_FLAGS {
         return Some(life);
     }
@@ -472,18 +522,15 @@ impl<S: Store> Call<'_, S> {
         self.options.soft_timeout.or(self.core.config.soft_timeout)
     }
 
-    async fn lead<T, E, F>(
-        &self,
-        leader: Leader<'_>,
-        keep: Option<Keep<T>>,
-        getter: F,
-    ) -> Result<T, E>
+    async fn lead<T, E, F>(&self, leader: Leader<'_>, getter: F) -> Result<T, E>
     where
         T: Serialize + DeserializeOwned,
         E: From<Error> + std::fmt::Debug,
         F: Getter<T, E>,
     {
         let stats = &self.core.stats;
+        // Zero when the call keeps nothing, whatever the getter could.
+        let keep = getter.keep().filter(|_| !self.near_ttl.is_zero());
         let mut waiting: Option<(Instant, PollSchedule, SiteWait<'_>)> = None;
         let mut decode_misses = 0;
         let mut first = true;
@@ -641,7 +688,7 @@ impl<S: Store> Call<'_, S> {
                     // A waiter that wins the lease (its holder died) stops waiting: if it was
                     // scouting the site, the part goes to another waiter now, not after the getter.
                     drop(waiting);
-                    return self.compute(leader, lease, keep, getter).await;
+                    return self.compute(leader, lease, getter).await;
                 }
                 Step::Busy => {
                     let (_, schedule, site) = waiting.get_or_insert_with(|| {
@@ -677,13 +724,7 @@ impl<S: Store> Call<'_, S> {
     }
 
     /// We hold the lease: run the getter, then store its value or hand the lease back.
-    async fn compute<T, E, F>(
-        &self,
-        leader: Leader<'_>,
-        lease: Lease,
-        keep: Option<Keep<T>>,
-        getter: F,
-    ) -> Result<T, E>
+    async fn compute<T, E, F>(&self, leader: Leader<'_>, lease: Lease, getter: F) -> Result<T, E>
     where
         T: Serialize + DeserializeOwned,
         E: From<Error>,
@@ -695,6 +736,7 @@ impl<S: Store> Call<'_, S> {
             lease: Some(lease),
             marker: None,
         };
+        let keep = getter.keep().filter(|_| !self.near_ttl.is_zero());
         let (value, decision) = match self.run_getter_holding(lease, getter).await {
             Ok(ended) => ended,
             Err(err) => {

@@ -27,8 +27,9 @@ const ENTRY_OVERHEAD: u64 = 96;
 
 /// How a value type is kept near: cloned into the map and out of it. Made only where
 /// `T: Clone + Send + Sync + 'static` holds, so that the algorithm (`flight.rs`) needs no such
-/// bound: a call without one passes `None`.
-pub(crate) struct Keep<T> {
+/// bound: a getter that cannot keep its values has none (`Getter::keep`). Public only for the
+/// macro's expansions (`__private`).
+pub struct Keep<T> {
     share: fn(&T) -> Shared,
     read: fn(&(dyn Any + Send + Sync)) -> Option<T>,
 }
@@ -43,11 +44,37 @@ impl<T> Copy for Keep<T> {}
 
 impl<T: Clone + Send + Sync + 'static> Keep<T> {
     /// How `T` is kept.
-    pub(crate) const fn new() -> Self {
+    pub const fn new() -> Self {
         Keep {
             share: |value| Arc::new(value.clone()),
             read: |any| any.downcast_ref::<T>().cloned(),
         }
+    }
+}
+
+/// Whether a call's values are kept near, and how: chosen by its value type where the type is
+/// known (`Cache::get_near`, a `#[distcached]` expansion), so that a call that cannot keep
+/// values compiles to none of this.
+pub trait NearChoice<T> {
+    /// How, or `None`.
+    fn keep(&self) -> Option<Keep<T>>;
+}
+
+impl<T> NearChoice<T> for Keep<T> {
+    #[inline]
+    fn keep(&self) -> Option<Keep<T>> {
+        Some(*self)
+    }
+}
+
+/// Values are not kept.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoNear;
+
+impl<T> NearChoice<T> for NoNear {
+    #[inline]
+    fn keep(&self) -> Option<Keep<T>> {
+        None
     }
 }
 

@@ -11,9 +11,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::warn;
 
-use crate::flight::Detachable;
+use crate::flight::{Detachable, WithNear};
 use crate::json;
-use crate::near::Keep;
 use crate::options::Detached;
 use crate::schedule::site_of;
 use crate::{Cache, Error, GetOptions};
@@ -112,16 +111,7 @@ impl<T: Serialize + DeserializeOwned, E: From<Error> + std::fmt::Debug> CachedRe
     }
 }
 
-/// Whether a function's values can be kept near (`Cache::get_near`): `Some` where the value type
-/// is `Clone + Send + Sync + 'static`.
-pub struct Near<T>(Option<Keep<T>>);
-
-impl<T> Near<T> {
-    /// Not kept (`near_ttl = "0s"`).
-    pub const fn never() -> Self {
-        Near(None)
-    }
-}
+pub use crate::near::{Keep, NearChoice, NoNear};
 
 /// The value type of a function with `near_ttl`.
 #[diagnostic::on_unimplemented(
@@ -133,9 +123,9 @@ pub trait NearValue: Clone + Send + Sync + 'static {}
 
 impl<T: Clone + Send + Sync + 'static> NearValue for T {}
 
-/// A function with `near_ttl`: its value type must be keepable.
-pub const fn keep_near<T: NearValue>() -> Near<T> {
-    Near(Some(Keep::new()))
+/// A function with `near_ttl`: its value type must be keepable (an error spanned at `near_ttl`).
+pub const fn keep_near<T: NearValue>() -> Keep<T> {
+    Keep::new()
 }
 
 /// Chooses, for a function without `near_ttl`, whether its values are kept when the cache has a
@@ -160,36 +150,37 @@ impl<R> Default for Probe<R> {
 /// The choice for a return type whose value can be kept.
 pub trait KeptIfClone<T> {
     /// Kept.
-    fn near(&self) -> Near<T>;
+    fn near(&self) -> Keep<T>;
 }
 
 impl<T: Clone + Send + Sync + 'static, E> KeptIfClone<T> for &Probe<Result<T, E>> {
-    fn near(&self) -> Near<T> {
-        Near(Some(Keep::new()))
+    fn near(&self) -> Keep<T> {
+        Keep::new()
     }
 }
 
 /// The choice for any other return type.
 pub trait NotKept {
     /// Not kept.
-    fn near<T>(&self) -> Near<T> {
-        Near(None)
+    fn near(&self) -> NoNear {
+        NoNear
     }
 }
 
 impl<R> NotKept for Probe<R> {}
 
 /// The body of a `#[distcached]` function.
-pub async fn call<R, F, Fut>(
+pub async fn call<R, N, F, Fut>(
     cache: Result<&Cache, Error>,
     function: &'static str,
     key: Key,
     options: &GetOptions,
-    near: Near<R::Value>,
+    near: N,
     getter: F,
 ) -> R
 where
     R: CachedResult,
+    N: NearChoice<R::Value>,
     F: FnOnce() -> Fut,
     Fut: Future<Output = R>,
 {
@@ -203,7 +194,14 @@ where
         async move { future.await.into_result() }
     };
     R::from_result(match key.finish() {
-        Ok(key) => cache.get_at(site, &key, options, near.0, getter).await,
+        Ok(key) => {
+            if let Some(value) = cache.near_hit(&key, options, near.keep()) {
+                return R::from_result(Ok(value));
+            }
+            cache
+                .get_at(site, &key, options, WithNear(getter, near))
+                .await
+        }
         Err(err) => {
             warn!(function, error = %err, "the arguments cannot be serialized into a key; running the function uncached");
             cache
@@ -215,16 +213,17 @@ where
 
 /// The body of a `#[distcached(soft_timeout = ...)]` function: its getter may finish in the
 /// background (`Cache::get_detached`).
-pub async fn call_detached<R, F, Fut>(
+pub async fn call_detached<R, N, F, Fut>(
     cache: Result<&Cache, Error>,
     function: &'static str,
     key: Key,
     options: &GetOptions<Detached>,
-    near: Near<R::Value>,
+    near: N,
     getter: F,
 ) -> R
 where
     R: CachedResult + Send + 'static,
+    N: NearChoice<R::Value>,
     R::Value: Send + 'static,
     R::Error: Send + 'static,
     F: FnOnce() -> Fut + Send + 'static,
@@ -242,8 +241,11 @@ where
     R::from_result(match key.finish() {
         Ok(key) => {
             let options = options.erased();
+            if let Some(value) = cache.near_hit(&key, &options, near.keep()) {
+                return R::from_result(Ok(value));
+            }
             cache
-                .get_at(site, &key, &options, near.0, Detachable(getter))
+                .get_at(site, &key, &options, WithNear(Detachable(getter), near))
                 .await
         }
         Err(err) => {

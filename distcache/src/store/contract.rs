@@ -274,7 +274,7 @@ pub(crate) async fn a_lookup_tells_the_life_left_when_asked<S: Store>(
         store.fill(k, lease, &data, 5, expire).await.unwrap(),
         Fill::Stored
     );
-    assert_eq!(hit(store, k, lease_ttl).await.life, None, "not asked");
+    assert_eq!(hit(store, k, lease_ttl).await.life(), None, "not asked");
     let asked = store
         .lookup(k, lease_ttl, Duration::ZERO, true, far())
         .await
@@ -282,7 +282,7 @@ pub(crate) async fn a_lookup_tells_the_life_left_when_asked<S: Store>(
     let Lookup::Hit(item) = asked else {
         panic!("expected a hit, got {asked:?}");
     };
-    let life = item.life.expect("asked");
+    let life = item.life().expect("asked");
     assert!(
         life <= expire.saturating_sub(sent.elapsed()) && life >= Duration::from_secs(8),
         "{life:?} left of a value stored for {expire:?}"

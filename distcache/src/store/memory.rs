@@ -17,7 +17,7 @@ use bytes::Bytes;
 use quick_cache::{DefaultHashBuilder, Lifecycle, Weighter};
 use tokio::time::Instant;
 
-use super::{Fill, Item, Lease, Lookup, Store, StoreError};
+use super::{Fill, Item, Lease, Lookup, NO_LIFE, Store, StoreError};
 use crate::key::WireKey;
 
 /// Shards, each behind its own lock: a lookup must read or lease a key atomically, and 16 locks
@@ -172,7 +172,7 @@ impl MemoryStore {
                 data: data.clone(),
                 flags,
                 version,
-                life: None,
+                life_ms: NO_LIFE,
             }),
             cas: version.cas,
             expires: now + expire,
@@ -319,7 +319,7 @@ impl Store for MemoryStore {
             let mut item = item.clone();
             if ask_life {
                 // Exact: counted from now, which is after the lookup was sent.
-                item.life = Some(*expires - now);
+                item.life_ms = Item::life_ms(*expires - now);
             }
             if !refresh.is_zero() && !*refresh_sent && *expires - now < refresh {
                 *refresh_sent = true;

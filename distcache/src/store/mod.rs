@@ -32,9 +32,26 @@ pub(crate) struct Item {
     pub(crate) flags: u32,
     /// `release` with it removes this item, and nothing that replaced it meanwhile.
     pub(crate) version: Lease,
-    /// For a lookup that asked: how long the item lives at least, counted from when the lookup
-    /// was sent. `None` if not asked, or if the item does not expire.
-    pub(crate) life: Option<Duration>,
+    /// For a lookup that asked: how long the item lives at least, in milliseconds counted from
+    /// when the lookup was sent ([`Item::life`]). Four bytes, in the padding after `flags`: an
+    /// item is moved several times on every hit.
+    pub(crate) life_ms: u32,
+}
+
+/// `Item::life_ms` when not asked, or when the item does not expire.
+pub(crate) const NO_LIFE: u32 = u32::MAX;
+
+impl Item {
+    /// How long the item lives at least, counted from when the lookup was sent; `None` if the
+    /// lookup did not ask, or the item does not expire. A life past 49 days reads as 49 days.
+    pub(crate) fn life(&self) -> Option<Duration> {
+        (self.life_ms != NO_LIFE).then(|| Duration::from_millis(self.life_ms.into()))
+    }
+
+    /// `life` as `Item::life_ms` keeps it: cut to 49 days, never `NO_LIFE`.
+    pub(crate) fn life_ms(life: Duration) -> u32 {
+        u32::try_from(life.as_millis()).map_or(NO_LIFE - 1, |ms| ms.min(NO_LIFE - 1))
+    }
 }
 
 /// The CAS of an item on the node that holds it. As the right to compute a key's value, it is

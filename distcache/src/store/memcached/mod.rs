@@ -17,7 +17,7 @@ use self::protocol::{Code, ErrorKind, MAX_RELATIVE_TTL, Meta, Reply, Request};
 use self::ring::Ring;
 pub use self::ring::Server;
 pub(crate) use self::signing::Signer;
-use super::{Fill, Item, Lease, Lookup, Store, StoreError, StoreErrorKind, whole_seconds};
+use super::{Fill, Item, Lease, Lookup, NO_LIFE, Store, StoreError, StoreErrorKind, whole_seconds};
 use crate::key::WireKey;
 
 mod auth;
@@ -300,9 +300,9 @@ impl Store for Cluster {
                 // `t` counts whole seconds of the server's clock, which ticks once a second: an
                 // item with `t` seconds left lives more than `t - 1` from when it was read, which
                 // is after the lookup was sent.
-                life: meta
-                    .ttl
-                    .map(|ttl| Duration::from_secs(ttl.saturating_sub(1))),
+                life_ms: meta.ttl.map_or(NO_LIFE, |ttl| {
+                    Item::life_ms(Duration::from_secs(u64::from(ttl.saturating_sub(1))))
+                }),
             }
         };
         match meta.code {

@@ -176,7 +176,7 @@ pub(crate) struct Meta {
     pub(crate) stale: bool,
     /// `t`: the item's TTL left in whole seconds of the server's clock; `None` if not asked, or
     /// the item does not expire (`t-1`).
-    pub(crate) ttl: Option<u64>,
+    pub(crate) ttl: Option<u32>,
 }
 
 impl Meta {
@@ -353,7 +353,10 @@ fn parse(buf: &mut BytesMut, max_value: usize) -> Result<Parsed, ProtocolError> 
             b'X' => meta.stale = true,
             b'k' => key = Some(value),
             b't' if value == b"-1" => meta.ttl = None,
-            b't' => meta.ttl = Some(number(value).ok_or_else(bad)?),
+            b't' => {
+                let ttl = number(value).ok_or_else(bad)?;
+                meta.ttl = Some(u32::try_from(ttl).unwrap_or(u32::MAX));
+            }
             // Flags we do not ask for (s, ...) are ignored.
             _ => {}
         }
