@@ -42,6 +42,12 @@ impl<T> Clone for Keep<T> {
 
 impl<T> Copy for Keep<T> {}
 
+impl<T: Clone + Send + Sync + 'static> Default for Keep<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl<T: Clone + Send + Sync + 'static> Keep<T> {
     /// How `T` is kept.
     pub const fn new() -> Self {
