@@ -25,7 +25,7 @@ fn main() -> ExitCode {
     if let Ok(role) = std::env::var(ROLE) {
         return runtime.block_on(child(&role));
     }
-    let tests: [Scenario; 5] = [
+    let tests: [Scenario; 6] = [
         ("four_processes_of_32_callers_run_each_getter_once", || {
             Box::pin(four_processes_of_32_callers_run_each_getter_once())
         }),
@@ -48,6 +48,10 @@ fn main() -> ExitCode {
         (
             "the_default_cache_is_configured_from_the_environment",
             || Box::pin(the_default_cache_is_configured_from_the_environment()),
+        ),
+        (
+            "a_value_kept_near_in_another_process_is_replaced_within_near_ttl",
+            || Box::pin(a_value_kept_near_in_another_process_is_replaced_within_near_ttl()),
         ),
     ];
     let filter: Vec<String> = std::env::args()
@@ -418,8 +422,99 @@ async fn env_child() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The near cache's staleness bound across real processes: a child keeps a value near (the
+/// default cache, `DISTCACHE_NEAR_TTL=1s`, applied to a function without `near_ttl` because its
+/// value type allows it); this process replaces the value. The child serves the old value on
+/// (it is kept), but never more than `near_ttl` (and a slack) after the read that brought it,
+/// which was sent before the replacement.
+async fn a_value_kept_near_in_another_process_is_replaced_within_near_ttl() {
+    const NEAR: u64 = 1000;
+    const SLACK: u64 = 250;
+    let node = Memcached::start().await;
+    let here = Cache::builder()
+        .server(node.addr())
+        .namespace("neartest")
+        .build()
+        .unwrap();
+    let key = "processes::version[]";
+    let set = |v: &'static str| move || async move { Ok::<_, Error>(v.to_owned()) };
+    let _: String = here.get(key, MINUTE, MINUTE, set("v1")).await.unwrap();
+    let mut child = spawn(
+        "near",
+        &[
+            ("DISTCACHE_SERVERS", node.addr()),
+            ("DISTCACHE_NAMESPACE", "neartest".into()),
+            ("DISTCACHE_NEAR_TTL", "1s".into()),
+        ],
+    );
+    let ready = line_from(&mut child).await;
+    let read_sent: u64 = ready
+        .strip_prefix("ready ")
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("the child's first read: {ready:?}"));
+    here.invalidate(key).await.unwrap();
+    let _: String = here.get(key, MINUTE, MINUTE, set("v2")).await.unwrap();
+    let replaced = unix_ms();
+    assert!(replaced >= read_sent);
+    say(child.child.stdin.as_mut().unwrap(), "go");
+    let changed = line_from(&mut child).await;
+    let fields: Vec<u64> = changed
+        .strip_prefix("changed ")
+        .unwrap_or_else(|| panic!("the child's report: {changed:?}"))
+        .split(' ')
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let (last_old, near_hits) = (fields[0], fields[1]);
+    assert!(child.child.wait().unwrap().success());
+    assert!(
+        last_old > replaced,
+        "the child served its kept value after the replacement (the near cache at work)"
+    );
+    assert!(
+        last_old <= read_sent + NEAR + SLACK,
+        "the old value was served {} ms after the read that brought it",
+        last_old - read_sent
+    );
+    assert!(near_hits > 0);
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// No `near_ttl`: the default cache's (`DISTCACHE_NEAR_TTL`) applies, as `String` allows it.
+#[distcached(expire = "1m", exec_limit = "10s", name = "processes::version")]
+async fn version() -> Result<String, Error> {
+    Ok("computed by the child".to_owned())
+}
+
+async fn near_child() -> ExitCode {
+    let sent = unix_ms();
+    assert_eq!(version().await.unwrap(), "v1");
+    println!("ready {sent}");
+    let mut go = String::new();
+    std::io::stdin().read_line(&mut go).unwrap();
+    let mut last_old = sent;
+    loop {
+        let asked = unix_ms();
+        match version().await.unwrap().as_str() {
+            "v1" => last_old = asked,
+            "v2" => break,
+            other => panic!("unexpected value {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stats = distcache::default_cache().unwrap().stats();
+    println!("changed {last_old} {}", stats.near_hits);
+    ExitCode::SUCCESS
+}
+
 async fn child(role: &str) -> ExitCode {
     match role {
+        "near" => near_child().await,
         "herd" => herd_child().await,
         "winner" => winner_child().await,
         "paused" => paused_child().await,
