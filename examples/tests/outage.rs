@@ -2,8 +2,8 @@
 //! origin: with `stale_if_error`, no call fails and the origin is asked about once per key per
 //! `error_backoff` while it is down; without it, the callers get the getter's error or
 //! `Error::Backoff`, never anything else, and the origin is asked as rarely. Over TLS with a
-//! login, the processes share one run per key. With Zipf keys, each node's gets are counted. The
-//! full-size figures are in BENCHMARKS.md.
+//! login, the processes share one run per key. With Zipf keys, each node's gets are counted, and a
+//! near cache spares the nodes the gets it serves. The full-size figures are in BENCHMARKS.md.
 
 mod common;
 
@@ -118,9 +118,25 @@ fn over_tls_with_a_login_processes_share_one_run_per_key() {
 /// counted from its own `stats`.
 #[test]
 fn zipf_keys_and_node_gets() {
+    let r = zipf_herd(&[]);
+    assert_eq!(r["near_hits"], 0, "{r}");
+}
+
+/// With a near cache: no wrong value, and the nodes see only the gets it did not serve.
+#[test]
+fn a_near_cache_serves_hot_keys_without_the_nodes() {
+    let r = zipf_herd(&["--near-ttl", "1s"]);
+    assert_eq!(r["wrong_values"], 0, "{r}");
+    assert!(r["near_hits"].as_u64().unwrap() > 0, "{r}");
+}
+
+/// A Zipf herd's result, checked: no failed call, and every warm get that neither joined another
+/// in its process nor was a near hit asked a node once.
+fn zipf_herd(extra: &[&str]) -> Value {
     let output = std::process::Command::new(common::example_binary("herd"))
         .args(["--spawn-servers", "--procs", "2", "--callers", "8"])
         .args(["--keys", "200", "--zipf", "1.1", "--warm-secs", "1"])
+        .args(extra)
         .output()
         .expect("the herd runs");
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -137,11 +153,12 @@ fn zipf_keys_and_node_gets() {
     assert_eq!(nodes.len(), 3, "{r}");
     let gets = r["warm_gets"].as_u64().unwrap();
     let coalesced = r["warm_coalesced_waits"].as_u64().unwrap();
-    // Every warm get that did not join another in its process asked a node once.
-    assert_eq!(nodes.iter().sum::<u64>(), gets - coalesced, "{r}");
+    let near = r["near_hits"].as_u64().unwrap();
+    assert_eq!(nodes.iter().sum::<u64>(), gets - coalesced - near, "{r}");
     assert_eq!(
         r["hottest_node_gets"].as_u64(),
         nodes.iter().max().copied(),
         "{r}"
     );
+    r
 }
