@@ -18,6 +18,18 @@ use distcache::{Cache, Error, GetOptions};
 const MINUTE: Duration = Duration::from_secs(60);
 const HITS: u64 = 5_000;
 
+/// Allocations per call of `call`, after a warm-up.
+async fn per_call<F: std::future::Future<Output = ()>>(call: impl Fn() -> F) -> f64 {
+    for _ in 0..500 {
+        call().await;
+    }
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for _ in 0..HITS {
+        call().await;
+    }
+    (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / HITS as f64
+}
+
 /// Allocations per hit of a 1 KB string on `cache`, after a warm-up.
 async fn per_hit(cache: &Cache) -> f64 {
     let value = "v".repeat(998);
@@ -30,14 +42,7 @@ async fn per_hit(cache: &Cache) -> f64 {
             .unwrap();
         assert_eq!(got.len(), 998);
     };
-    for _ in 0..500 {
-        hit().await;
-    }
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
-    for _ in 0..HITS {
-        hit().await;
-    }
-    (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / HITS as f64
+    per_call(hit).await
 }
 
 /// Allocations per near hit of `value` (a clone of it each), after a warm-up.
@@ -55,14 +60,7 @@ where
             .unwrap();
         std::hint::black_box(got);
     };
-    for _ in 0..500 {
-        hit().await;
-    }
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
-    for _ in 0..HITS {
-        hit().await;
-    }
-    (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / HITS as f64
+    per_call(hit).await
 }
 
 /// One test, on one thread: nothing else allocates while it counts.
