@@ -18,7 +18,8 @@
 //! under it, and the fill. `signed` and `signed-concurrent` are `memcached` and `concurrent`
 //! with signing keys: each hit verifies an HMAC-SHA256 tag over its 1 KB value. `near` is
 //! `memcached` through `get_near` with a minute's `near_ttl`: every hit after the first is a near
-//! hit, a clone of the kept 1 KB `String`.
+//! hit, a clone of the kept 1 KB `String`. `macro` and `macro-near` are `memcached` and `near`
+//! through a `#[distcached]` function of one argument: its key built at each call.
 
 #[path = "../distcache/tests/support/memcached.rs"]
 mod memcached;
@@ -56,6 +57,13 @@ fn main() {
                     return;
                 }
                 (Some(server), cache)
+            }
+            "macro" | "macro-near" => {
+                let server = memcached::Memcached::start().await;
+                let cache = Cache::builder().server(server.addr()).build().expect("a cache");
+                assert!(MACRO_CACHE.set(cache).is_ok());
+                macro_hits(&store, hits).await;
+                return;
             }
             "by-hand" => {
                 let server = memcached::Memcached::start().await;
@@ -163,4 +171,37 @@ async fn misses(cache: &Cache, count: usize) {
         (count as u64 + 1, count as u64 + 1),
         "{stats:?}"
     );
+}
+
+static MACRO_CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+
+/// A `#[distcached]` function: its key built from its argument, then the call.
+#[distcache::distcached(expire = "1m", exec_limit = "1m", cache = MACRO_CACHE.get().expect("set"))]
+async fn hot(id: u32) -> Result<String, Error> {
+    Ok("v".repeat(998 + id as usize - 7))
+}
+
+/// The same, keeping its value near.
+#[distcache::distcached(
+    expire = "1m",
+    exec_limit = "1m",
+    near_ttl = "1m",
+    cache = MACRO_CACHE.get().expect("set")
+)]
+async fn hot_near(id: u32) -> Result<String, Error> {
+    Ok("v".repeat(998 + id as usize - 7))
+}
+
+/// `hits` calls of `hot` (`macro`) or `hot_near` (`macro-near`), after the one that computes.
+async fn macro_hits(mode: &str, hits: usize) {
+    for _ in 0..hits + 1 {
+        let got = if mode == "macro" {
+            hot(7).await
+        } else {
+            hot_near(7).await
+        };
+        std::hint::black_box(got.expect("a value"));
+    }
+    let stats = MACRO_CACHE.get().expect("set").stats();
+    assert_eq!(stats.getter_runs, 1, "{stats:?}");
 }

@@ -38,9 +38,9 @@ pub(crate) struct Args {
     /// `soft_timeout`'s span, if given: the getter may then finish in the background, so the
     /// function must not borrow (`expand::check`), and its call is the detached one.
     pub(crate) soft_timeout: Option<Span>,
-    /// `near_ttl`'s span, if given, and whether it keeps values (not `"0s"`): the value type
-    /// must then be keepable, an error spanned there.
-    pub(crate) near_ttl: Option<(Span, bool)>,
+    /// `near_ttl`'s span, if given and not `"0s"`: the function's values are kept near, and its
+    /// value type must allow it (an error spanned there).
+    pub(crate) near_ttl: Option<Span>,
 }
 
 pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
@@ -141,10 +141,14 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
                 }
                 Err(err) => errors.push(err),
             },
+            // `"cache"`: the cache's `near_ttl` (the builder's, or `DISTCACHE_NEAR_TTL`).
+            "near_ttl" if is_str(&nv.value, "cache") => near_ttl = Some(nv.path.span()),
             "near_ttl" => match setting(&nv.value, "near_ttl", true) {
+                // Off: nothing to keep, and nothing asked of the value type.
+                Ok(d) if d.is_zero() => {}
                 Ok(d) => {
                     let (secs, nanos) = (d.as_secs(), d.subsec_nanos());
-                    near_ttl = Some((nv.path.span(), !d.is_zero()));
+                    near_ttl = Some(nv.path.span());
                     options.push(quote!(.near_ttl(::core::time::Duration::new(#secs, #nanos))));
                 }
                 Err(err) => errors.push(err),
@@ -267,6 +271,11 @@ fn setting(value: &Expr, name: &str, zero_is_off: bool) -> syn::Result<Duration>
         ));
     }
     Ok(d)
+}
+
+/// Whether `value` is the string literal `text`.
+fn is_str(value: &Expr, text: &str) -> bool {
+    matches!(value, Expr::Lit(ExprLit { lit: Lit::Str(lit), .. }) if lit.value() == text)
 }
 
 fn boolean(value: &Expr) -> syn::Result<bool> {

@@ -190,6 +190,18 @@ fn check(function: &ItemFn, args: Option<&Args>) -> syn::Result<()> {
             ));
         }
     }
+    // `near_ttl` keeps the value past the call: it cannot borrow (the compiler would say so in
+    // its own words, far from here).
+    if let Some(span) = args.and_then(|args| args.near_ttl)
+        && let ReturnType::Type(_, ty) = &sig.output
+        && borrowed(ty.to_token_stream()).is_some()
+    {
+        errors.push(syn::Error::new(
+            span,
+            "`near_ttl` keeps the function's value in this process beyond the call, so the value \
+             cannot borrow; return an owned value (or an `Arc`), or drop `near_ttl`",
+        ));
+    }
     if let ReturnType::Default = sig.output {
         errors.push(syn::Error::new_spanned(
             &sig.ident,
@@ -354,20 +366,12 @@ fn expand(args: Args, mut function: ItemFn) -> TokenStream {
             ::distcache::GetOptions::new(#exec_limit, #expire) #(#per_function)*;
     };
     // Whether values are kept near: with `near_ttl`, the value type must allow it (an error
-    // spanned at `near_ttl`); without it, they are where the type allows, if the cache has a
-    // `near_ttl` (`DISTCACHE_NEAR_TTL`).
+    // spanned at `near_ttl`); without it, they are not, and the call compiles to none of it.
     let near = match args.near_ttl {
-        Some((span, true)) => quote_spanned!(span=> ::distcache::__private::keep_near()),
+        Some(span) => quote_spanned!(span=> ::distcache::__private::keep_near()),
         // Spanned at the return type, as the call is: a type that is not a cacheable `Result`
         // is reported there once, not again for this argument.
-        Some((_, false)) => {
-            quote_spanned!(return_type.span()=> ::distcache::__private::NoNear)
-        }
-        None => quote_spanned! {return_type.span()=> {
-            #[allow(unused_imports)]
-            use ::distcache::__private::{KeptIfClone as _, NotKept as _};
-            (&&::distcache::__private::Probe::<#return_type>::new()).near()
-        }},
+        None => quote_spanned!(return_type.span()=> ::distcache::__private::NoNear),
     };
     let block = &function.block;
     // The call is spanned at the return type: a type that is not a cacheable `Result` is

@@ -39,10 +39,7 @@ use crate::coalesce::{Ended, Join, Leader};
 use crate::codec::{
     self, DecodeError, EncodeError, FRESHNESS_BYTES, FRESHNESS_FLAGS, Freshness, JSON_FLAGS,
 };
-use crate::core::{
-    Core, MAX_DURATION, OnUnavailable, Tasks, duration_in_range, error_backoff_in_range,
-    refresh_ahead_in_range,
-};
+use crate::core::{Core, MAX_DURATION, OnUnavailable, Tasks};
 use crate::entry::{self, Decision};
 use crate::error::Error;
 use crate::key::WireKey;
@@ -329,42 +326,11 @@ where
     }
 }
 
-/// Whether a call's options are ones it accepts; why not, for [`Error::InvalidArgument`].
+/// Whether a call's options are ones it accepts; why not, for [`Error::InvalidArgument`]. Checked
+/// where the options were made ([`GetOptions::refused`]).
 #[inline]
 fn check(options: &GetOptions) -> Result<(), &'static str> {
-    let GetOptions {
-        exec_limit,
-        expire,
-        refresh_ahead,
-        error_backoff,
-        stale_if_error,
-        soft_timeout,
-        near_ttl,
-        ..
-    } = *options;
-    if !in_range(exec_limit) {
-        return Err(EXEC_LIMIT_RANGE);
-    }
-    if !in_range(expire) {
-        return Err("expire must be more than zero and at most 365 days");
-    }
-    if refresh_ahead.is_some_and(|fraction| !refresh_ahead_in_range(fraction)) {
-        return Err("refresh_ahead must be at least 0 and under 1");
-    }
-    if error_backoff.is_some_and(|backoff| !error_backoff_in_range(backoff)) {
-        return Err("error_backoff must be between 1ms and one day");
-    }
-    let off_or_in_range = |d: Duration| d.is_zero() || duration_in_range(d);
-    if stale_if_error.is_some_and(|max_stale| !off_or_in_range(max_stale)) {
-        return Err("stale_if_error must be zero (off) or between 1ms and 365 days");
-    }
-    if soft_timeout.is_some_and(|soft| !duration_in_range(soft)) {
-        return Err("soft_timeout must be between 1ms and 365 days");
-    }
-    if near_ttl.is_some_and(|ttl| !off_or_in_range(ttl)) {
-        return Err("near_ttl must be zero (off) or between 1ms and 365 days");
-    }
-    Ok(())
+    options.refused().map_or(Ok(()), Err)
 }
 
 /// `key`'s value from the near cache, for a call that can keep values (`keep`) and has a
@@ -378,10 +344,11 @@ pub(crate) fn near_hit<T>(
     keep: Option<Keep<T>>,
 ) -> Option<T> {
     let keep = keep?;
-    if options.near_ttl.unwrap_or(core.config.near_ttl).is_zero() || check(options).is_err() {
+    let near_ttl = options.near_ttl.unwrap_or(core.config.near_ttl);
+    if near_ttl.is_zero() || check(options).is_err() {
         return None;
     }
-    let value = core.near.get()?.get(key, keep)?;
+    let value = core.near.get()?.get(key, keep, near_ttl)?;
     core.stats.near_hits.incr();
     Some(value)
 }
@@ -529,8 +496,6 @@ impl<S: Store> Call<'_, S> {
         F: Getter<T, E>,
     {
         let stats = &self.core.stats;
-        // Zero when the call keeps nothing, whatever the getter could.
-        let keep = getter.keep().filter(|_| !self.near_ttl.is_zero());
         let mut waiting: Option<(Instant, PollSchedule, SiteWait<'_>)> = None;
         let mut decode_misses = 0;
         let mut first = true;
@@ -538,14 +503,16 @@ impl<S: Store> Call<'_, S> {
             if waiting.is_some() {
                 stats.wait_lookups.incr();
             }
-            let sent = keep.map(|_| self.core.near().sent());
+            // Asked of the getter at each use, not kept across an await: for a getter that keeps
+            // nothing it is a constant, and the near cache's code goes from the hit path.
+            let sent = self.keeps(&getter).map(|_| self.core.near().sent());
             let lookup = match self
                 .store
                 .lookup(
                     &self.wire,
                     self.lease_ttl(),
                     self.refresh_window(),
-                    keep.is_some(),
+                    self.keeps(&getter).is_some(),
                     self.deadline,
                 )
                 .await
@@ -559,7 +526,7 @@ impl<S: Store> Call<'_, S> {
                 Ok(lookup) => lookup,
             };
             // How long a value found may be kept near: its own life left, counted from `sent`.
-            let life = match (keep, &lookup) {
+            let life = match (self.keeps(&getter), &lookup) {
                 (Some(_), Lookup::Hit(item) | Lookup::Refresh(item)) => near_life(item),
                 _ => None,
             };
@@ -599,7 +566,8 @@ impl<S: Store> Call<'_, S> {
                     if let Some((since, ..)) = waiting {
                         self.core.estimates.record_wait(self.site, since.elapsed());
                     }
-                    if let (Some(keep), Some(sent), Some(life)) = (keep, sent, life) {
+                    if let (Some(keep), Some(sent), Some(life)) = (self.keeps(&getter), sent, life)
+                    {
                         self.keep_near(keep, &value, json.len(), sent, life);
                     }
                     leader.publish(json);
@@ -610,9 +578,10 @@ impl<S: Store> Call<'_, S> {
                         self.core.estimates.record_wait(self.site, since.elapsed());
                     }
                     drop(waiting);
-                    // The current value, for what it has left: its successor is kept by the
-                    // next read of it.
-                    if let (Some(keep), Some(sent), Some(life)) = (keep, sent, life) {
+                    // The current value, for what it has left, until its successor is stored and
+                    // kept in its place (`refresh`).
+                    if let (Some(keep), Some(sent), Some(life)) = (self.keeps(&getter), sent, life)
+                    {
                         self.keep_near(keep, &value, json.len(), sent, life);
                     }
                     // This process's other callers take the current value now, not after the
@@ -736,7 +705,7 @@ impl<S: Store> Call<'_, S> {
             lease: Some(lease),
             marker: None,
         };
-        let keep = getter.keep().filter(|_| !self.near_ttl.is_zero());
+        let keep = self.keeps(&getter);
         let (value, decision) = match self.run_getter_holding(lease, getter).await {
             Ok(ended) => ended,
             Err(err) => {
@@ -796,7 +765,7 @@ impl<S: Store> Call<'_, S> {
         let filled = self.fill(lease, &json, expire).await;
         self.record_fill(&filled, json.len());
         if let (Some(keep), Some(sent), Ok(Fill::Stored)) = (keep, sent, &filled) {
-            self.keep_near(keep, &value, json.len(), sent, expire);
+            self.keep_written(keep, &json, sent, expire);
         }
         if filled.is_err() {
             // Stored or not, nobody can tell: handed back when the node can next be reached,
@@ -847,6 +816,26 @@ impl<S: Store> Call<'_, S> {
         self.store
             .fill(&self.wire, lease, &header.item(json), FRESHNESS_FLAGS, ttl)
             .await
+    }
+
+    /// How this call keeps values near, if it does: its getter's way, if it has a `near_ttl`.
+    #[inline]
+    fn keeps<T, E, F: Getter<T, E>>(&self, getter: &F) -> Option<Keep<T>> {
+        getter.keep().filter(|_| !self.near_ttl.is_zero())
+    }
+
+    /// Keeps a value this call wrote, as the store's readers will read it: decoded from its JSON
+    /// (a field the JSON leaves out reads as a reader elsewhere reads it, not as the getter set it).
+    fn keep_written<T: DeserializeOwned>(
+        &self,
+        keep: Keep<T>,
+        json: &bytes::Bytes,
+        sent: Sent,
+        life: Duration,
+    ) {
+        if let Ok(value) = codec::decode::<T>(JSON_FLAGS, json) {
+            self.keep_near(keep, &value, json.len(), sent, life);
+        }
     }
 
     /// Keeps `value` near, read or written by the store operation marked `sent`, for `near_ttl`,
@@ -1005,6 +994,8 @@ impl<S: Store> Call<'_, S> {
             exec_limit: self.exec_limit,
             expire: self.expire,
             error_backoff: self.error_backoff,
+            // The call's options, checked, with its `stale_if_error` resolved and without the
+            // soft timeout: the job is what runs after it.
             options: GetOptions {
                 stale_if_error: Some(self.max_stale()),
                 soft_timeout: None,
@@ -1213,6 +1204,7 @@ impl<S: Store> Call<'_, S> {
     {
         let stats = &self.core.stats;
         stats.refreshes.incr();
+        let keep = self.keeps(&getter);
         let (value, decision) = match self.try_getter(getter).await {
             Ok(ended) => ended,
             Err(failed) => {
@@ -1239,17 +1231,18 @@ impl<S: Store> Call<'_, S> {
                 return value;
             }
         };
+        let expire = self.expire_of(decision);
+        let sent = keep.map(|_| self.core.near().sent());
         let filled = self
             .store
-            .fill(
-                &self.wire,
-                version,
-                &json,
-                JSON_FLAGS,
-                self.expire_of(decision),
-            )
+            .fill(&self.wire, version, &json, JSON_FLAGS, expire)
             .await;
         self.record_fill(&filled, json.len());
+        // The successor replaces the current value kept (`Step::Refresh`): this process's later
+        // reads do not go back to it.
+        if let (Some(keep), Some(sent), Ok(Fill::Stored)) = (keep, sent, &filled) {
+            self.keep_written(keep, &json, sent, expire);
+        }
         value
     }
 

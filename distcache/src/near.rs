@@ -3,7 +3,9 @@
 //!
 //! Its one promise is a staleness bound: an entry is served until the earliest of `near_ttl`
 //! after the store read that brought it was sent (or after its write was sent), and the end of
-//! the value's own life in the store as that read reported it. `invalidate` removes this
+//! the value's own life in the store as that read reported it. `near_ttl` is the reading call's
+//! (no longer than the keeping call's): calls with different settings share an entry, each within
+//! its own bound. `invalidate` removes this
 //! process's copy at once: an epoch counter makes a read that was in flight across an invalidate
 //! unable to keep what it read.
 //!
@@ -87,7 +89,11 @@ impl<T> NearChoice<T> for NoNear {
 #[derive(Clone)]
 struct Entry {
     value: Shared,
-    /// Served before this instant only.
+    /// When the read or write that brought it was sent: a call serves it for its own `near_ttl`
+    /// from then.
+    sent: Instant,
+    /// Served before this instant only, by any call: the keeping call's `near_ttl` from `sent`,
+    /// or the value's life in the store if that ends sooner.
     until: Instant,
     /// The value's JSON size: what the entry is charged, with its key and the overhead.
     bytes: u32,
@@ -107,6 +113,10 @@ impl quick_cache::Weighter<Box<str>, Entry> for Charge {
 }
 
 type Map = quick_cache::sync::Cache<Box<str>, Entry, Charge, foldhash::fast::RandomState>;
+
+/// The map's shards, each with its share of the byte budget: a fixed number, so that the largest
+/// value kept (a sixteenth of `near_max_bytes`) does not depend on the machine's cores.
+const SHARDS: usize = 16;
 
 /// A cache's near cache, made on its first use.
 pub(crate) struct NearCache {
@@ -139,10 +149,15 @@ impl NearCache {
     pub(crate) fn new(max_entries: usize, max_bytes: u64) -> Self {
         let max_entries = max_entries.max(1);
         let floor = (max_bytes / max_entries as u64).max(1);
+        let options = quick_cache::OptionsBuilder::new()
+            .estimated_items_capacity(max_entries)
+            .weight_capacity(max_bytes.max(floor))
+            .shards(SHARDS)
+            .build()
+            .expect("a capacity and a shard count");
         NearCache {
-            map: Map::with(
-                max_entries,
-                max_bytes.max(floor),
+            map: Map::with_options(
+                options,
                 Charge { floor },
                 foldhash::fast::RandomState::default(),
                 Default::default(),
@@ -151,13 +166,20 @@ impl NearCache {
         }
     }
 
-    /// `key`'s value, if it is here, of type `T`, and still within its bound.
+    /// `key`'s value, if it is here, of type `T`, and within the bound of a call whose
+    /// `near_ttl` is `near_ttl`.
     #[inline]
-    pub(crate) fn get<T>(&self, key: &str, keep: Keep<T>) -> Option<T> {
+    pub(crate) fn get<T>(&self, key: &str, keep: Keep<T>, near_ttl: Duration) -> Option<T> {
         let entry = self.map.get(key)?;
-        if Instant::now() >= entry.until {
-            // Gone; it may have been replaced meanwhile, which only costs that entry a read.
+        let now = Instant::now();
+        if now >= entry.until {
+            // Gone for every call; it may have been replaced meanwhile, which only costs that
+            // entry a read.
             self.map.remove(key);
+            return None;
+        }
+        if now >= entry.sent + near_ttl {
+            // Too old for this call, not for those with a longer `near_ttl`.
             return None;
         }
         // `None` if another call keeps a value of another type under this key.
@@ -189,6 +211,7 @@ impl NearCache {
         }
         let entry = Entry {
             value: (keep.share)(value),
+            sent: sent.at,
             until,
             bytes: u32::try_from(bytes).unwrap_or(u32::MAX),
         };
@@ -231,13 +254,30 @@ mod tests {
         tokio::time::advance(Duration::from_millis(300)).await;
         near.keep("k", keep_string(), &"v".to_owned(), 3, sent, TTL);
         tokio::time::advance(Duration::from_millis(699)).await;
-        assert_eq!(near.get("k", keep_string()).as_deref(), Some("v"));
+        assert_eq!(near.get("k", keep_string(), TTL).as_deref(), Some("v"));
         tokio::time::advance(Duration::from_millis(1)).await;
         assert_eq!(
-            near.get("k", keep_string()),
+            near.get("k", keep_string(), TTL),
             None,
             "1 s after the read was sent"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_call_is_served_within_its_own_near_ttl() {
+        let near = NearCache::new(100, 1 << 20);
+        near.keep("k", keep_string(), &"v".to_owned(), 3, near.sent(), TTL);
+        tokio::time::advance(Duration::from_millis(150)).await;
+        let short = Duration::from_millis(100);
+        assert_eq!(
+            near.get("k", keep_string(), short),
+            None,
+            "too old for 100 ms"
+        );
+        assert!(near.get("k", keep_string(), TTL).is_some(), "not for 1 s");
+        // And never longer than the keeping call's.
+        tokio::time::advance(Duration::from_millis(850)).await;
+        assert_eq!(near.get("k", keep_string(), 10 * TTL), None);
     }
 
     #[tokio::test(start_paused = true)]
@@ -253,9 +293,9 @@ mod tests {
             Duration::from_millis(200),
         );
         tokio::time::advance(Duration::from_millis(199)).await;
-        assert!(near.get("k", keep_string()).is_some());
+        assert!(near.get("k", keep_string(), TTL).is_some());
         tokio::time::advance(Duration::from_millis(1)).await;
-        assert_eq!(near.get("k", keep_string()), None);
+        assert_eq!(near.get("k", keep_string(), TTL), None);
         // A value already past its life is not kept at all.
         near.keep(
             "k",
@@ -274,21 +314,21 @@ mod tests {
         let sent = near.sent();
         near.invalidate("k");
         near.keep("k", keep_string(), &"old".to_owned(), 5, sent, TTL);
-        assert_eq!(near.get("k", keep_string()), None);
+        assert_eq!(near.get("k", keep_string(), TTL), None);
         // A read sent after it keeps its value.
         let sent = near.sent();
         near.keep("k", keep_string(), &"new".to_owned(), 5, sent, TTL);
-        assert_eq!(near.get("k", keep_string()).as_deref(), Some("new"));
+        assert_eq!(near.get("k", keep_string(), TTL).as_deref(), Some("new"));
         near.invalidate("k");
-        assert_eq!(near.get("k", keep_string()), None);
+        assert_eq!(near.get("k", keep_string(), TTL), None);
     }
 
     #[tokio::test]
     async fn a_value_of_another_type_under_the_key_is_a_miss() {
         let near = NearCache::new(100, 1 << 20);
         near.keep("k", Keep::<u64>::new(), &7, 1, near.sent(), TTL);
-        assert_eq!(near.get("k", keep_string()), None);
-        assert_eq!(near.get("k", Keep::<u64>::new()), Some(7));
+        assert_eq!(near.get("k", keep_string(), TTL), None);
+        assert_eq!(near.get("k", Keep::<u64>::new(), TTL), Some(7));
     }
 
     #[tokio::test]
@@ -302,8 +342,8 @@ mod tests {
         let (entries, bytes) = near.usage();
         assert!(entries <= 100, "{entries} entries");
         assert!(bytes <= 1 << 20);
-        // By bytes: 100 values of 100 KB into 1 MB.
-        let near = NearCache::new(10_000, 1 << 20);
+        // By bytes: 100 values of 100 KB into 4 MiB (16 shards of 256 KiB).
+        let near = NearCache::new(10_000, 4 << 20);
         let big = "x".repeat(100_000);
         for i in 0..100 {
             near.keep(
@@ -316,7 +356,15 @@ mod tests {
             );
         }
         let (entries, bytes) = near.usage();
-        assert!(entries <= 10, "{entries} entries of 100 KB in 1 MB");
-        assert!(bytes <= 1 << 20, "{bytes} bytes");
+        assert!(
+            (1..=40).contains(&entries),
+            "{entries} entries of 100 KB in 4 MiB"
+        );
+        assert!(bytes <= 4 << 20, "{bytes} bytes");
+        // A value over a shard's share (a sixteenth) is not kept.
+        let near = NearCache::new(10_000, 4 << 20);
+        let huge = "x".repeat(300_000);
+        near.keep("huge", keep_string(), &huge, huge.len(), near.sent(), TTL);
+        assert_eq!(near.usage().0, 0);
     }
 }

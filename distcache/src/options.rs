@@ -4,6 +4,8 @@
 use std::marker::PhantomData;
 use std::time::Duration;
 
+use crate::core::MAX_DURATION;
+
 /// The settings of a call of [`Cache::get_with`](crate::Cache::get_with): its `exec_limit` and
 /// `expire`, and the per-call options, each falling back to the cache's own when not set.
 ///
@@ -43,7 +45,48 @@ pub struct GetOptions<M = Attached> {
     pub(crate) soft_timeout: Option<Duration>,
     /// `None`: the cache's (`CacheBuilder::near_ttl`), for calls that can keep values near.
     pub(crate) near_ttl: Option<Duration>,
+    /// The settings out of range, a bit each ([`Invalid`]), kept by the builder methods: checked
+    /// once where the options are made (at compile time for a `static`), not on every call.
+    pub(crate) invalid: u8,
     pub(crate) mode: PhantomData<M>,
+}
+
+/// The settings a call refuses, as bits of [`GetOptions::invalid`], in the order a call reports
+/// them.
+struct Invalid;
+
+impl Invalid {
+    const EXEC_LIMIT: u8 = 1;
+    const EXPIRE: u8 = 1 << 1;
+    const REFRESH_AHEAD: u8 = 1 << 2;
+    const ERROR_BACKOFF: u8 = 1 << 3;
+    const STALE_IF_ERROR: u8 = 1 << 4;
+    const SOFT_TIMEOUT: u8 = 1 << 5;
+    const NEAR_TTL: u8 = 1 << 6;
+
+    /// Why, for each bit in order.
+    const REASONS: [&'static str; 7] = [
+        "exec_limit must be more than zero and at most 365 days",
+        "expire must be more than zero and at most 365 days",
+        "refresh_ahead must be at least 0 and under 1",
+        "error_backoff must be between 1ms and one day",
+        "stale_if_error must be zero (off) or between 1ms and 365 days",
+        "soft_timeout must be between 1ms and 365 days",
+        "near_ttl must be zero (off) or between 1ms and 365 days",
+    ];
+}
+
+/// `d` within `[min, max]`, in a `const` context.
+const fn within(d: Duration, min: Duration, max: Duration) -> bool {
+    min.as_nanos() <= d.as_nanos() && d.as_nanos() <= max.as_nanos()
+}
+
+const NANO: Duration = Duration::from_nanos(1);
+const MILLI: Duration = Duration::from_millis(1);
+
+/// `bits` with `bit` set if `bad`, cleared otherwise.
+const fn mark(bits: u8, bit: u8, bad: bool) -> u8 {
+    if bad { bits | bit } else { bits & !bit }
 }
 
 /// The mode of [`GetOptions`] that every call takes: the getter runs within the call.
@@ -62,6 +105,15 @@ impl GetOptions {
     /// ([`Error::InvalidArgument`](crate::Error::InvalidArgument) otherwise).
     #[must_use]
     pub const fn new(exec_limit: Duration, expire: Duration) -> Self {
+        let invalid = mark(
+            mark(
+                0,
+                Invalid::EXEC_LIMIT,
+                !within(exec_limit, NANO, MAX_DURATION),
+            ),
+            Invalid::EXPIRE,
+            !within(expire, NANO, MAX_DURATION),
+        );
         GetOptions {
             exec_limit,
             expire,
@@ -70,6 +122,7 @@ impl GetOptions {
             stale_if_error: None,
             soft_timeout: None,
             near_ttl: None,
+            invalid,
             mode: PhantomData,
         }
     }
@@ -83,6 +136,9 @@ impl<M> GetOptions<M> {
     #[must_use]
     pub const fn refresh_ahead(mut self, fraction: f64) -> Self {
         self.refresh_ahead = Some(fraction);
+        // NaN is in no range.
+        let valid = fraction >= 0.0 && fraction < 1.0;
+        self.invalid = mark(self.invalid, Invalid::REFRESH_AHEAD, !valid);
         self
     }
 
@@ -93,6 +149,8 @@ impl<M> GetOptions<M> {
     #[must_use]
     pub const fn error_backoff(mut self, backoff: Duration) -> Self {
         self.error_backoff = Some(backoff);
+        let valid = within(backoff, MILLI, Duration::from_secs(24 * 3600));
+        self.invalid = mark(self.invalid, Invalid::ERROR_BACKOFF, !valid);
         self
     }
 
@@ -104,6 +162,8 @@ impl<M> GetOptions<M> {
     #[must_use]
     pub const fn stale_if_error(mut self, max_stale: Duration) -> Self {
         self.stale_if_error = Some(max_stale);
+        let valid = max_stale.is_zero() || within(max_stale, MILLI, MAX_DURATION);
+        self.invalid = mark(self.invalid, Invalid::STALE_IF_ERROR, !valid);
         self
     }
 
@@ -118,8 +178,10 @@ impl<M> GetOptions<M> {
     /// matters. Only [`Cache::get_detached`](crate::Cache::get_detached) takes these options.
     #[must_use]
     pub const fn soft_timeout(self, soft_timeout: Duration) -> GetOptions<Detached> {
+        let valid = within(soft_timeout, MILLI, MAX_DURATION);
         GetOptions {
             soft_timeout: Some(soft_timeout),
+            invalid: mark(self.invalid, Invalid::SOFT_TIMEOUT, !valid),
             ..self.in_mode()
         }
     }
@@ -133,7 +195,18 @@ impl<M> GetOptions<M> {
     #[must_use]
     pub const fn near_ttl(mut self, near_ttl: Duration) -> Self {
         self.near_ttl = Some(near_ttl);
+        let valid = near_ttl.is_zero() || within(near_ttl, MILLI, MAX_DURATION);
+        self.invalid = mark(self.invalid, Invalid::NEAR_TTL, !valid);
         self
+    }
+
+    /// Why a call refuses these options, if it does: the first setting out of range.
+    #[inline]
+    pub(crate) fn refused(&self) -> Option<&'static str> {
+        if self.invalid == 0 {
+            return None;
+        }
+        Some(Invalid::REASONS[self.invalid.trailing_zeros() as usize])
     }
 
     /// These options, in the mode every call takes: what the flight reads.
@@ -151,6 +224,7 @@ impl<M> GetOptions<M> {
             stale_if_error: self.stale_if_error,
             soft_timeout: self.soft_timeout,
             near_ttl: self.near_ttl,
+            invalid: self.invalid,
             mode: PhantomData,
         }
     }
@@ -165,5 +239,56 @@ impl<M> GetOptions<M> {
     #[must_use]
     pub const fn expire(&self) -> Duration {
         self.expire
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn each_setting_out_of_range_is_refused_with_its_reason() {
+        let ok = GetOptions::new(S, S);
+        assert_eq!(ok.refused(), None);
+        let year = MAX_DURATION + S;
+        let tiny = Duration::from_micros(10);
+        let cases: [(GetOptions, &str); 11] = [
+            (GetOptions::new(Duration::ZERO, S), "exec_limit"),
+            (GetOptions::new(year, S), "exec_limit"),
+            (GetOptions::new(S, Duration::ZERO), "expire"),
+            (ok.refresh_ahead(1.0), "refresh_ahead"),
+            (ok.refresh_ahead(f64::NAN), "refresh_ahead"),
+            (
+                ok.error_backoff(Duration::from_secs(2 * 24 * 3600)),
+                "error_backoff",
+            ),
+            (ok.stale_if_error(tiny), "stale_if_error"),
+            (ok.soft_timeout(tiny).erased(), "soft_timeout"),
+            (ok.near_ttl(tiny), "near_ttl"),
+            (ok.near_ttl(year), "near_ttl"),
+            // The first in the order a call reports them.
+            (
+                GetOptions::new(Duration::ZERO, Duration::ZERO).near_ttl(tiny),
+                "exec_limit",
+            ),
+        ];
+        for (options, setting) in cases {
+            let reason = options.refused().unwrap_or_else(|| panic!("{options:?}"));
+            assert!(reason.starts_with(setting), "{reason} for {options:?}");
+        }
+        // Zero turns these off; a later valid setting replaces an invalid one.
+        let off = ok.stale_if_error(Duration::ZERO).near_ttl(Duration::ZERO);
+        assert_eq!(off.refused(), None);
+        assert_eq!(ok.refresh_ahead(2.0).refresh_ahead(0.2).refused(), None);
+        assert_eq!(ok.near_ttl(tiny).near_ttl(S).refused(), None);
+    }
+
+    /// Checked when made: a `static`'s options cost a call nothing.
+    #[test]
+    fn options_are_checked_at_compile_time_in_a_static() {
+        static BAD: GetOptions = GetOptions::new(S, S).refresh_ahead(1.5);
+        const { assert!(BAD.invalid != 0) };
     }
 }

@@ -4,8 +4,8 @@
 //! type and `call` at the return type, so that a missing `Serialize` or a return type that is not
 //! a cacheable `Result` is reported once, there.
 
+use std::cell::Cell;
 use std::future::Future;
-use std::marker::PhantomData;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -19,6 +19,23 @@ use crate::{Cache, Error, GetOptions};
 
 pub use crate::global::default_cache;
 
+thread_local! {
+    /// The buffer of this thread's last key, kept for its next: a call through the macro builds
+    /// its key without allocating (a near hit of an `Arc` allocates nothing at all).
+    static SPARE: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// The largest key buffer kept for the next call.
+const SPARE_MAX: usize = 4096;
+
+/// An empty buffer of at least `capacity`: this thread's spare, or a new one.
+fn buffer(capacity: usize) -> Vec<u8> {
+    let mut buf = SPARE.try_with(Cell::take).unwrap_or_default();
+    buf.clear();
+    buf.reserve(capacity);
+    buf
+}
+
 /// A call's key: the function's path, then its arguments as a JSON array, each in the key
 /// encoding of `json::write_key_arg` (serde_json's bytes, except where those are ambiguous).
 #[derive(Debug)]
@@ -27,10 +44,20 @@ pub struct Key {
     error: Option<json::Error>,
 }
 
+impl Drop for Key {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        if buf.capacity() <= SPARE_MAX {
+            // On a thread being torn down, the buffer is simply freed.
+            let _ = SPARE.try_with(|spare| spare.set(buf));
+        }
+    }
+}
+
 impl Key {
     /// Starts the key of a call of `function`.
     pub fn new(function: &str) -> Self {
-        let mut buf = Vec::with_capacity(function.len() + 32);
+        let mut buf = buffer(function.len() + 32);
         buf.extend_from_slice(function.as_bytes());
         buf.push(b'[');
         Key { buf, error: None }
@@ -39,7 +66,7 @@ impl Key {
     /// Starts the key of a call of the method `function` of the type named `type_name`
     /// (`std::any::type_name::<Self>()`, which names its module too).
     pub fn method(type_name: &str, function: &str) -> Self {
-        let mut buf = Vec::with_capacity(type_name.len() + function.len() + 34);
+        let mut buf = buffer(type_name.len() + function.len() + 34);
         buf.extend_from_slice(type_name.as_bytes());
         buf.extend_from_slice(b"::");
         buf.extend_from_slice(function.as_bytes());
@@ -49,8 +76,8 @@ impl Key {
 
     /// The key, as `Cache::get` and `Cache::invalidate` take it; `None` when the arguments
     /// could not be serialized into one.
-    pub fn into_key(self) -> Option<String> {
-        self.finish().ok()
+    pub fn into_key(mut self) -> Option<String> {
+        self.finish().ok().map(str::to_owned)
     }
 
     /// Appends an argument.
@@ -66,12 +93,13 @@ impl Key {
         }
     }
 
-    fn finish(mut self) -> Result<String, json::Error> {
-        if let Some(err) = self.error {
+    /// The key, borrowed, once all its arguments are in.
+    fn finish(&mut self) -> Result<&str, json::Error> {
+        if let Some(err) = self.error.take() {
             return Err(err);
         }
         self.buf.push(b']');
-        Ok(String::from_utf8(self.buf).expect("a &str followed by JSON-like text is UTF-8"))
+        Ok(std::str::from_utf8(&self.buf).expect("a &str followed by JSON-like text is UTF-8"))
     }
 }
 
@@ -124,56 +152,17 @@ pub trait NearValue: Clone + Send + Sync + 'static {}
 impl<T: Clone + Send + Sync + 'static> NearValue for T {}
 
 /// A function with `near_ttl`: its value type must be keepable (an error spanned at `near_ttl`).
+/// Without `near_ttl`, a function passes [`NoNear`], and its calls compile to none of the near
+/// cache.
 pub const fn keep_near<T: NearValue>() -> Keep<T> {
     Keep::new()
 }
-
-/// Chooses, for a function without `near_ttl`, whether its values are kept when the cache has a
-/// `near_ttl` (`DISTCACHE_NEAR_TTL`): by the function's return type, where it is written, with
-/// `(&&Probe::<R>::new()).near()`. [`KeptIfClone`] applies to `Result<T, E>` with a keepable
-/// `T`; [`NotKept`], one autoref further, to every other type.
-pub struct Probe<R>(PhantomData<R>);
-
-impl<R> Probe<R> {
-    /// The probe of return type `R`.
-    pub const fn new() -> Self {
-        Probe(PhantomData)
-    }
-}
-
-impl<R> Default for Probe<R> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// The choice for a return type whose value can be kept.
-pub trait KeptIfClone<T> {
-    /// Kept.
-    fn near(&self) -> Keep<T>;
-}
-
-impl<T: Clone + Send + Sync + 'static, E> KeptIfClone<T> for &Probe<Result<T, E>> {
-    fn near(&self) -> Keep<T> {
-        Keep::new()
-    }
-}
-
-/// The choice for any other return type.
-pub trait NotKept {
-    /// Not kept.
-    fn near(&self) -> NoNear {
-        NoNear
-    }
-}
-
-impl<R> NotKept for Probe<R> {}
 
 /// The body of a `#[distcached]` function.
 pub async fn call<R, N, F, Fut>(
     cache: Result<&Cache, Error>,
     function: &'static str,
-    key: Key,
+    mut key: Key,
     options: &GetOptions,
     near: N,
     getter: F,
@@ -195,11 +184,11 @@ where
     };
     R::from_result(match key.finish() {
         Ok(key) => {
-            if let Some(value) = cache.near_hit(&key, options, near.keep()) {
+            if let Some(value) = cache.near_hit(key, options, near.keep()) {
                 return R::from_result(Ok(value));
             }
             cache
-                .get_at(site, &key, options, WithNear(getter, near))
+                .get_at(site, key, options, WithNear(getter, near))
                 .await
         }
         Err(err) => {
@@ -216,7 +205,7 @@ where
 pub async fn call_detached<R, N, F, Fut>(
     cache: Result<&Cache, Error>,
     function: &'static str,
-    key: Key,
+    mut key: Key,
     options: &GetOptions<Detached>,
     near: N,
     getter: F,
@@ -241,11 +230,11 @@ where
     R::from_result(match key.finish() {
         Ok(key) => {
             let options = options.erased();
-            if let Some(value) = cache.near_hit(&key, &options, near.keep()) {
+            if let Some(value) = cache.near_hit(key, &options, near.keep()) {
                 return R::from_result(Ok(value));
             }
             cache
-                .get_at(site, &key, &options, WithNear(Detachable(getter), near))
+                .get_at(site, key, &options, WithNear(Detachable(getter), near))
                 .await
         }
         Err(err) => {

@@ -63,6 +63,19 @@ where
     per_call(hit).await
 }
 
+static NEAR_CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+
+/// A `#[distcached]` function keeping its `Arc` value near: its key is built at each call.
+#[distcache::distcached(
+    expire = "1m",
+    exec_limit = "1m",
+    near_ttl = "1m",
+    cache = NEAR_CACHE.get().expect("set")
+)]
+async fn kept(id: u32) -> Result<Arc<String>, Error> {
+    Ok(Arc::new("v".repeat(id as usize)))
+}
+
 /// One test, on one thread: nothing else allocates while it counts.
 #[test]
 fn a_hit_allocates_its_decoded_value_and_a_small_constant() {
@@ -96,5 +109,16 @@ fn a_hit_allocates_its_decoded_value_and_a_small_constant() {
         let arc = per_near_hit(&near, Arc::new("v".repeat(998))).await;
         assert_eq!(arc, 0.0, "near hit of an Arc: {arc} allocations");
         assert!(near.stats().near_hits >= HITS);
+
+        // The same through the macro: the key is built in a reused buffer.
+        assert!(NEAR_CACHE.set(near.clone()).is_ok());
+        let hit = || async {
+            std::hint::black_box(kept(998).await.unwrap());
+        };
+        let macro_arc = per_call(hit).await;
+        assert_eq!(
+            macro_arc, 0.0,
+            "a #[distcached] near hit of an Arc: {macro_arc} allocations"
+        );
     });
 }

@@ -423,8 +423,8 @@ async fn env_child() -> ExitCode {
 }
 
 /// The near cache's staleness bound across real processes: a child keeps a value near (the
-/// default cache, `DISTCACHE_NEAR_TTL=1s`, applied to a function without `near_ttl` because its
-/// value type allows it); this process replaces the value. The child serves the old value on
+/// default cache, `DISTCACHE_NEAR_TTL=1s`, for a function with `near_ttl = "cache"`); this process
+/// replaces the value. The child serves the old value on
 /// (it is kept), but never more than `near_ttl` (and a slack) after the read that brought it,
 /// which was sent before the replacement.
 async fn a_value_kept_near_in_another_process_is_replaced_within_near_ttl() {
@@ -485,8 +485,13 @@ fn unix_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// No `near_ttl`: the default cache's (`DISTCACHE_NEAR_TTL`) applies, as `String` allows it.
-#[distcached(expire = "1m", exec_limit = "10s", name = "processes::version")]
+/// The default cache's `near_ttl` (`DISTCACHE_NEAR_TTL`).
+#[distcached(
+    expire = "1m",
+    exec_limit = "10s",
+    name = "processes::version",
+    near_ttl = "cache"
+)]
 async fn version() -> Result<String, Error> {
     Ok("computed by the child".to_owned())
 }
@@ -495,11 +500,14 @@ async fn near_child() -> ExitCode {
     let sent = unix_ms();
     assert_eq!(version().await.unwrap(), "v1");
     println!("ready {sent}");
-    let mut go = String::new();
-    std::io::stdin().read_line(&mut go).unwrap();
+    tokio::task::spawn_blocking(|| std::io::stdin().read_line(&mut String::new()))
+        .await
+        .unwrap()
+        .unwrap();
     let mut last_old = sent;
     loop {
         let asked = unix_ms();
+        assert!(asked < sent + 5_000, "the new value within 5 s");
         match version().await.unwrap().as_str() {
             "v1" => last_old = asked,
             "v2" => break,

@@ -352,11 +352,7 @@ fn parse(buf: &mut BytesMut, max_value: usize) -> Result<Parsed, ProtocolError> 
             b'Z' => meta.won_elsewhere = true,
             b'X' => meta.stale = true,
             b'k' => key = Some(value),
-            b't' if value == b"-1" => meta.ttl = None,
-            b't' => {
-                let ttl = number(value).ok_or_else(bad)?;
-                meta.ttl = Some(u32::try_from(ttl).unwrap_or(u32::MAX));
-            }
+            b't' => meta.ttl = ttl_left(value).ok_or_else(bad)?,
             // Flags we do not ask for (s, ...) are ignored.
             _ => {}
         }
@@ -391,6 +387,15 @@ fn parse(buf: &mut BytesMut, max_value: usize) -> Result<Parsed, ProtocolError> 
 }
 
 /// A decimal number of at most 20 digits, as memcached writes them.
+/// A `t` flag's value: `None` for `-1` (no expiry), whole seconds otherwise (cut to `u32`).
+#[cold]
+fn ttl_left(value: &[u8]) -> Option<Option<u32>> {
+    if value == b"-1" {
+        return Some(None);
+    }
+    number(value).map(|ttl| Some(u32::try_from(ttl).unwrap_or(u32::MAX)))
+}
+
 fn number(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 20 {
         return None;

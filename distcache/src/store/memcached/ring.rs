@@ -249,14 +249,32 @@ impl Ring {
         key: &[u8],
         mut admit: impl FnMut(usize) -> Option<T>,
     ) -> Option<(usize, T)> {
-        self.successors(key).find_map(|i| admit(i).map(|t| (i, t)))
+        let start = self.start(key);
+        // Nearly every request goes to the key's own server: asked first, without the walk.
+        let own = self.points[start % self.points.len()].1 as usize;
+        if let Some(t) = admit(own) {
+            return Some((own, t));
+        }
+        self.walk(start)
+            .skip(1)
+            .find_map(|i| admit(i).map(|t| (i, t)))
     }
 
     /// Server positions in the order a key falls back to them: its own server first, then each
     /// other server in the order its first point follows the key's on the ring.
     pub(crate) fn successors(&self, key: &[u8]) -> impl Iterator<Item = usize> + '_ {
+        self.walk(self.start(key))
+    }
+
+    /// Where a key falls on the ring: the index of the first point at or after its hash (the
+    /// number of points when it falls after the last, which wraps to the first).
+    fn start(&self, key: &[u8]) -> usize {
         let hash = key_hash(key);
-        let start = self.points.partition_point(|&(value, _)| value < hash);
+        self.points.partition_point(|&(value, _)| value < hash)
+    }
+
+    /// The servers from point `start` on, each once, wrapping around.
+    fn walk(&self, start: usize) -> impl Iterator<Item = usize> + '_ {
         let (before, after) = self.points.split_at(start);
         let mut seen = Seen::new(self.servers.len());
         after
@@ -430,6 +448,30 @@ mod tests {
         sorted.sort_unstable();
         assert_eq!(sorted, [0, 1, 2, 3, 4]);
         assert_eq!(&ring.servers[order[0]], ring.server_for(b"some key"));
+    }
+
+    #[test]
+    fn route_asks_each_server_once_in_the_key_s_fallback_order() {
+        let ring = Ring::new((0..5).map(|i| Server::new(format!("s{i}"), 11211).unwrap())).unwrap();
+        for key in [&b"some key"[..], b"", b"k", b"\xff\xff"] {
+            let order: Vec<usize> = ring.successors(key).collect();
+            for admitted in 0..order.len() {
+                let mut asked = Vec::new();
+                let routed = ring.route(key, |i| {
+                    asked.push(i);
+                    (i == order[admitted]).then_some(())
+                });
+                assert_eq!(routed, Some((order[admitted], ())));
+                assert_eq!(asked, order[..=admitted], "{key:?}");
+            }
+            let mut asked = Vec::new();
+            let none = ring.route(key, |i| {
+                asked.push(i);
+                None::<()>
+            });
+            assert_eq!(none, None);
+            assert_eq!(asked, order);
+        }
     }
 
     proptest! {
