@@ -249,6 +249,10 @@ fn parse_args() -> Result<Args, String> {
     {
         return Err("the naive baseline has no TLS and no login".into());
     }
+    if args.near_ttl.is_some() && args.soft_timeout.is_some() {
+        // get_near has no detached form: one of the two would be silently ignored.
+        return Err("--near-ttl and --soft-timeout do not go together".into());
+    }
     if args.workers == Some(0) {
         return Err("--workers must be positive".into());
     }

@@ -275,12 +275,14 @@ impl CacheBuilder {
 
     /// Keeps values in this process for `near_ttl` after the store read that brought them was
     /// sent (or their write), and serves them from there, decoded, without asking the store: the
-    /// near cache, for the keys read most. It applies to the calls that can keep a value:
-    /// [`Cache::get_near`](crate::Cache::get_near), and `#[distcached]` functions whose value is
-    /// `Clone + Send + Sync + 'static`.
+    /// near cache, for the keys read most. It applies to the calls that keep values, where they
+    /// set no `near_ttl` of their own: [`Cache::get_near`](crate::Cache::get_near), and
+    /// `#[distcached(near_ttl = "cache")]` functions. `get`, `get_with`, `get_detached` and
+    /// functions without `near_ttl` never keep values (their value need not be `Clone`).
     ///
     /// **The staleness bound.** A value is served from here at most `near_ttl` after the read
-    /// that brought it was sent, and never past its own expiry in the store. So another
+    /// that brought it was sent (the reading call's `near_ttl`, and no longer than the keeping
+    /// call's), and never past its own expiry, or freshness, in the store. So another
     /// process's new value, or its [`invalidate`](crate::Cache::invalidate), reaches this
     /// process's callers up to `near_ttl` late. This process's own `invalidate` removes its copy
     /// at once. Near hits are counted in [`Stats::near_hits`](crate::Stats::near_hits), not in
@@ -313,7 +315,8 @@ impl CacheBuilder {
     /// The most bytes the near cache keeps, counting each value as its JSON size (its decoded
     /// form may take more or less), its key, and about 100 bytes per entry; each entry counts
     /// for at least `near_max_bytes / near_max_entries`, which keeps both limits with one
-    /// budget. Between 64 KiB and 1 TiB; default: 32 MiB.
+    /// budget. The map has 16 shards that each get a sixteenth of the bytes: a value larger than
+    /// that share is returned but not kept. Between 64 KiB and 1 TiB; default: 32 MiB.
     pub fn near_max_bytes(mut self, bytes: u64) -> Self {
         self.near_max_bytes = bytes;
         self

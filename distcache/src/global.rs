@@ -48,8 +48,8 @@ pub fn set_default(cache: Cache) -> Result<(), Cache> {
 /// - `DISTCACHE_SOFT_TIMEOUT`: the [soft timeout](crate::CacheBuilder::soft_timeout) of detached
 ///   calls, written the same way (`"100ms"`); default off;
 /// - `DISTCACHE_NEAR_TTL`: how long [values are kept in this process](crate::CacheBuilder::near_ttl)
-///   by `#[distcached]` functions whose value is `Clone + Send + Sync + 'static`, written the
-///   same way (`"1s"`); default off;
+///   by `#[distcached(near_ttl = "cache")]` functions and `get_near` calls without a `near_ttl`
+///   of their own, written the same way (`"1s"`); default off;
 /// - `DISTCACHE_USERNAME` and `DISTCACHE_PASSWORD`: the [credentials](crate::CacheBuilder::credentials)
 ///   for servers that ask for them; both or neither;
 /// - `DISTCACHE_TLS=1`: TLS (`CacheBuilder::tls`, with the `tls` feature) with the system's roots, or

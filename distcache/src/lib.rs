@@ -261,6 +261,12 @@ pub use store::memcached::ring::Ring;
 ///   [`Cache::get_detached`]. The body must then be able to outlive the call: an argument whose
 ///   type borrows (`&Db`, `&str`, a lifetime) or a method's `&self` is a compile error; pass owned
 ///   handles (an `Arc`, a cloned pool). The arguments and the value must be `Send + 'static`.
+/// - `near_ttl = "1s"`: keep the function's values in this process that long and serve them from
+///   there, as [`Cache::get_near`] does (the near cache, for hot keys; with its staleness bound,
+///   [`CacheBuilder::near_ttl`]); `near_ttl = "cache"`: for the cache's `near_ttl` (off if it has
+///   none; `DISTCACHE_NEAR_TTL` for the default cache). The value must be
+///   `Clone + Send + Sync + 'static` (an `Arc<T>` clones as a count), or it is a compile error
+///   at `near_ttl`. A function without it keeps nothing, whatever the cache's setting.
 /// - `helpers = false`: no `<fn>_key` and `<fn>_invalidate` beside the function; needed in a
 ///   trait impl, which takes no other items.
 ///

@@ -189,8 +189,9 @@ impl<M> GetOptions<M> {
     /// Keeps the value in this process for `near_ttl`, and serves it from there, as
     /// [`CacheBuilder::near_ttl`](crate::CacheBuilder::near_ttl) does (with its staleness
     /// bound), for these calls: it takes precedence over the cache's setting (zero turns it
-    /// off). Only [`Cache::get_near`](crate::Cache::get_near) keeps values near: its value type
-    /// is `Clone + Send + Sync + 'static`. Zero, or between 1 ms and 365 days
+    /// off). Only [`Cache::get_near`](crate::Cache::get_near) keeps values near (its value type
+    /// is `Clone + Send + Sync + 'static`); `get_with` and `get_detached` ignore this setting, so
+    /// that one `static` of options can serve both. Zero, or between 1 ms and 365 days
     /// ([`Error::InvalidArgument`](crate::Error::InvalidArgument) otherwise).
     #[must_use]
     pub const fn near_ttl(mut self, near_ttl: Duration) -> Self {
