@@ -282,9 +282,10 @@ impl CacheBuilder {
     ///
     /// **The staleness bound.** A value is served from here at most `near_ttl` after the read
     /// that brought it was sent (the reading call's `near_ttl`, and no longer than the keeping
-    /// call's), and never past its own expiry, or freshness, in the store. So another
-    /// process's new value, or its [`invalidate`](crate::Cache::invalidate), reaches this
-    /// process's callers up to `near_ttl` late. This process's own `invalidate` removes its copy
+    /// call's), and never past its own expiry, or freshness, in the store (nor into its
+    /// [refresh-ahead](Self::refresh_ahead) window, so that the value is still refreshed ahead).
+    /// So another process's new value, or its [`invalidate`](crate::Cache::invalidate), reaches
+    /// this process's callers up to `near_ttl` late. This process's own `invalidate` removes its copy
     /// at once. Near hits are counted in [`Stats::near_hits`](crate::Stats::near_hits), not in
     /// `hits`.
     ///
@@ -315,8 +316,8 @@ impl CacheBuilder {
     /// The most bytes the near cache keeps, counting each value as its JSON size (its decoded
     /// form may take more or less), its key, and about 100 bytes per entry; each entry counts
     /// for at least `near_max_bytes / near_max_entries`, which keeps both limits with one
-    /// budget. The map has 16 shards that each get a sixteenth of the bytes: a value larger than
-    /// that share is returned but not kept. Between 64 KiB and 1 TiB; default: 32 MiB.
+    /// budget. The map has up to 16 shards that each get their share of the bytes: a value over
+    /// about a sixteenth of them is returned but not kept. Between 64 KiB and 1 TiB; default: 32 MiB.
     pub fn near_max_bytes(mut self, bytes: u64) -> Self {
         self.near_max_bytes = bytes;
         self

@@ -48,13 +48,6 @@ use crate::options::GetOptions;
 use crate::schedule::{Knowledge, PollSchedule, Site, SiteWait};
 use crate::store::{Fill, Item, Lease, Lookup, Store, StoreError, StoreErrorKind, whole_seconds};
 
-const EXEC_LIMIT_RANGE: &str = "exec_limit must be more than zero and at most 365 days";
-
-/// Whether `exec_limit` or `expire` is one a call accepts: more than zero, at most `MAX_DURATION`.
-fn in_range(duration: Duration) -> bool {
-    !duration.is_zero() && duration <= MAX_DURATION
-}
-
 /// After this many undecodable items in one call, the call stops fighting over the key: it runs
 /// the getter and returns the value without storing it.
 const MAX_DECODE_MISSES: u32 = 2;
@@ -102,7 +95,7 @@ pub(crate) trait Getter<T, E>: Sized {
     /// back.
     fn detach<S: Store>(
         self,
-        job: Job<S>,
+        job: Job<S, T>,
         tasks: &Tasks,
     ) -> Result<oneshot::Receiver<Recomputed<T, E>>, Self> {
         let _ = (job, tasks);
@@ -141,7 +134,7 @@ where
 
     fn detach<S: Store>(
         self,
-        job: Job<S>,
+        job: Job<S, T>,
         tasks: &Tasks,
     ) -> Result<oneshot::Receiver<Recomputed<T, E>>, Self> {
         let (sender, receiver) = oneshot::channel();
@@ -178,7 +171,7 @@ where
 
     fn detach<S: Store>(
         self,
-        job: Job<S>,
+        job: Job<S, T>,
         tasks: &Tasks,
     ) -> Result<oneshot::Receiver<Recomputed<T, E>>, Self> {
         let WithNear(getter, near) = self;
@@ -189,7 +182,7 @@ where
 }
 
 /// The rest of a claimed recompute, owned, to run in a task of its own (`Getter::detach`).
-pub(crate) struct Job<S> {
+pub(crate) struct Job<S, T> {
     core: Arc<Core>,
     store: S,
     key: String,
@@ -204,10 +197,13 @@ pub(crate) struct Job<S> {
     claimed: Lease,
     header: Freshness,
     json: bytes::Bytes,
+    /// How the call kept values near, so that the job keeps the value it stores.
+    keep: Option<Keep<T>>,
+    near_ttl: Duration,
 }
 
-impl<S: Store> Job<S> {
-    async fn run<T, E, F>(self, getter: F) -> Recomputed<T, E>
+impl<S: Store, T> Job<S, T> {
+    async fn run<E, F>(self, getter: F) -> Recomputed<T, E>
     where
         T: Serialize + DeserializeOwned,
         E: From<Error> + std::fmt::Debug,
@@ -226,9 +222,9 @@ impl<S: Store> Job<S> {
             error_backoff: self.error_backoff,
             options: &self.options,
             site: self.site,
-            near_ttl: Duration::ZERO,
+            near_ttl: self.near_ttl,
         };
-        call.recompute_claimed(self.claimed, self.header, &self.json, getter)
+        call.recompute_claimed(self.claimed, self.header, &self.json, self.keep, getter)
             .await
     }
 }
@@ -368,15 +364,16 @@ where
     E: From<Error>,
     F: Getter<T, E>,
 {
-    if !in_range(exec_limit) {
+    // The options of a call with no expire to speak of: only `exec_limit` can be refused.
+    let options = GetOptions::new(exec_limit, exec_limit);
+    if let Err(reason) = check(&options) {
         return Err(Error::InvalidArgument {
             key: label.to_owned(),
-            reason: EXEC_LIMIT_RANGE,
+            reason,
         }
         .into());
     }
     core.stats.uncached_calls.incr();
-    let options = GetOptions::new(exec_limit, exec_limit);
     let call = Call {
         core,
         tasks: None,
@@ -397,16 +394,18 @@ where
 
 /// How long a value found by a lookup that asked for its life may be kept near, counted from
 /// when the lookup was sent: its life left in the store and, for a value that carries its
-/// freshness, until it stops being fresh. `None`: not at all.
-fn near_life(item: &Item) -> Option<Duration> {
+/// freshness, until it stops being fresh; less the call's refresh window, so that this process
+/// still reads the store when the value is due to be refreshed ahead. `None`: not at all.
+fn near_life(item: &Item, refresh_window: Duration) -> Option<Duration> {
     let life = item.life().unwrap_or(MAX_DURATION);
-    if item.flags != FRESHNESS_FLAGS {
-        return Some(life);
-    }
-    let header = Freshness::read(&item.data)?;
-    let now = codec::unix_millis(std::time::SystemTime::now());
-    let fresh = Duration::from_millis(header.fresh_until.checked_sub(now)?);
-    Some(life.min(fresh))
+    let life = if item.flags == FRESHNESS_FLAGS {
+        let header = Freshness::read(&item.data)?;
+        let now = codec::unix_millis(std::time::SystemTime::now());
+        life.min(Duration::from_millis(header.fresh_until.checked_sub(now)?))
+    } else {
+        life
+    };
+    life.checked_sub(refresh_window)
 }
 
 /// What the leader does after a lookup.
@@ -527,7 +526,9 @@ impl<S: Store> Call<'_, S> {
             };
             // How long a value found may be kept near: its own life left, counted from `sent`.
             let life = match (self.keeps(&getter), &lookup) {
-                (Some(_), Lookup::Hit(item) | Lookup::Refresh(item)) => near_life(item),
+                (Some(_), Lookup::Hit(item) | Lookup::Refresh(item)) => {
+                    near_life(item, self.refresh_window())
+                }
                 _ => None,
             };
             let step = match lookup {
@@ -764,9 +765,7 @@ impl<S: Store> Call<'_, S> {
         let sent = keep.map(|_| self.core.near().sent());
         let filled = self.fill(lease, &json, expire).await;
         self.record_fill(&filled, json.len());
-        if let (Some(keep), Some(sent), Ok(Fill::Stored)) = (keep, sent, &filled) {
-            self.keep_written(keep, &json, sent, expire);
-        }
+        self.wrote(keep, &json, sent, expire, &filled);
         if filled.is_err() {
             // Stored or not, nobody can tell: handed back when the node can next be reached,
             // which does nothing if it was stored, and otherwise frees the key at once.
@@ -824,8 +823,33 @@ impl<S: Store> Call<'_, S> {
         getter.keep().filter(|_| !self.near_ttl.is_zero())
     }
 
-    /// Keeps a value this call wrote, as the store's readers will read it: decoded from its JSON
-    /// (a field the JSON leaves out reads as a reader elsewhere reads it, not as the getter set it).
+    /// After a write of `json` for `life` (marked `sent` if the call keeps values): a value stored
+    /// is kept in place of the one kept before, or, by a call that keeps nothing, the one kept
+    /// before is dropped, so that this process's reads do not go back to it.
+    fn wrote<T: DeserializeOwned>(
+        &self,
+        keep: Option<Keep<T>>,
+        json: &bytes::Bytes,
+        sent: Option<Sent>,
+        life: Duration,
+        filled: &Result<Fill, StoreError>,
+    ) {
+        if !matches!(filled, Ok(Fill::Stored)) {
+            return;
+        }
+        match (keep, sent) {
+            (Some(keep), Some(sent)) => self.keep_written(keep, json, sent, life),
+            _ => {
+                if let Some(near) = self.core.near.get() {
+                    near.remove(self.key);
+                }
+            }
+        }
+    }
+
+    /// Keeps a value this call wrote for `life`, as the store's readers will read it: decoded from
+    /// its JSON (a field the JSON leaves out reads as a reader elsewhere reads it, not as the
+    /// getter set it); until its refresh window, as a value read is (`near_life`).
     fn keep_written<T: DeserializeOwned>(
         &self,
         keep: Keep<T>,
@@ -833,6 +857,9 @@ impl<S: Store> Call<'_, S> {
         sent: Sent,
         life: Duration,
     ) {
+        let Some(life) = life.checked_sub(self.refresh_window()) else {
+            return;
+        };
         if let Ok(value) = codec::decode::<T>(JSON_FLAGS, json) {
             self.keep_near(keep, &value, json.len(), sent, life);
         }
@@ -947,9 +974,10 @@ impl<S: Store> Call<'_, S> {
             (true, Some(soft), Some(tasks)) => Some((soft, tasks)),
             _ => None,
         };
+        let keep = self.keeps(&getter);
         let getter = match detached {
             Some((soft, tasks)) => {
-                match getter.detach(self.job(tasks, claimed, header, &json), tasks) {
+                match getter.detach(self.job(tasks, claimed, header, &json, keep), tasks) {
                     Ok(ended) => {
                         let soft_deadline = (Instant::now() + soft).min(self.deadline);
                         return match timeout_at(soft_deadline, ended).await {
@@ -976,7 +1004,10 @@ impl<S: Store> Call<'_, S> {
             }
             None => getter,
         };
-        match self.recompute_claimed(claimed, header, &json, getter).await {
+        match self
+            .recompute_claimed(claimed, header, &json, keep, getter)
+            .await
+        {
             Recomputed::New(value) => Ok(value),
             Recomputed::Failed { error, kept: true } => serve_current().ok_or(error),
             Recomputed::Failed { error, kept: false } => Err(error),
@@ -984,7 +1015,14 @@ impl<S: Store> Call<'_, S> {
     }
 
     /// The job of recomputing the value claimed as `claimed`, for another task to run.
-    fn job(&self, tasks: &Tasks, claimed: Lease, header: Freshness, json: &bytes::Bytes) -> Job<S> {
+    fn job<T>(
+        &self,
+        tasks: &Tasks,
+        claimed: Lease,
+        header: Freshness,
+        json: &bytes::Bytes,
+        keep: Option<Keep<T>>,
+    ) -> Job<S, T> {
         Job {
             core: Arc::clone(tasks.core()),
             store: self.store.clone(),
@@ -1005,6 +1043,8 @@ impl<S: Store> Call<'_, S> {
             claimed,
             header,
             json: json.clone(),
+            keep,
+            near_ttl: self.near_ttl,
         }
     }
 
@@ -1016,6 +1056,7 @@ impl<S: Store> Call<'_, S> {
         claimed: Lease,
         header: Freshness,
         json: &bytes::Bytes,
+        keep: Option<Keep<T>>,
         getter: F,
     ) -> Recomputed<T, E>
     where
@@ -1085,8 +1126,11 @@ impl<S: Store> Call<'_, S> {
         held.disarm();
         match fresh {
             Some(fresh) => {
-                let filled = self.fill(claimed, &fresh, self.expire_of(decision)).await;
+                let expire = self.expire_of(decision);
+                let sent = keep.map(|_| self.core.near().sent());
+                let filled = self.fill(claimed, &fresh, expire).await;
                 self.record_fill(&filled, fresh.len());
+                self.wrote(keep, &fresh, sent, expire, &filled);
             }
             None => {
                 let _ = self
@@ -1240,9 +1284,7 @@ impl<S: Store> Call<'_, S> {
         self.record_fill(&filled, json.len());
         // The successor replaces the current value kept (`Step::Refresh`): this process's later
         // reads do not go back to it.
-        if let (Some(keep), Some(sent), Ok(Fill::Stored)) = (keep, sent, &filled) {
-            self.keep_written(keep, &json, sent, expire);
-        }
+        self.wrote(keep, &json, sent, expire, &filled);
         value
     }
 

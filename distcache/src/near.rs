@@ -209,6 +209,11 @@ impl NearCache {
         if until <= Instant::now() {
             return;
         }
+        // A value read or written later is kept already: an older read landing after it does not
+        // take its place.
+        if self.map.peek(key).is_some_and(|kept| kept.sent > sent.at) {
+            return;
+        }
         let entry = Entry {
             value: (keep.share)(value),
             sent: sent.at,
@@ -222,6 +227,11 @@ impl NearCache {
         if self.epoch.load(Ordering::SeqCst) != sent.epoch {
             self.map.remove(key);
         }
+    }
+
+    /// Removes `key`'s value (replaced in the store by a call that keeps nothing).
+    pub(crate) fn remove(&self, key: &str) {
+        self.map.remove(key);
     }
 
     /// Removes `key`'s value: no read in flight can keep it again.

@@ -190,8 +190,9 @@ impl<M> GetOptions<M> {
     /// [`CacheBuilder::near_ttl`](crate::CacheBuilder::near_ttl) does (with its staleness
     /// bound), for these calls: it takes precedence over the cache's setting (zero turns it
     /// off). Only [`Cache::get_near`](crate::Cache::get_near) keeps values near (its value type
-    /// is `Clone + Send + Sync + 'static`); `get_with` and `get_detached` ignore this setting, so
-    /// that one `static` of options can serve both. Zero, or between 1 ms and 365 days
+    /// is `Clone + Send + Sync + 'static`); `get_with` and `get_detached` keep nothing whatever
+    /// it says (they still refuse one out of range), so that one `static` of options can serve
+    /// both. Zero, or between 1 ms and 365 days
     /// ([`Error::InvalidArgument`](crate::Error::InvalidArgument) otherwise).
     #[must_use]
     pub const fn near_ttl(mut self, near_ttl: Duration) -> Self {

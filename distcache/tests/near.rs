@@ -410,3 +410,125 @@ async fn distcached_functions_keep_values_near_and_their_invalidate_drops_them()
         "a cache without near_ttl"
     );
 }
+
+/// A kept value is served until its refresh window, not into it: this process still reads the
+/// store then, and refreshes the value ahead (in-process store, paused time).
+#[tokio::test(start_paused = true)]
+async fn a_kept_value_still_lets_its_refresh_ahead_happen() {
+    let cache = Cache::builder().refresh_ahead(0.5).build().unwrap();
+    let options = GetOptions::new(LIMIT, Duration::from_secs(2)).near_ttl(MINUTE);
+    let runs = AtomicUsize::new(0);
+    let v1: String = cache
+        .get_near("k", &options, counted(&runs, "v1"))
+        .await
+        .unwrap();
+    let kept: String = cache
+        .get_near("k", &options, counted(&runs, "x"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (v1.as_str(), kept.as_str(), cache.stats().near_hits),
+        ("v1", "v1", 1)
+    );
+    // In the last second of its two: due to be refreshed.
+    tokio::time::advance(Duration::from_millis(1200)).await;
+    let refreshed: String = cache
+        .get_near("k", &options, counted(&runs, "v2"))
+        .await
+        .unwrap();
+    assert_eq!((refreshed.as_str(), cache.stats().refreshes), ("v2", 1));
+}
+
+/// With `stale_if_error`, a value recomputed past its `expire` is kept as it is stored, by the call
+/// that recomputed it, in the call (`get_near`) or in the background (a function with
+/// `soft_timeout`): the next call is a near hit of it.
+#[tokio::test]
+async fn a_recomputed_stale_value_is_kept() {
+    let cache = Cache::builder().stale_if_error(MINUTE).build().unwrap();
+    let options = GetOptions::new(LIMIT, Duration::from_millis(300)).near_ttl(MINUTE);
+    let runs = AtomicUsize::new(0);
+    let _: String = cache
+        .get_near("k", &options, counted(&runs, "v1"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let v2: String = cache
+        .get_near("k", &options, counted(&runs, "v2"))
+        .await
+        .unwrap();
+    assert_eq!(v2, "v2", "recomputed");
+    let near_hits = cache.stats().near_hits;
+    let again: String = cache
+        .get_near("k", &options, counted(&runs, "x"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.as_str(), cache.stats().near_hits),
+        ("v2", near_hits + 1)
+    );
+
+    assert_eq!(detached_stale(1).await.unwrap(), "run 1");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        detached_stale(1).await.unwrap(),
+        "run 2",
+        "recomputed in a task of its own"
+    );
+    let near_hits = STALE_CACHE.stats().near_hits;
+    assert_eq!(detached_stale(1).await.unwrap(), "run 2");
+    assert_eq!(
+        STALE_CACHE.stats().near_hits,
+        near_hits + 1,
+        "kept by that task"
+    );
+}
+
+static STALE_CACHE: std::sync::LazyLock<Cache> =
+    std::sync::LazyLock::new(|| Cache::builder().stale_if_error(MINUTE).build().unwrap());
+static STALE_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+/// Its recompute runs in a task of its own; within the 5 s soft timeout, the call waits for it.
+#[distcached(
+    expire = "300ms",
+    exec_limit = "10s",
+    soft_timeout = "5s",
+    near_ttl = "1m",
+    cache = &*STALE_CACHE
+)]
+async fn detached_stale(id: u32) -> Result<String, Error> {
+    Ok(format!(
+        "run {}",
+        STALE_RUNS.fetch_add(id as usize, Ordering::SeqCst) + 1
+    ))
+}
+
+/// A value is kept as the store's readers decode it, not as the getter made it: a field its JSON
+/// leaves out reads the same from this process's near cache as from any other process.
+#[tokio::test]
+async fn a_written_value_is_kept_as_readers_decode_it() {
+    #[derive(Clone, serde::Serialize, serde::Deserialize)]
+    struct Page {
+        body: String,
+        #[serde(skip)]
+        rendered_by: String,
+    }
+    let cache = Cache::builder().build().unwrap();
+    let options = GetOptions::new(LIMIT, MINUTE).near_ttl(MINUTE);
+    let getter = || async {
+        Ok::<_, Error>(Page {
+            body: "hello".into(),
+            rendered_by: "this process".into(),
+        })
+    };
+    let computed: Page = cache.get_near("page", &options, getter).await.unwrap();
+    assert_eq!(
+        computed.rendered_by, "this process",
+        "the getter's own value, returned"
+    );
+    let kept: Page = cache.get_near("page", &options, getter).await.unwrap();
+    assert_eq!(
+        (kept.body.as_str(), kept.rendered_by.as_str()),
+        ("hello", "")
+    );
+    assert_eq!(cache.stats().near_hits, 1);
+}

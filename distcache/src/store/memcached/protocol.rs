@@ -386,9 +386,7 @@ fn parse(buf: &mut BytesMut, max_value: usize) -> Result<Parsed, ProtocolError> 
     Ok(Parsed::Reply(Reply::Meta(meta)))
 }
 
-/// A decimal number of at most 20 digits, as memcached writes them.
 /// A `t` flag's value: `None` for `-1` (no expiry), whole seconds otherwise (cut to `u32`).
-#[cold]
 fn ttl_left(value: &[u8]) -> Option<Option<u32>> {
     if value == b"-1" {
         return Some(None);
@@ -396,6 +394,7 @@ fn ttl_left(value: &[u8]) -> Option<Option<u32>> {
     number(value).map(|ttl| Some(u32::try_from(ttl).unwrap_or(u32::MAX)))
 }
 
+/// A decimal number of at most 20 digits, as memcached writes them.
 fn number(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 20 {
         return None;
