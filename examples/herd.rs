@@ -17,7 +17,9 @@
 //! Every caller asks for all K keys in its own shuffled order. The getter sleeps D ms, counts
 //! itself on a separate memcached (the counter, outside the library: one increment of a counter
 //! made beforehand, in a task of its own so that counting adds nothing to the getter's time) and
-//! returns a JSON string of S bytes derived from its key; every returned value, cold or warm, is
+//! returns a JSON string of S bytes derived from its key (`--value-bytes S`, up to 16 MB: random
+//! characters that compress about as base64 does, or, with `--compressible`, one character
+//! repeated); every returned value, cold or warm, is
 //! checked against its key. `naive` is what a user writes by hand with the same client library
 //! and ring: a deadpool pool of async-memcached connections per server (`--naive-pool`, default
 //! deadpool's own size, twice the CPUs), one request in flight on each, get, compute on a miss,
@@ -134,6 +136,8 @@ struct Args {
     soft_timeout: Option<Duration>,
     /// Keep values near for this long (`get_near`).
     near_ttl: Option<Duration>,
+    /// Values of one repeated character, instead of random ones.
+    compressible: bool,
     /// Set in the processes the coordinator spawns: the run's id.
     child: Option<String>,
     /// Set in the processes the coordinator spawns: which one this is (0..procs).
@@ -172,6 +176,7 @@ fn parse_args() -> Result<Args, String> {
         origin_slow_ms: None,
         soft_timeout: None,
         near_ttl: None,
+        compressible: false,
         child: None,
         child_index: 0,
     };
@@ -227,6 +232,7 @@ fn parse_args() -> Result<Args, String> {
             "--origin-slow-ms" => args.origin_slow_ms = Some(number(value()?)? as u64),
             "--soft-timeout" => args.soft_timeout = Some(duration(value()?)?),
             "--near-ttl" => args.near_ttl = Some(duration(value()?)?),
+            "--compressible" => args.compressible = true,
             "--child" => args.child = Some(value()?),
             "--child-index" => args.child_index = number(value()?)? as u64,
             "--bench" => {} // cargo passes it to examples run as benches
@@ -255,6 +261,9 @@ fn parse_args() -> Result<Args, String> {
     }
     if args.workers == Some(0) {
         return Err("--workers must be positive".into());
+    }
+    if args.value_bytes > MAX_VALUE_BYTES {
+        return Err(format!("--value-bytes is at most {MAX_VALUE_BYTES}"));
     }
     if args.procs == 0 || args.callers == 0 || args.keys == 0 || args.value_bytes < 32 {
         return Err(
@@ -347,14 +356,25 @@ fn down_key(run: &str, k: usize) -> String {
     format!("herd-{run}:down:{k}")
 }
 
+/// The largest `--value-bytes`.
+const MAX_VALUE_BYTES: usize = 16_000_000;
+
+/// The characters of a value that does not compress (much): 64 of them, as base64 has, none that
+/// JSON escapes.
+const NOISE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
 /// The value of key `k` computed at `at_ms` (Unix milliseconds): a JSON string of exactly `bytes`
-/// bytes, `<k>:<at_ms, 13 digits>:xxx…`.
-fn value_of(k: usize, bytes: usize, at_ms: u64) -> String {
+/// bytes, `<k>:<at_ms, 13 digits>:` then `x`s (compressible) or characters drawn from [`NOISE`],
+/// seeded by the key and the time.
+fn value_of(k: usize, bytes: usize, at_ms: u64, compressible: bool) -> String {
     let mut value = format!("{k}:{at_ms:013}:");
-    value.extend(std::iter::repeat_n(
-        'x',
-        (bytes - 2).saturating_sub(value.len()),
-    ));
+    let fill = (bytes - 2).saturating_sub(value.len());
+    if compressible {
+        value.extend(std::iter::repeat_n('x', fill));
+    } else {
+        let mut rng = fastrand::Rng::with_seed((k as u64) << 44 ^ at_ms);
+        value.extend((0..fill).map(|_| char::from(NOISE[rng.usize(..NOISE.len())])));
+    }
     value
 }
 
@@ -386,6 +406,9 @@ async fn coordinate(mut args: Args) {
                 args.password = Some("herd-password".into());
             }
         }
+        // Memory for every value on one node, with room to spare (memcached's default is 64 MB).
+        let needed_mb = (args.keys * args.value_bytes * 2) >> 20;
+        node_args.extend(["-m".to_owned(), (64 + needed_mb).to_string()]);
         let node_args: Vec<&str> = node_args.iter().map(String::as_str).collect();
         for _ in 0..3 {
             spawned.push(memcached::Memcached::start_with(&node_args).await);
@@ -587,6 +610,7 @@ async fn coordinate(mut args: Args) {
         "keys": args.keys,
         "getter_ms": args.getter_ms,
         "value_bytes": args.value_bytes,
+        "compressible": args.compressible,
         "seed": seed,
         "naive_pool": (args.system == "naive").then_some(args.naive_pool),
         "workers": workers(&args),
@@ -733,6 +757,7 @@ fn spawn_child(args: &Args, counter: &str, run: &str, index: usize) -> Child {
                 .iter()
                 .flat_map(|d| ["--near-ttl".to_owned(), format!("{}ms", d.as_millis())]),
         )
+        .args(args.compressible.then_some("--compressible"))
         .args(
             args.origin_slow_ms
                 .iter()
@@ -989,6 +1014,7 @@ struct Getter {
     /// Each value's `<k>:`.
     prefixes: Vec<String>,
     value_bytes: usize,
+    compressible: bool,
     /// When the origin is down (Unix us, from..until), once the warm phase's start is known.
     outage: std::sync::OnceLock<(u64, u64)>,
     /// While "down", answer this slowly instead of failing.
@@ -1031,7 +1057,12 @@ impl Getter {
             }
             (false, _) => tokio::time::sleep(self.sleep).await,
         }
-        Ok(value_of(k, self.value_bytes, now_us() / 1000))
+        Ok(value_of(
+            k,
+            self.value_bytes,
+            now_us() / 1000,
+            self.compressible,
+        ))
     }
 
     /// Waits until every run so far is counted.
@@ -1104,6 +1135,7 @@ async fn child(args: Args, run: String) {
         down_keys: (0..args.keys).map(|k| down_key(&run, k)).collect(),
         prefixes: (0..args.keys).map(|k| format!("{k}:")).collect(),
         value_bytes: args.value_bytes,
+        compressible: args.compressible,
         outage: std::sync::OnceLock::new(),
         slow: args.origin_slow_ms.map(Duration::from_millis),
     });

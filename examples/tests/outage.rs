@@ -162,3 +162,32 @@ fn zipf_herd(extra: &[&str]) -> Value {
     );
     r
 }
+
+/// Values over memcached's item size (1 MB by default), random or compressible: every get is of
+/// its key, none fails, and the spawned servers have the memory the run needs.
+#[test]
+fn values_over_the_item_size_are_returned_whole() {
+    for extra in [&[][..], &["--compressible"][..]] {
+        let output = std::process::Command::new(common::example_binary("herd"))
+            .args(["--spawn-servers", "--procs", "2", "--callers", "4"])
+            .args([
+                "--keys",
+                "4",
+                "--value-bytes",
+                "1500000",
+                "--warm-secs",
+                "1",
+            ])
+            .args(extra)
+            .output()
+            .expect("the herd runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "the herd succeeded:\n{stderr}");
+        let r: Value =
+            serde_json::from_slice(&output.stdout).unwrap_or_else(|err| panic!("{err}:\n{stderr}"));
+        assert_eq!(r["failed_calls"], 0, "{r}");
+        assert_eq!(r["wrong_values"], 0, "{r}");
+        assert_eq!(r["compressible"], !extra.is_empty(), "{r}");
+        assert!(r["warm_gets"].as_u64().unwrap() > 0, "{r}");
+    }
+}
