@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tracing::warn;
 
-use crate::codec::DEFAULT_MAX_VALUE_BYTES;
+use crate::codec::{DEFAULT_ITEM_BYTES, DEFAULT_MAX_VALUE_BYTES};
 use crate::core::{
     Config, Core, OnUnavailable, duration_in_range, error_backoff_in_range, refresh_ahead_in_range,
 };
@@ -58,6 +58,7 @@ pub struct CacheBuilder {
     connections_per_server: usize,
     namespace: String,
     max_value_bytes: usize,
+    item_bytes: usize,
     on_unavailable: OnUnavailable,
     max_poll_interval: Duration,
     refresh_ahead: f64,
@@ -87,6 +88,7 @@ impl Default for CacheBuilder {
             connections_per_server: 1,
             namespace: String::new(),
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            item_bytes: DEFAULT_ITEM_BYTES,
             on_unavailable: OnUnavailable::default(),
             max_poll_interval: Duration::from_millis(200),
             refresh_ahead: 0.0,
@@ -165,11 +167,24 @@ impl CacheBuilder {
         self
     }
 
-    /// The largest value stored, in bytes of JSON. A larger value is returned to its caller and
-    /// not stored. Default: 1 MiB less 512 bytes, what memcached accepts with its default
-    /// item size (`-I 1m`) whatever the key. Raise it only with memcached's `-I`.
+    /// The largest value stored, in bytes of JSON: a larger one is returned to its caller and
+    /// not stored. It also bounds what a reader decompresses: an item that declares more is a
+    /// miss, and nothing of its declared size is allocated. Values of 16 KiB of JSON or more are
+    /// stored compressed (zstd), which fits several times [`item_bytes`](Self::item_bytes) of
+    /// JSON in one item; one still over `item_bytes` compressed is returned but not stored.
+    /// Between 1 byte and 1 GiB; default: 16 MiB.
     pub fn max_value_bytes(mut self, bytes: usize) -> Self {
         self.max_value_bytes = bytes;
+        self
+    }
+
+    /// The largest item, in bytes as stored (compressed, if the value is): it should match the
+    /// servers' item size, memcached's `-I`. A larger item is not sent, and one read larger is
+    /// skipped unread (a miss), so no server can make a connection hold more. Default: 1 MiB less
+    /// 512 bytes, what memcached accepts with its default `-I 1m` whatever the key. Between 1 byte
+    /// and 1 GiB.
+    pub fn item_bytes(mut self, bytes: usize) -> Self {
+        self.item_bytes = bytes;
         self
     }
 
@@ -449,14 +464,16 @@ impl CacheBuilder {
     /// ```
     pub fn build(self) -> Result<Cache, BuildError> {
         let keys = KeyEncoder::new(&self.namespace)?;
-        if !(1..=MAX_VALUE_BYTES_CEILING).contains(&self.max_value_bytes) {
-            return Err(BuildError::InvalidSetting {
-                setting: "max_value_bytes",
-                reason: format!(
-                    "{} is not between 1 and {MAX_VALUE_BYTES_CEILING}",
-                    self.max_value_bytes
-                ),
-            });
+        for (setting, bytes) in [
+            ("max_value_bytes", self.max_value_bytes),
+            ("item_bytes", self.item_bytes),
+        ] {
+            if !(1..=MAX_VALUE_BYTES_CEILING).contains(&bytes) {
+                return Err(BuildError::InvalidSetting {
+                    setting,
+                    reason: format!("{bytes} is not between 1 and {MAX_VALUE_BYTES_CEILING}"),
+                });
+            }
         }
         if !(Duration::from_millis(1)..=Duration::from_secs(60)).contains(&self.max_poll_interval) {
             return Err(BuildError::InvalidSetting {
@@ -568,6 +585,7 @@ impl CacheBuilder {
             near: Default::default(),
             config: Config {
                 max_value_bytes: self.max_value_bytes,
+                item_bytes: self.item_bytes,
                 on_unavailable: self.on_unavailable,
                 max_poll_interval: self.max_poll_interval,
                 refresh_ahead: self.refresh_ahead,
@@ -628,9 +646,9 @@ impl CacheBuilder {
                     });
                 }
             },
-            // An item holds a value of up to `max_value_bytes` and what distcache adds to it: a
+            // An item holds up to `item_bytes` of a value and what distcache adds to it: a
             // freshness header (`stale_if_error`) and a signature.
-            max_value: self.max_value_bytes
+            max_value: self.item_bytes
                 + crate::codec::FRESHNESS_BYTES
                 + crate::store::memcached::signing::TAG_BYTES,
             greet: true,

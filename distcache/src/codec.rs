@@ -15,6 +15,67 @@ use crate::json;
 /// Client flags of an item written by this codec: `"DCJ1"`, distcache JSON, version 1.
 pub(crate) const JSON_FLAGS: u32 = u32::from_be_bytes(*b"DCJ1");
 
+/// Client flags of a value's JSON compressed with zstd: `"DZJ1"` (the second byte, `Z`, says
+/// compressed). Written for JSON of [`COMPRESS_FROM`] bytes or more, when zstd makes it smaller;
+/// its zstd frame declares the JSON's size, which a reader checks against its `max_value_bytes`
+/// before it allocates anything.
+pub(crate) const ZSTD_JSON_FLAGS: u32 = u32::from_be_bytes(*b"DZJ1");
+
+/// The JSON size from which values are compressed: below it, zstd's fixed cost (about 10 µs a
+/// value on the development machine) outweighs the bytes it saves on a LAN (BENCHMARKS.md).
+pub(crate) const COMPRESS_FROM: usize = 16 * 1024;
+
+/// zstd's level: 1, which packs the demo's decimal digits 2.46× at 0.3 ms per 450 KB; higher
+/// levels were slower without packing tighter (BENCHMARKS.md).
+const ZSTD_LEVEL: i32 = 1;
+
+/// A value's JSON as it is stored without a freshness header: compressed if that pays
+/// ([`ZSTD_JSON_FLAGS`]), as it is otherwise ([`JSON_FLAGS`]).
+pub(crate) fn pack(json: &Bytes) -> (Bytes, u32) {
+    if json.len() >= COMPRESS_FROM
+        && let Ok(packed) = zstd::bulk::compress(json, ZSTD_LEVEL)
+        && packed.len() < json.len()
+    {
+        return (Bytes::from(packed), ZSTD_JSON_FLAGS);
+    }
+    (json.clone(), JSON_FLAGS)
+}
+
+/// The JSON of a [`ZSTD_JSON_FLAGS`] item, of at most `max_value` bytes. A frame that does not
+/// declare its size, declares more than `max_value`, or holds other than it declares is refused
+/// before anything of its claimed size is allocated, or as soon as it overflows.
+pub(crate) fn unpack(data: &[u8], max_value: usize) -> Result<Bytes, DecodeError> {
+    let declared = match zstd::zstd_safe::get_frame_content_size(data) {
+        Ok(Some(size)) => size,
+        Ok(None) => {
+            return Err(DecodeError::Compressed(
+                "the frame does not declare its size",
+            ));
+        }
+        Err(_) => return Err(DecodeError::Compressed("not a zstd frame")),
+    };
+    let size = usize::try_from(declared)
+        .ok()
+        .filter(|&size| size <= max_value)
+        .ok_or(DecodeError::Compressed(
+            "the frame declares more than max_value_bytes",
+        ))?;
+    let mut json = vec![0; size];
+    match zstd::bulk::decompress_to_buffer(data, &mut json) {
+        Ok(written) if written == size => Ok(Bytes::from(json)),
+        Ok(_) => Err(DecodeError::Compressed(
+            "the frame holds less than it declares",
+        )),
+        Err(_) => Err(DecodeError::Compressed(
+            "the frame is corrupt, or holds more than it declares",
+        )),
+    }
+}
+
+/// The flags a compressed item is given in place of its own when it is unreadable (corrupt,
+/// foreign, or declaring more than `max_value_bytes`): it then decodes as a miss. Never stored.
+pub(crate) const UNREADABLE_FLAGS: u32 = u32::from_be_bytes(*b"DZX\0");
+
 /// Client flags of a marker that stands for a value that could not be stored: `"DCU1"`. Its first
 /// byte says whether the value has JSON that reads back (`L`: only too large, so callers of one
 /// process can still share one run) or not (`U`); the rest says why, for an operator. A caller
@@ -87,7 +148,12 @@ pub(crate) const MARKER_TTL: std::time::Duration = std::time::Duration::from_sec
 
 /// memcached's default item size limit (`-I 1m`) less room for the longest key and the item
 /// header: measured on memcached 1.6.18, a 250-byte key leaves 1,048,263 bytes for the value.
-pub(crate) const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024 - 512;
+pub(crate) const DEFAULT_ITEM_BYTES: usize = 1024 * 1024 - 512;
+
+/// The default largest value, as JSON: 16 MiB, sixteen times the default item size. Compressed,
+/// the demo's factorials of that size fit in 7 MiB; a value that large is read whole into memory
+/// by every caller, and a bound on it is a bound on what a hostile item can make a reader hold.
+pub(crate) const DEFAULT_MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Why a value was not stored.
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +189,8 @@ pub(crate) enum DecodeError {
     Backoff { until: SystemTime },
     #[error("the item's freshness header is unreadable")]
     Freshness,
+    #[error("the item's compressed value is unreadable: {0}")]
+    Compressed(&'static str),
     #[error("the item has no valid signature: written by something that holds no signing key")]
     Forged,
     #[error("the item's flags {0:#010x} are not distcache JSON")]
@@ -209,6 +277,11 @@ pub(crate) fn decode<T: DeserializeOwned>(flags: u32, data: &[u8]) -> Result<T, 
         if flags == crate::store::memcached::signing::FORGED_FLAGS {
             return Err(DecodeError::Forged);
         }
+        if flags == UNREADABLE_FLAGS {
+            return Err(DecodeError::Compressed(
+                "corrupt, foreign, or over max_value_bytes",
+            ));
+        }
         if flags == BACKOFF_FLAGS {
             // Unreadable bytes under these flags are a backoff already over.
             let millis = std::str::from_utf8(data)
@@ -227,6 +300,38 @@ pub(crate) fn decode<T: DeserializeOwned>(flags: u32, data: &[u8]) -> Result<T, 
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn json_from_compress_from_bytes_is_packed_when_it_pays_and_unpacks_whole() {
+        let small = Bytes::from(vec![b'7'; COMPRESS_FROM - 1]);
+        assert_eq!(
+            pack(&small),
+            (small.clone(), JSON_FLAGS),
+            "under the threshold"
+        );
+        let big = Bytes::from(vec![b'7'; COMPRESS_FROM]);
+        let (packed, flags) = pack(&big);
+        assert_eq!(flags, ZSTD_JSON_FLAGS);
+        assert!(packed.len() < 100);
+        assert_eq!(unpack(&packed, big.len()).unwrap(), big);
+        // A declared size over the reader's limit is refused before anything is allocated.
+        assert!(matches!(
+            unpack(&packed, big.len() - 1),
+            Err(DecodeError::Compressed(_))
+        ));
+        // Bytes zstd cannot shrink are stored as they are.
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        let noise: Vec<u8> = (0..COMPRESS_FROM * 2)
+            .map(|_| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng as u8
+            })
+            .collect();
+        let noise = Bytes::from(noise);
+        assert_eq!(pack(&noise).1, JSON_FLAGS);
+    }
 
     #[test]
     fn values_round_trip() {

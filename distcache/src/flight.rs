@@ -38,6 +38,7 @@ use tracing::{debug, error, warn};
 use crate::coalesce::{Ended, Join, Leader};
 use crate::codec::{
     self, DecodeError, EncodeError, FRESHNESS_BYTES, FRESHNESS_FLAGS, Freshness, JSON_FLAGS,
+    ZSTD_JSON_FLAGS,
 };
 use crate::core::{Core, MAX_DURATION, OnUnavailable, Tasks};
 use crate::entry::{self, Decision};
@@ -522,7 +523,15 @@ impl<S: Store> Call<'_, S> {
                     drop(waiting);
                     return self.without_store(leader, getter, err).await;
                 }
-                Ok(lookup) => lookup,
+                Ok(mut lookup) => {
+                    // Stored compressed: from here on, its JSON (or a miss, if it is unreadable).
+                    if let Lookup::Hit(item) | Lookup::Refresh(item) = &mut lookup
+                        && item.flags == ZSTD_JSON_FLAGS
+                    {
+                        self.unpack(item);
+                    }
+                    lookup
+                }
             };
             // How long a value found may be kept near: its own life left, counted from `sent`.
             let life = match (self.keeps(&getter), &lookup) {
@@ -799,11 +808,20 @@ impl<S: Store> Call<'_, S> {
         json: &bytes::Bytes,
         expire: Duration,
     ) -> Result<Fill, StoreError> {
+        let item_bytes = self.core.config.item_bytes;
         if self.max_stale().is_zero() {
+            let (bytes, flags) = codec::pack(json);
+            if bytes.len() > item_bytes {
+                // Refused here as the server would refuse it, without sending it.
+                return Ok(Fill::TooLarge);
+            }
             return self
                 .store
-                .fill(&self.wire, lease, json, JSON_FLAGS, expire)
+                .fill(&self.wire, lease, &bytes, flags, expire)
                 .await;
+        }
+        if json.len() > item_bytes {
+            return Ok(Fill::TooLarge);
         }
         let fresh_until = codec::unix_millis(std::time::SystemTime::now()) + millis(expire);
         let header = Freshness {
@@ -815,6 +833,23 @@ impl<S: Store> Call<'_, S> {
         self.store
             .fill(&self.wire, lease, &header.item(json), FRESHNESS_FLAGS, ttl)
             .await
+    }
+
+    /// A compressed item, as its JSON; or, if it is unreadable (corrupt, foreign, or declaring
+    /// more than `max_value_bytes`), as an item that decodes as a miss.
+    #[cold]
+    #[inline(never)]
+    fn unpack(&self, item: &mut Item) {
+        match codec::unpack(&item.data, self.core.config.max_value_bytes) {
+            Ok(json) => {
+                item.data = json;
+                item.flags = JSON_FLAGS;
+            }
+            Err(err) => {
+                debug!(key = self.key, error = %err, "a compressed item is unreadable");
+                item.flags = codec::UNREADABLE_FLAGS;
+            }
+        }
     }
 
     /// How this call keeps values near, if it does: its getter's way, if it has a `near_ttl`.
@@ -1277,10 +1312,14 @@ impl<S: Store> Call<'_, S> {
         };
         let expire = self.expire_of(decision);
         let sent = keep.map(|_| self.core.near().sent());
-        let filled = self
-            .store
-            .fill(&self.wire, version, &json, JSON_FLAGS, expire)
-            .await;
+        let (bytes, flags) = codec::pack(&json);
+        let filled = if bytes.len() > self.core.config.item_bytes {
+            Ok(Fill::TooLarge)
+        } else {
+            self.store
+                .fill(&self.wire, version, &bytes, flags, expire)
+                .await
+        };
         self.record_fill(&filled, json.len());
         // The successor replaces the current value kept (`Step::Refresh`): this process's later
         // reads do not go back to it.

@@ -60,7 +60,8 @@
 //!
 //! Limits: a getter that blocks its thread cannot be cut off at `exec_limit` (run CPU-bound work
 //! in [`tokio::task::spawn_blocking`]); values that cannot be stored (over
-//! [`max_value_bytes`](CacheBuilder::max_value_bytes), not serializable, or holding what JSON
+//! [`max_value_bytes`](CacheBuilder::max_value_bytes), or over [`item_bytes`](CacheBuilder::item_bytes)
+//! compressed, not serializable, or holding what JSON
 //! would not give back, such as a NaN) are returned to their caller but recomputed by the next one.
 //!
 //! # Where values live

@@ -588,12 +588,14 @@ async fn long_and_unsafe_keys_work_end_to_end() {
 #[tokio::test]
 async fn a_value_the_server_refuses_is_still_returned() {
     let server = Memcached::start().await;
-    // Allowed by the cache, refused by a server with the default 1 MiB item size.
+    // Allowed by the cache, refused by a server with the default 1 MiB item size: 2 MiB of
+    // characters that zstd cannot pack under 1 MiB.
     let cache = cache_on(&[&server])
-        .max_value_bytes(4 * 1024 * 1024)
+        .item_bytes(4 * 1024 * 1024)
         .build()
         .unwrap();
-    let big = "x".repeat(2 * 1024 * 1024);
+    let mut rng = fastrand::Rng::with_seed(7);
+    let big: String = (0..2 * 1024 * 1024).map(|_| rng.alphanumeric()).collect();
     let value: String = cache
         .get("big", MINUTE, MINUTE, || async {
             Ok::<_, Error>(big.clone())
