@@ -181,8 +181,8 @@ impl CacheBuilder {
     /// The largest item, in bytes as stored (compressed, if the value is): it should match the
     /// servers' item size, memcached's `-I`. A larger item is not sent, and one read larger is
     /// skipped unread (a miss), so no server can make a connection hold more. Default: 1 MiB less
-    /// 512 bytes, what memcached accepts with its default `-I 1m` whatever the key. Between 1 byte
-    /// and 1 GiB.
+    /// 512 bytes, what memcached accepts with its default `-I 1m` whatever the key (set it 512
+    /// bytes under `-I`). Between 1 KiB and 1 GiB; a `max_value_bytes` below it bounds items too.
     pub fn item_bytes(mut self, bytes: usize) -> Self {
         self.item_bytes = bytes;
         self
@@ -464,14 +464,15 @@ impl CacheBuilder {
     /// ```
     pub fn build(self) -> Result<Cache, BuildError> {
         let keys = KeyEncoder::new(&self.namespace)?;
-        for (setting, bytes) in [
-            ("max_value_bytes", self.max_value_bytes),
-            ("item_bytes", self.item_bytes),
+        // An item of under 1 KiB could not hold distcache's own markers.
+        for (setting, bytes, least) in [
+            ("max_value_bytes", self.max_value_bytes, 1),
+            ("item_bytes", self.item_bytes, 1024),
         ] {
-            if !(1..=MAX_VALUE_BYTES_CEILING).contains(&bytes) {
+            if !(least..=MAX_VALUE_BYTES_CEILING).contains(&bytes) {
                 return Err(BuildError::InvalidSetting {
                     setting,
-                    reason: format!("{bytes} is not between 1 and {MAX_VALUE_BYTES_CEILING}"),
+                    reason: format!("{bytes} is not between {least} and {MAX_VALUE_BYTES_CEILING}"),
                 });
             }
         }
@@ -585,7 +586,9 @@ impl CacheBuilder {
             near: Default::default(),
             config: Config {
                 max_value_bytes: self.max_value_bytes,
-                item_bytes: self.item_bytes,
+                // No stored item needs more than the value it holds: compressed bytes are
+                // kept only when smaller.
+                item_bytes: self.item_bytes.min(self.max_value_bytes),
                 on_unavailable: self.on_unavailable,
                 max_poll_interval: self.max_poll_interval,
                 refresh_ahead: self.refresh_ahead,
@@ -648,7 +651,7 @@ impl CacheBuilder {
             },
             // An item holds up to `item_bytes` of a value and what distcache adds to it: a
             // freshness header (`stale_if_error`) and a signature.
-            max_value: self.item_bytes
+            max_value: self.item_bytes.min(self.max_value_bytes)
                 + crate::codec::FRESHNESS_BYTES
                 + crate::store::memcached::signing::TAG_BYTES,
             greet: true,

@@ -33,12 +33,20 @@ const ZSTD_LEVEL: i32 = 1;
 /// ([`ZSTD_JSON_FLAGS`]), as it is otherwise ([`JSON_FLAGS`]).
 pub(crate) fn pack(json: &Bytes) -> (Bytes, u32) {
     if json.len() >= COMPRESS_FROM
-        && let Ok(packed) = zstd::bulk::compress(json, ZSTD_LEVEL)
+        && let Ok(packed) = compress(json)
         && packed.len() < json.len()
     {
         return (Bytes::from(packed), ZSTD_JSON_FLAGS);
     }
     (json.clone(), JSON_FLAGS)
+}
+
+/// `json` as one zstd frame that declares its size and carries a checksum (4 bytes), so that a
+/// corrupted item is a miss rather than other bytes.
+fn compress(json: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut compressor = zstd::bulk::Compressor::new(ZSTD_LEVEL)?;
+    compressor.include_checksum(true)?;
+    compressor.compress(json)
 }
 
 /// The JSON of a [`ZSTD_JSON_FLAGS`] item, of at most `max_value` bytes. A frame that does not
@@ -236,7 +244,10 @@ pub(crate) fn unstorable_marker(err: &EncodeError) -> (Bytes, u32) {
 pub(crate) fn refused_marker(size: usize) -> (Bytes, u32) {
     marker(
         true,
-        &format!("the server refused the value's {size} bytes as too large for its item size"),
+        &format!(
+            "the value's {size} bytes of JSON are too large for an item, compressed or not \
+             (item_bytes, or the server's -I)"
+        ),
     )
 }
 

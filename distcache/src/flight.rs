@@ -1262,7 +1262,8 @@ impl<S: Store> Call<'_, S> {
                 stats.unstorable_values.incr();
                 warn!(
                     key = self.key,
-                    size, "the server refused the value's size; returned, not stored"
+                    size,
+                    "the value is too large for an item (item_bytes, or the server's -I); returned, not stored"
                 );
             }
             Err(err) => {

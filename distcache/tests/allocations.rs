@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use counting::ALLOCATIONS;
+use counting::{ALLOCATIONS, LARGEST};
 use distcache::{Cache, Error, GetOptions};
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -119,6 +119,30 @@ fn a_hit_allocates_its_decoded_value_and_a_small_constant() {
         assert_eq!(
             macro_arc, 0.0,
             "a #[distcached] near hit of an Arc: {macro_arc} allocations"
+        );
+
+        // A compressed item whose frame declares 64 MiB (a JSON string that would decode) is
+        // a miss, and nothing near its declared size is allocated reading it.
+        let json = serde_json::to_vec(&"0".repeat(64 << 20)).unwrap();
+        let bomb = zstd::bulk::compress(&json, 1).unwrap();
+        drop(json);
+        let outside = support::memcached::Outside::connect(&server.addr()).await;
+        outside
+            .set("bomb", &bomb, u32::from_be_bytes(*b"DZJ1"))
+            .await;
+        let cache = Cache::builder().server(server.addr()).build().unwrap();
+        LARGEST.store(0, Ordering::Relaxed);
+        let got: String = cache
+            .get("bomb", MINUTE, MINUTE, || async {
+                Ok::<_, Error>("genuine".into())
+            })
+            .await
+            .unwrap();
+        let largest = LARGEST.load(Ordering::Relaxed);
+        assert_eq!((got.as_str(), cache.stats().decode_misses), ("genuine", 1));
+        assert!(
+            largest < 1 << 20,
+            "the largest allocation reading it: {largest} bytes"
         );
     });
 }

@@ -169,3 +169,34 @@ async fn signed_compressed_values_verify_and_planted_ones_are_forged() {
     assert_eq!(got, "genuine");
     assert_eq!(a.stats().forged_values, 1);
 }
+
+/// A compressed value near its end is refreshed ahead like any other, and its successor, stored
+/// compressed too, reads back whole (in-process store, paused time; a near cache too).
+#[tokio::test(start_paused = true)]
+async fn a_compressed_value_is_refreshed_ahead_and_kept_near() {
+    let cache = Cache::builder().refresh_ahead(0.5).build().unwrap();
+    let options = distcache::GetOptions::new(MINUTE, Duration::from_secs(2))
+        .near_ttl(Duration::from_millis(100));
+    let (first, second) = (digits(100_000), digits(100_001));
+    let got: String = cache
+        .get_near("k", &options, || async { Ok::<_, Error>(first.clone()) })
+        .await
+        .unwrap();
+    assert_eq!(got, first);
+    tokio::time::advance(Duration::from_millis(1200)).await;
+    let refreshed: String = cache
+        .get_near("k", &options, || async { Ok::<_, Error>(second.clone()) })
+        .await
+        .unwrap();
+    assert_eq!((refreshed == second, cache.stats().refreshes), (true, 1));
+    // Past the near copy's 100 ms: read from the store, decompressed.
+    tokio::time::advance(Duration::from_millis(150)).await;
+    let read: String = cache
+        .get("k", MINUTE, Duration::from_secs(2), || async {
+            Ok::<_, Error>(String::new())
+        })
+        .await
+        .unwrap();
+    assert!(read == second, "the successor, whole");
+    assert_eq!(cache.stats().decode_misses, 0);
+}

@@ -145,7 +145,9 @@ async fn a_large_value_crosses_tls_whole() {
             .unwrap()
     };
     let (a, b) = (cache(), cache());
-    let big = "z".repeat(1_000_000);
+    // Random characters: compressed, still about 750 KB to send.
+    let mut rng = fastrand::Rng::with_seed(1);
+    let big: String = (0..1_000_000).map(|_| rng.alphanumeric()).collect();
     for round in 0..3 {
         let key = format!("big{round}");
         let written: String = a
@@ -238,7 +240,8 @@ async fn a_large_value_to_a_slow_reader_is_stored_whole() {
         .tls_ca_file(pki.ca_file())
         .build()
         .unwrap();
-    let big = "s".repeat(200_000);
+    let mut rng = fastrand::Rng::with_seed(2);
+    let big: String = (0..200_000).map(|_| rng.alphanumeric()).collect();
     let written: String = cache
         .get("slow", MINUTE, MINUTE, || async {
             Ok::<_, Error>(big.clone())

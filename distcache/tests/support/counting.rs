@@ -7,6 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Allocations (and reallocations) since the binary started.
 pub(crate) static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 
+/// The largest allocation (or reallocation) since it was last set to zero, in bytes.
+#[allow(dead_code)]
+pub(crate) static LARGEST: AtomicU64 = AtomicU64::new(0);
+
 struct Counting;
 
 #[allow(unsafe_code)]
@@ -14,6 +18,7 @@ struct Counting;
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        LARGEST.fetch_max(layout.size() as u64, Ordering::Relaxed);
         // SAFETY: the caller upholds `alloc`'s contract, which we pass on.
         unsafe { System.alloc(layout) }
     }
@@ -25,6 +30,7 @@ unsafe impl GlobalAlloc for Counting {
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        LARGEST.fetch_max(new_size as u64, Ordering::Relaxed);
         // SAFETY: as for `alloc` and `dealloc`.
         unsafe { System.realloc(ptr, layout, new_size) }
     }

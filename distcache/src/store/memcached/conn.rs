@@ -72,7 +72,7 @@ pub(crate) struct ConnConfig {
     pub(crate) connect_timeout: Duration,
     /// How long the oldest request may wait with no bytes moving either way.
     pub(crate) io_timeout: Duration,
-    /// The largest value kept from a reply (`max_value_bytes`); larger ones are skipped unread.
+    /// The largest value kept from a reply (`item_bytes`); larger ones are skipped unread.
     pub(crate) max_value: usize,
     /// The node's health, told of the connection's own timeout.
     pub(crate) health: Option<Arc<Health>>,

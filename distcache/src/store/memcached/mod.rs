@@ -278,7 +278,7 @@ impl Store for Cluster {
             // Not ours (ours are never over the limit), or written with a larger limit: a miss,
             // which the flight counts, recomputes and replaces.
             warn!(node = %server, key = key.as_str(), size = meta.size,
-                "an item over max_value_bytes was skipped unread");
+                "an item over item_bytes was skipped unread");
         }
         let version = Lease {
             cas: meta.cas.unwrap_or_default(),
@@ -503,7 +503,10 @@ mod tests {
             retry_interval: Duration::from_secs(1),
             failure_threshold: 2,
             connections: 2,
-            max_value: crate::codec::DEFAULT_MAX_VALUE_BYTES,
+            // As `CacheBuilder` sets it by default.
+            max_value: crate::codec::DEFAULT_ITEM_BYTES
+                + crate::codec::FRESHNESS_BYTES
+                + signing::TAG_BYTES,
             greet: true,
             credentials: None,
             tls: None,
@@ -736,6 +739,31 @@ mod tests {
             &key("f"),
         )
         .await;
+    }
+
+    /// The default `item_bytes` fits memcached's default item size (`-I 1m`) under the longest
+    /// key, with what distcache adds to a value: a freshness header and a signature.
+    #[tokio::test]
+    async fn the_default_item_size_fits_memcached_s_default_under_the_longest_key() {
+        let server = Memcached::start().await;
+        let cluster = cluster(&[&server]);
+        // 250 bytes on the wire: the namespace `t:` and 248 more.
+        let k = key(&"k".repeat(248));
+        assert_eq!(k.as_str().len(), 250);
+        let lease = won(&cluster, &k).await;
+        let largest =
+            crate::codec::DEFAULT_ITEM_BYTES + crate::codec::FRESHNESS_BYTES + signing::TAG_BYTES;
+        let data = Bytes::from(vec![b'7'; largest]);
+        let filled = cluster
+            .fill(&k, lease, &data, 5, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(filled, Fill::Stored);
+        assert_eq!(
+            hit(&cluster, &k).await.data.len(),
+            largest,
+            "and read back whole"
+        );
     }
 
     #[tokio::test]

@@ -30,7 +30,7 @@ pub(crate) struct NodeConfig {
     pub(crate) retry_interval: Duration,
     pub(crate) failure_threshold: u32,
     pub(crate) connections: usize,
-    /// The largest value kept from a reply (`max_value_bytes`).
+    /// The largest value kept from a reply (`item_bytes`).
     pub(crate) max_value: usize,
     /// Ask each server about itself on connecting (`handshake.rs`): always, but in tests against
     /// scripted peers.

@@ -12,7 +12,7 @@ use crate::key::WireKey;
 /// The longest reply line we accept before the data: far beyond any real one.
 const MAX_LINE: usize = 8 * 1024;
 /// The largest value size a reply may declare: memcached's own ceiling for `-I`. Values over the
-/// parser's own limit (the cache's `max_value_bytes`) up to this are skipped unread.
+/// parser's own limit (the cache's `item_bytes`) up to this are skipped unread.
 const MAX_DECLARED: usize = 1024 * 1024 * 1024;
 /// TTLs up to this many seconds are relative; longer ones must be absolute Unix times.
 pub(crate) const MAX_RELATIVE_TTL: u64 = 60 * 60 * 24 * 30;
