@@ -9,33 +9,39 @@ mod common;
 
 use serde_json::Value;
 
-/// Runs the herd with the outage flags and `extra`; its result line.
-fn herd(extra: &[&str]) -> Value {
+/// Runs the herd with `args`; its result line, once it succeeded.
+fn run_herd(args: &[&str]) -> Value {
     let output = std::process::Command::new(common::example_binary("herd"))
-        .args([
-            "--spawn-servers",
-            "--procs",
-            "2",
-            "--callers",
-            "8",
-            "--keys",
-            "50",
-        ])
-        .args([
-            "--expire",
-            "1s",
-            "--error-backoff",
-            "500ms",
-            "--warm-secs",
-            "5",
-        ])
-        .args(["--origin-down-after", "1", "--origin-down-for", "3"])
-        .args(extra)
+        .args(args)
         .output()
         .expect("the herd runs");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "the herd succeeded:\n{stderr}");
     serde_json::from_slice(&output.stdout).unwrap_or_else(|err| panic!("{err}:\n{stderr}"))
+}
+
+/// Runs the herd with the outage flags and `extra`; its result line.
+fn herd(extra: &[&str]) -> Value {
+    let mut args = vec![
+        "--spawn-servers",
+        "--procs",
+        "2",
+        "--callers",
+        "8",
+        "--keys",
+        "50",
+    ];
+    args.extend([
+        "--expire",
+        "1s",
+        "--error-backoff",
+        "500ms",
+        "--warm-secs",
+        "5",
+    ]);
+    args.extend(["--origin-down-after", "1", "--origin-down-for", "3"]);
+    args.extend(extra);
+    run_herd(&args)
 }
 
 /// Over a 3 s outage with a 500 ms backoff: a run at its start, then one per backoff, and one
@@ -89,23 +95,19 @@ fn with_a_soft_timeout_a_slow_origin_is_waited_for_in_the_background() {
 /// one getter run per key, and no call fails.
 #[test]
 fn over_tls_with_a_login_processes_share_one_run_per_key() {
-    let output = std::process::Command::new(common::example_binary("herd"))
-        .args([
-            "--spawn-servers",
-            "--tls",
-            "--auth",
-            "--procs",
-            "2",
-            "--callers",
-            "8",
-        ])
-        .args(["--keys", "50", "--warm-gets", "2000"])
-        .output()
-        .expect("the herd runs");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "the herd succeeded:\n{stderr}");
-    let r: Value =
-        serde_json::from_slice(&output.stdout).unwrap_or_else(|err| panic!("{err}:\n{stderr}"));
+    let r = run_herd(&[
+        "--spawn-servers",
+        "--tls",
+        "--auth",
+        "--procs",
+        "2",
+        "--callers",
+        "8",
+        "--keys",
+        "50",
+        "--warm-gets",
+        "2000",
+    ]);
     assert_eq!((&r["tls"], &r["auth"]), (&true.into(), &true.into()), "{r}");
     assert_eq!(
         (&r["duplicate_calls"], &r["failed_calls"]),
@@ -133,16 +135,10 @@ fn a_near_cache_serves_hot_keys_without_the_nodes() {
 /// A Zipf herd's result, checked: no failed call, and every warm get that neither joined another
 /// in its process nor was a near hit asked a node once.
 fn zipf_herd(extra: &[&str]) -> Value {
-    let output = std::process::Command::new(common::example_binary("herd"))
-        .args(["--spawn-servers", "--procs", "2", "--callers", "8"])
-        .args(["--keys", "200", "--zipf", "1.1", "--warm-secs", "1"])
-        .args(extra)
-        .output()
-        .expect("the herd runs");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "the herd succeeded:\n{stderr}");
-    let r: Value =
-        serde_json::from_slice(&output.stdout).unwrap_or_else(|err| panic!("{err}:\n{stderr}"));
+    let mut args = vec!["--spawn-servers", "--procs", "2", "--callers", "8"];
+    args.extend(["--keys", "200", "--zipf", "1.1", "--warm-secs", "1"]);
+    args.extend(extra);
+    let r = run_herd(&args);
     assert_eq!(r["failed_calls"], 0, "{r}");
     let nodes: Vec<u64> = r["node_gets"]
         .as_array()
@@ -168,23 +164,17 @@ fn zipf_herd(extra: &[&str]) -> Value {
 #[test]
 fn values_over_the_item_size_are_returned_whole() {
     for extra in [&[][..], &["--compressible"][..]] {
-        let output = std::process::Command::new(common::example_binary("herd"))
-            .args(["--spawn-servers", "--procs", "2", "--callers", "4"])
-            .args([
-                "--keys",
-                "4",
-                "--value-bytes",
-                "1500000",
-                "--warm-secs",
-                "1",
-            ])
-            .args(extra)
-            .output()
-            .expect("the herd runs");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(output.status.success(), "the herd succeeded:\n{stderr}");
-        let r: Value =
-            serde_json::from_slice(&output.stdout).unwrap_or_else(|err| panic!("{err}:\n{stderr}"));
+        let mut args = vec!["--spawn-servers", "--procs", "2", "--callers", "4"];
+        args.extend([
+            "--keys",
+            "4",
+            "--value-bytes",
+            "1500000",
+            "--warm-secs",
+            "1",
+        ]);
+        args.extend(extra);
+        let r = run_herd(&args);
         assert_eq!(r["failed_calls"], 0, "{r}");
         assert_eq!(r["wrong_values"], 0, "{r}");
         assert_eq!(r["compressible"], !extra.is_empty(), "{r}");
