@@ -107,19 +107,37 @@ pub enum OnUnavailable {
     Fail,
 }
 
-/// Whether `fraction` is a `refresh_ahead` a cache accepts: at least 0 (off), under 1.
-pub(crate) fn refresh_ahead_in_range(fraction: f64) -> bool {
-    (0.0..1.0).contains(&fraction)
+// The ranges a cache and a call accept, in `const` functions: `GetOptions` checks its settings
+// with them where it is made (at compile time for a `static`), the builder at `build`.
+
+/// `d` within `[min, max]`.
+const fn within(d: Duration, min: Duration, max: Duration) -> bool {
+    min.as_nanos() <= d.as_nanos() && d.as_nanos() <= max.as_nanos()
 }
 
-/// Whether `d` is a `stale_if_error` (zero, off, aside) or a `soft_timeout` a cache accepts: 1 ms
-/// to 365 days.
-#[inline]
-pub(crate) fn duration_in_range(d: Duration) -> bool {
-    (Duration::from_millis(1)..=MAX_DURATION).contains(&d)
+/// Whether `d` is an `exec_limit` or an `expire` a call accepts: more than zero, at most 365
+/// days.
+pub(crate) const fn call_duration_in_range(d: Duration) -> bool {
+    within(d, Duration::from_nanos(1), MAX_DURATION)
+}
+
+/// Whether `fraction` is a `refresh_ahead` a cache accepts: at least 0 (off), under 1 (NaN is
+/// in no range).
+pub(crate) const fn refresh_ahead_in_range(fraction: f64) -> bool {
+    fraction >= 0.0 && fraction < 1.0
+}
+
+/// Whether `d` is a `stale_if_error` or `near_ttl` (zero, off, aside) or a `soft_timeout` a cache
+/// accepts: 1 ms to 365 days.
+pub(crate) const fn duration_in_range(d: Duration) -> bool {
+    within(d, Duration::from_millis(1), MAX_DURATION)
 }
 
 /// Whether `backoff` is an `error_backoff` a cache accepts: 1 ms to one day.
-pub(crate) fn error_backoff_in_range(backoff: Duration) -> bool {
-    (Duration::from_millis(1)..=Duration::from_secs(24 * 3600)).contains(&backoff)
+pub(crate) const fn error_backoff_in_range(backoff: Duration) -> bool {
+    within(
+        backoff,
+        Duration::from_millis(1),
+        Duration::from_secs(24 * 3600),
+    )
 }

@@ -4,7 +4,9 @@
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use crate::core::MAX_DURATION;
+use crate::core::{
+    call_duration_in_range, duration_in_range, error_backoff_in_range, refresh_ahead_in_range,
+};
 
 /// The settings of a call of [`Cache::get_with`](crate::Cache::get_with): its `exec_limit` and
 /// `expire`, and the per-call options, each falling back to the cache's own when not set.
@@ -76,14 +78,6 @@ impl Invalid {
     ];
 }
 
-/// `d` within `[min, max]`, in a `const` context.
-const fn within(d: Duration, min: Duration, max: Duration) -> bool {
-    min.as_nanos() <= d.as_nanos() && d.as_nanos() <= max.as_nanos()
-}
-
-const NANO: Duration = Duration::from_nanos(1);
-const MILLI: Duration = Duration::from_millis(1);
-
 /// `bits` with `bit` set if `bad`, cleared otherwise.
 const fn mark(bits: u8, bit: u8, bad: bool) -> u8 {
     if bad { bits | bit } else { bits & !bit }
@@ -106,13 +100,9 @@ impl GetOptions {
     #[must_use]
     pub const fn new(exec_limit: Duration, expire: Duration) -> Self {
         let invalid = mark(
-            mark(
-                0,
-                Invalid::EXEC_LIMIT,
-                !within(exec_limit, NANO, MAX_DURATION),
-            ),
+            mark(0, Invalid::EXEC_LIMIT, !call_duration_in_range(exec_limit)),
             Invalid::EXPIRE,
-            !within(expire, NANO, MAX_DURATION),
+            !call_duration_in_range(expire),
         );
         GetOptions {
             exec_limit,
@@ -136,8 +126,7 @@ impl<M> GetOptions<M> {
     #[must_use]
     pub const fn refresh_ahead(mut self, fraction: f64) -> Self {
         self.refresh_ahead = Some(fraction);
-        // NaN is in no range.
-        let valid = fraction >= 0.0 && fraction < 1.0;
+        let valid = refresh_ahead_in_range(fraction);
         self.invalid = mark(self.invalid, Invalid::REFRESH_AHEAD, !valid);
         self
     }
@@ -149,7 +138,7 @@ impl<M> GetOptions<M> {
     #[must_use]
     pub const fn error_backoff(mut self, backoff: Duration) -> Self {
         self.error_backoff = Some(backoff);
-        let valid = within(backoff, MILLI, Duration::from_secs(24 * 3600));
+        let valid = error_backoff_in_range(backoff);
         self.invalid = mark(self.invalid, Invalid::ERROR_BACKOFF, !valid);
         self
     }
@@ -162,7 +151,7 @@ impl<M> GetOptions<M> {
     #[must_use]
     pub const fn stale_if_error(mut self, max_stale: Duration) -> Self {
         self.stale_if_error = Some(max_stale);
-        let valid = max_stale.is_zero() || within(max_stale, MILLI, MAX_DURATION);
+        let valid = max_stale.is_zero() || duration_in_range(max_stale);
         self.invalid = mark(self.invalid, Invalid::STALE_IF_ERROR, !valid);
         self
     }
@@ -178,7 +167,7 @@ impl<M> GetOptions<M> {
     /// matters. Only [`Cache::get_detached`](crate::Cache::get_detached) takes these options.
     #[must_use]
     pub const fn soft_timeout(self, soft_timeout: Duration) -> GetOptions<Detached> {
-        let valid = within(soft_timeout, MILLI, MAX_DURATION);
+        let valid = duration_in_range(soft_timeout);
         GetOptions {
             soft_timeout: Some(soft_timeout),
             invalid: mark(self.invalid, Invalid::SOFT_TIMEOUT, !valid),
@@ -197,7 +186,7 @@ impl<M> GetOptions<M> {
     #[must_use]
     pub const fn near_ttl(mut self, near_ttl: Duration) -> Self {
         self.near_ttl = Some(near_ttl);
-        let valid = near_ttl.is_zero() || within(near_ttl, MILLI, MAX_DURATION);
+        let valid = near_ttl.is_zero() || duration_in_range(near_ttl);
         self.invalid = mark(self.invalid, Invalid::NEAR_TTL, !valid);
         self
     }
@@ -247,6 +236,7 @@ impl<M> GetOptions<M> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::MAX_DURATION;
 
     const S: Duration = Duration::from_secs(1);
 
