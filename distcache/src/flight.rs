@@ -808,19 +808,10 @@ impl<S: Store> Call<'_, S> {
         json: &bytes::Bytes,
         expire: Duration,
     ) -> Result<Fill, StoreError> {
-        let item_bytes = self.core.config.item_bytes;
         if self.max_stale().is_zero() {
-            let (bytes, flags) = codec::pack(json);
-            if bytes.len() > item_bytes {
-                // Refused here as the server would refuse it, without sending it.
-                return Ok(Fill::TooLarge);
-            }
-            return self
-                .store
-                .fill(&self.wire, lease, &bytes, flags, expire)
-                .await;
+            return self.fill_packed(lease, json, expire).await;
         }
-        if json.len() > item_bytes {
+        if json.len() > self.core.config.item_bytes {
             return Ok(Fill::TooLarge);
         }
         let fresh_until = codec::unix_millis(std::time::SystemTime::now()) + millis(expire);
@@ -832,6 +823,24 @@ impl<S: Store> Call<'_, S> {
         let ttl = expire.saturating_add(self.max_stale());
         self.store
             .fill(&self.wire, lease, &header.item(json), FRESHNESS_FLAGS, ttl)
+            .await
+    }
+
+    /// Stores a value's JSON without a freshness header under `lease` (a lease, or the version a
+    /// refresh replaces): compressed if that pays (`codec::pack`), and refused here, as the
+    /// server would refuse it, without being sent, if it is still over `item_bytes`.
+    async fn fill_packed(
+        &self,
+        lease: Lease,
+        json: &bytes::Bytes,
+        expire: Duration,
+    ) -> Result<Fill, StoreError> {
+        let (bytes, flags) = codec::pack(json);
+        if bytes.len() > self.core.config.item_bytes {
+            return Ok(Fill::TooLarge);
+        }
+        self.store
+            .fill(&self.wire, lease, &bytes, flags, expire)
             .await
     }
 
@@ -1313,14 +1322,7 @@ impl<S: Store> Call<'_, S> {
         };
         let expire = self.expire_of(decision);
         let sent = keep.map(|_| self.core.near().sent());
-        let (bytes, flags) = codec::pack(&json);
-        let filled = if bytes.len() > self.core.config.item_bytes {
-            Ok(Fill::TooLarge)
-        } else {
-            self.store
-                .fill(&self.wire, version, &bytes, flags, expire)
-                .await
-        };
+        let filled = self.fill_packed(version, &json, expire).await;
         self.record_fill(&filled, json.len());
         // The successor replaces the current value kept (`Step::Refresh`): this process's later
         // reads do not go back to it.
