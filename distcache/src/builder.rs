@@ -168,21 +168,21 @@ impl CacheBuilder {
     }
 
     /// The largest value stored, in bytes of JSON: a larger one is returned to its caller and
-    /// not stored. It also bounds what a reader decompresses: an item that declares more is a
-    /// miss, and nothing of its declared size is allocated. Values of 16 KiB of JSON or more are
-    /// stored compressed (zstd), which fits several times [`item_bytes`](Self::item_bytes) of
-    /// JSON in one item; one still over `item_bytes` compressed is returned but not stored.
-    /// Between 1 byte and 1 GiB; default: 16 MiB.
+    /// not stored. It also bounds what a reader decompresses and puts together: an item or a
+    /// manifest that declares more is a miss, and nothing of its declared size is allocated.
+    /// Values of 16 KiB of JSON or more are stored compressed (zstd), and values still over
+    /// [`item_bytes`](Self::item_bytes) in chunks of it, under a manifest (README, "Big
+    /// values"). Between 1 byte and 1 GiB; default: 16 MiB.
     pub fn max_value_bytes(mut self, bytes: usize) -> Self {
         self.max_value_bytes = bytes;
         self
     }
 
     /// The largest item, in bytes as stored (compressed, if the value is): it should match the
-    /// servers' item size, memcached's `-I`. A larger item is not sent, and one read larger is
-    /// skipped unread (a miss), so no server can make a connection hold more. Default: 1 MiB less
-    /// 512 bytes, what memcached accepts with its default `-I 1m` whatever the key (set it 512
-    /// bytes under `-I`). Between 1 KiB and 1 GiB; a `max_value_bytes` below it bounds items too.
+    /// servers' item size, memcached's `-I`. A value over it is stored in chunks of it; an item
+    /// read larger is skipped unread (a miss), so no server can make a connection hold more.
+    /// Default: 1 MiB less 512 bytes, what memcached accepts with its default `-I 1m` whatever
+    /// the key (set it 512 bytes under `-I`). Between 1 KiB and 1 GiB.
     pub fn item_bytes(mut self, bytes: usize) -> Self {
         self.item_bytes = bytes;
         self
@@ -586,9 +586,6 @@ impl CacheBuilder {
             near: Default::default(),
             config: Config {
                 max_value_bytes: self.max_value_bytes,
-                // No stored item needs more than the value it holds: compressed bytes are
-                // kept only when smaller.
-                item_bytes: self.item_bytes.min(self.max_value_bytes),
                 on_unavailable: self.on_unavailable,
                 max_poll_interval: self.max_poll_interval,
                 refresh_ahead: self.refresh_ahead,
@@ -651,9 +648,12 @@ impl CacheBuilder {
             },
             // An item holds up to `item_bytes` of a value and what distcache adds to it: a
             // freshness header (`stale_if_error`) and a signature.
-            max_value: self.item_bytes.min(self.max_value_bytes)
+            max_value: self.item_bytes
                 + crate::codec::FRESHNESS_BYTES
                 + crate::store::memcached::signing::TAG_BYTES,
+            // A value over an item is stored in chunks, each a whole item.
+            chunk_bytes: self.item_bytes,
+            max_assembled: self.max_value_bytes + crate::codec::FRESHNESS_BYTES,
             greet: true,
             // Checked by `build`.
             credentials: self

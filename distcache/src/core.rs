@@ -43,9 +43,6 @@ pub(crate) struct Config {
     /// The largest value, as JSON: larger ones are returned, not stored; a compressed item that
     /// declares more is not read.
     pub(crate) max_value_bytes: usize,
-    /// The largest item written or read: a value's bytes as stored (compressed, if they are),
-    /// without what distcache adds (a freshness header, a signature).
-    pub(crate) item_bytes: usize,
     pub(crate) on_unavailable: OnUnavailable,
     pub(crate) max_poll_interval: Duration,
     /// The share of `expire` before the end in which a value is refreshed; 0: never.

@@ -38,7 +38,7 @@ use tracing::{debug, error, warn};
 use crate::coalesce::{Ended, Join, Leader};
 use crate::codec::{
     self, DecodeError, EncodeError, FRESHNESS_BYTES, FRESHNESS_FLAGS, Freshness, JSON_FLAGS,
-    ZSTD_JSON_FLAGS,
+    ZSTD_FRESHNESS_FLAGS, ZSTD_JSON_FLAGS,
 };
 use crate::core::{Core, MAX_DURATION, OnUnavailable, Tasks};
 use crate::entry::{self, Decision};
@@ -526,7 +526,7 @@ impl<S: Store> Call<'_, S> {
                 Ok(mut lookup) => {
                     // Stored compressed: from here on, its JSON (or a miss, if it is unreadable).
                     if let Lookup::Hit(item) | Lookup::Refresh(item) = &mut lookup
-                        && item.flags == ZSTD_JSON_FLAGS
+                        && (item.flags == ZSTD_JSON_FLAGS || item.flags == ZSTD_FRESHNESS_FLAGS)
                     {
                         self.unpack(item);
                     }
@@ -801,7 +801,8 @@ impl<S: Store> Call<'_, S> {
     }
 
     /// Stores a computed value's JSON under `lease`, for `expire`: as it is, or, keeping stale
-    /// values (`stale_if_error`), after a freshness header, for `expire` + `max_stale`.
+    /// values (`stale_if_error`), after a freshness header, for `expire` + `max_stale`;
+    /// compressed if that pays (`codec::pack`). The store puts a value over an item in chunks.
     async fn fill(
         &self,
         lease: Lease,
@@ -811,9 +812,6 @@ impl<S: Store> Call<'_, S> {
         if self.max_stale().is_zero() {
             return self.fill_packed(lease, json, expire).await;
         }
-        if json.len() > self.core.config.item_bytes {
-            return Ok(Fill::TooLarge);
-        }
         let fresh_until = codec::unix_millis(std::time::SystemTime::now()) + millis(expire);
         let header = Freshness {
             fresh_until,
@@ -821,14 +819,12 @@ impl<S: Store> Call<'_, S> {
             retry_at: 0,
         };
         let ttl = expire.saturating_add(self.max_stale());
-        self.store
-            .fill(&self.wire, lease, &header.item(json), FRESHNESS_FLAGS, ttl)
-            .await
+        let (bytes, flags) = codec::pack_fresh(&header, json);
+        self.store.fill(&self.wire, lease, &bytes, flags, ttl).await
     }
 
     /// Stores a value's JSON without a freshness header under `lease` (a lease, or the version a
-    /// refresh replaces): compressed if that pays (`codec::pack`), and refused here, as the
-    /// server would refuse it, without being sent, if it is still over `item_bytes`.
+    /// refresh replaces): compressed if that pays (`codec::pack`).
     async fn fill_packed(
         &self,
         lease: Lease,
@@ -836,23 +832,26 @@ impl<S: Store> Call<'_, S> {
         expire: Duration,
     ) -> Result<Fill, StoreError> {
         let (bytes, flags) = codec::pack(json);
-        if bytes.len() > self.core.config.item_bytes {
-            return Ok(Fill::TooLarge);
-        }
         self.store
             .fill(&self.wire, lease, &bytes, flags, expire)
             .await
     }
 
-    /// A compressed item, as its JSON; or, if it is unreadable (corrupt, foreign, or declaring
-    /// more than `max_value_bytes`), as an item that decodes as a miss.
+    /// A compressed item, as the item it stands for (its JSON, after its freshness header if it
+    /// has one); or, if it is unreadable (corrupt, foreign, or declaring more than
+    /// `max_value_bytes`), as an item that decodes as a miss.
     #[cold]
     #[inline(never)]
     fn unpack(&self, item: &mut Item) {
-        match codec::unpack(&item.data, self.core.config.max_value_bytes) {
-            Ok(json) => {
-                item.data = json;
-                item.flags = JSON_FLAGS;
+        let max = self.core.config.max_value_bytes;
+        let unpacked = match item.flags {
+            ZSTD_JSON_FLAGS => codec::unpack(&item.data, max).map(|json| (json, JSON_FLAGS)),
+            _ => codec::unpack_fresh(&item.data, max).map(|item| (item, FRESHNESS_FLAGS)),
+        };
+        match unpacked {
+            Ok((data, flags)) => {
+                item.data = data;
+                item.flags = flags;
             }
             Err(err) => {
                 debug!(key = self.key, error = %err, "a compressed item is unreadable");
@@ -1272,7 +1271,7 @@ impl<S: Store> Call<'_, S> {
                 warn!(
                     key = self.key,
                     size,
-                    "the value is too large for an item (item_bytes, or the server's -I); returned, not stored"
+                    "a server refused an item as too large (its -I is under item_bytes); returned, not stored"
                 );
             }
             Err(err) => {
@@ -1550,6 +1549,10 @@ impl<S: Store> Call<'_, S> {
             );
             return;
         }
+        if let DecodeError::Chunks { missing: true, .. } = err {
+            // Evicted, or on a node lost since: a plain miss, said in `chunks.rs`.
+            return;
+        }
         self.core.stats.decode_misses.incr();
         warn!(key = self.key, error = %err, "a cached item does not decode as the requested type; recomputing");
     }
@@ -1605,9 +1608,8 @@ async fn swap_header<S: Store>(
     if left.is_zero() {
         return Ok(None);
     }
-    store
-        .swap(wire, version, &header.item(json), FRESHNESS_FLAGS, left)
-        .await
+    let (bytes, flags) = codec::pack_fresh(&header, json);
+    store.swap(wire, version, &bytes, flags, left).await
 }
 
 /// A claim to recompute a stale value, given up from a spawned task if the call is cancelled

@@ -144,5 +144,36 @@ fn a_hit_allocates_its_decoded_value_and_a_small_constant() {
             largest < 1 << 20,
             "the largest allocation reading it: {largest} bytes"
         );
+
+        // Manifests of big values that claim 1 TiB, or 16 MiB whose chunks are not there: a
+        // miss, and nothing near the claimed size is allocated (the value's one allocation comes
+        // after every chunk has arrived, each of the size the manifest says).
+        for (i, total) in [1u64 << 40, 16 << 20].into_iter().enumerate() {
+            let chunk_bytes = 1024 * 1024 - 512u32;
+            let mut manifest = Vec::new();
+            manifest.extend_from_slice(b"DCJ1");
+            manifest.extend_from_slice(&7u64.to_be_bytes());
+            manifest.extend_from_slice(&total.to_be_bytes());
+            manifest.extend_from_slice(&chunk_bytes.to_be_bytes());
+            manifest.extend_from_slice(&(total.div_ceil(chunk_bytes.into()) as u32).to_be_bytes());
+            manifest.extend_from_slice(&[0; 32]);
+            let key = format!("claims:{i}");
+            outside
+                .set(&key, &manifest, u32::from_be_bytes(*b"DCM1"))
+                .await;
+            LARGEST.store(0, Ordering::Relaxed);
+            let got: String = cache
+                .get(&key, MINUTE, MINUTE, || async {
+                    Ok::<_, Error>("genuine".into())
+                })
+                .await
+                .unwrap();
+            let largest = LARGEST.load(Ordering::Relaxed);
+            assert_eq!(got, "genuine", "a manifest claiming {total} bytes");
+            assert!(
+                largest < 1 << 20,
+                "the largest allocation reading a manifest claiming {total} bytes: {largest}"
+            );
+        }
     });
 }

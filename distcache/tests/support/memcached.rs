@@ -282,6 +282,11 @@ impl Outside {
         ))
     }
 
+    /// Deletes `key`; whether it was there.
+    pub async fn delete(&self, key: &str) -> bool {
+        self.client.lock().await.delete(key).await.is_ok()
+    }
+
     /// Adds one to the counter `key`, creating it at 0 first.
     pub async fn incr(&self, key: &str) -> u64 {
         let mut client = self.client.lock().await;

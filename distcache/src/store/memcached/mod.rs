@@ -21,6 +21,7 @@ use super::{Fill, Item, Lease, Lookup, NO_LIFE, Store, StoreError, StoreErrorKin
 use crate::key::WireKey;
 
 mod auth;
+pub(crate) mod chunks;
 mod conn;
 mod handshake;
 mod health;
@@ -42,6 +43,10 @@ struct Inner {
     nodes: Vec<Node>,
     /// Signs every item written and verifies every item read (`signing.rs`); `None`: off.
     signer: Option<Signer>,
+    /// Values stored over this many bytes are stored in chunks of it (`chunks.rs`).
+    chunk_bytes: usize,
+    /// The largest value a manifest may stand for.
+    max_assembled: usize,
 }
 
 impl Cluster {
@@ -58,6 +63,8 @@ impl Cluster {
                 ring,
                 nodes,
                 signer: config.signer.clone(),
+                chunk_bytes: config.chunk_bytes,
+                max_assembled: config.max_assembled,
             }),
         }
     }
@@ -140,9 +147,29 @@ impl Cluster {
         }
     }
 
-    /// `ms … C<cas>` on the lease's node (`operation`: a fill, or a swap): how it went, and,
-    /// asked for with `return_cas`, the stored item's CAS.
+    /// Stores a value under `lease` (`operation`: a fill, or a swap): in one item, or, over
+    /// `item_bytes`, in chunks under a manifest (`chunks.rs`). How it went, and, asked for with
+    /// `return_cas`, the stored item's CAS.
     async fn set_if_cas(
+        &self,
+        operation: &'static str,
+        key: &WireKey,
+        lease: Lease,
+        (data, flags): (&Bytes, u32),
+        expire: Duration,
+        return_cas: bool,
+    ) -> Result<(Fill, Option<u64>), StoreError> {
+        if data.len() > self.inner.chunk_bytes {
+            return self
+                .set_chunked(operation, key, lease, (data, flags), expire, return_cas)
+                .await;
+        }
+        self.set_item(operation, key, lease, (data, flags), expire, return_cas)
+            .await
+    }
+
+    /// `ms … C<cas>` on the lease's node: one item, signed if values are.
+    async fn set_item(
         &self,
         operation: &'static str,
         key: &WireKey,
@@ -305,26 +332,35 @@ impl Store for Cluster {
                 }),
             }
         };
-        match meta.code {
+        let mut lookup = match meta.code {
             // A stale item (X) or the empty stub of a lease (`N`) carries a value nobody should
             // read: the lease is ours (W), or someone else's (Z, or X alone).
-            Code::Value if meta.won_lease() => Ok(Lookup::Won(version)),
-            Code::Value if meta.stale => Ok(Lookup::Busy),
-            Code::Value if meta.size == 0 && meta.won_elsewhere => Ok(Lookup::Busy),
+            Code::Value if meta.won_lease() => Lookup::Won(version),
+            Code::Value if meta.stale => Lookup::Busy,
+            Code::Value if meta.size == 0 && meta.won_elsewhere => Lookup::Busy,
             // A value near its end (`R`): ours to refresh (W); someone else's (Z) leaves it a
             // plain hit.
-            Code::Value if meta.win => Ok(Lookup::Refresh(item(meta))),
-            Code::Value => Ok(Lookup::Hit(item(meta))),
+            Code::Value if meta.win => Lookup::Refresh(item(meta)),
+            Code::Value => Lookup::Hit(item(meta)),
             // With N, a miss creates the stub; a plain miss means memcached could not (out of
             // memory): the store cannot hand out the lease.
-            other => Err(StoreError {
-                operation: "lookup",
-                node: server.to_string(),
-                kind: StoreErrorKind::Server(format!(
-                    "{other:?} to a lookup that should have created a lease"
-                )),
-            }),
+            other => {
+                return Err(StoreError {
+                    operation: "lookup",
+                    node: server.to_string(),
+                    kind: StoreErrorKind::Server(format!(
+                        "{other:?} to a lookup that should have created a lease"
+                    )),
+                });
+            }
+        };
+        // A big value's manifest: from here on, the value (or a miss, if it cannot be had).
+        if let Lookup::Hit(item) | Lookup::Refresh(item) = &mut lookup
+            && item.flags == chunks::MANIFEST_FLAGS
+        {
+            self.assemble(key, item, deadline).await?;
         }
+        Ok(lookup)
     }
 
     async fn fill(
@@ -507,6 +543,8 @@ mod tests {
             max_value: crate::codec::DEFAULT_ITEM_BYTES
                 + crate::codec::FRESHNESS_BYTES
                 + signing::TAG_BYTES,
+            chunk_bytes: crate::codec::DEFAULT_ITEM_BYTES,
+            max_assembled: crate::codec::DEFAULT_MAX_VALUE_BYTES + crate::codec::FRESHNESS_BYTES,
             greet: true,
             credentials: None,
             tls: None,
@@ -824,25 +862,87 @@ mod tests {
         contract::release_and_invalidate_free_the_key(&cluster(&[&server]), &key("r"), LEASE).await;
     }
 
+    /// `len` bytes that do not repeat.
+    fn noise(len: usize, seed: u64) -> Bytes {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        Bytes::from((0..len).map(|_| rng.u8(..)).collect::<Vec<u8>>())
+    }
+
     #[tokio::test]
-    async fn a_value_over_the_servers_item_size_is_refused_as_too_large() {
-        let server = Memcached::start().await;
-        let big = Bytes::from(vec![b'x'; 2 * 1024 * 1024]);
+    async fn a_value_over_item_bytes_is_stored_in_chunks_across_the_ring_and_read_back_whole() {
+        let servers = Memcached::start_many::<3>().await;
+        // Chunks of 64 KiB: forty of them, which three servers all hold some of.
+        const CHUNK: usize = 64 * 1024;
+        let ring = Ring::new(servers.iter().map(|s| s.addr().parse().unwrap())).unwrap();
+        let cluster = Cluster::new(
+            ring,
+            &NodeConfig {
+                chunk_bytes: CHUNK,
+                ..test_config()
+            },
+        );
+        let k = key("big");
+        let value = noise(40 * CHUNK - 100, 1);
+        let lease = won(&cluster, &k).await;
+        assert_eq!(
+            cluster.fill(&k, lease, &value, 42, EXPIRE).await.unwrap(),
+            Fill::Stored
+        );
+        let item = hit(&cluster, &k).await;
+        assert_eq!(item.flags, 42);
+        assert!(item.data == value, "read back whole");
+        // As memcached holds it: a manifest under the key, chunks under keys of their own, each
+        // on the server the ring gives its key.
+        let home = cluster.home_server(&k).to_string();
+        let (manifest, flags) = Outside::connect(&home).await.get("t:big").await.unwrap();
+        assert_eq!(flags, chunks::MANIFEST_FLAGS);
+        let manifest = chunks::Manifest::read(&manifest).unwrap();
+        assert_eq!((manifest.count, manifest.total), (40, value.len() as u64));
+        let mut holders = std::collections::HashSet::new();
+        for index in 0..manifest.count {
+            let chunk = chunks::chunk_key(&k, manifest.version, index);
+            let holder = cluster.home_server(&chunk).to_string();
+            let (bytes, flags) = Outside::connect(&holder)
+                .await
+                .get(chunk.as_str())
+                .await
+                .unwrap();
+            assert_eq!(flags, chunks::CHUNK_FLAGS);
+            let start = index as usize * CHUNK;
+            assert!(
+                bytes[..] == value[start..start + bytes.len()],
+                "chunk {index}"
+            );
+            holders.insert(holder);
+        }
+        assert_eq!(holders.len(), 3, "chunks are spread like any keys");
+    }
+
+    #[tokio::test]
+    async fn an_item_over_the_servers_item_size_is_refused_as_too_large() {
+        // A server whose item size is under `item_bytes`: neither a single item over it nor a
+        // value's chunks can be stored.
+        let server = Memcached::start_with(&["-I", "512k"]).await;
+        let single = noise(700 * 1024, 2);
+        let chunked = noise(2 * 1024 * 1024, 3);
         let small = Bytes::from_static(b"1");
         // Told the item size by the handshake: not sent, and the lease is still ours.
         let cluster = cluster(&[&server]);
-        let k = key("big");
-        let lease = won(&cluster, &k).await;
-        assert_eq!(
-            cluster.fill(&k, lease, &big, 0, EXPIRE).await.unwrap(),
-            Fill::TooLarge
-        );
-        assert_eq!(
-            cluster.fill(&k, lease, &small, 0, EXPIRE).await.unwrap(),
-            Fill::Stored,
-            "the lease survived: the key can be marked under it"
-        );
-        // Not told (no handshake): sent, refused by the server, which deletes the stub with it.
+        for (name, big) in [("single", &single), ("chunked", &chunked)] {
+            let k = key(name);
+            let lease = won(&cluster, &k).await;
+            assert_eq!(
+                cluster.fill(&k, lease, big, 0, EXPIRE).await.unwrap(),
+                Fill::TooLarge,
+                "{name}"
+            );
+            assert_eq!(
+                cluster.fill(&k, lease, &small, 0, EXPIRE).await.unwrap(),
+                Fill::Stored,
+                "{name}: the lease survived: the key can be marked under it"
+            );
+        }
+        // Not told (no handshake): sent, and refused by the server.
         let ring = Ring::new([server.addr().parse().unwrap()]).unwrap();
         let untold = Cluster::new(
             ring,
@@ -851,10 +951,11 @@ mod tests {
                 ..test_config()
             },
         );
-        let k = key("big-untold");
+        // A single item: memcached deletes the stub with it.
+        let k = key("single-untold");
         let lease = won(&untold, &k).await;
         assert_eq!(
-            untold.fill(&k, lease, &big, 0, EXPIRE).await.unwrap(),
+            untold.fill(&k, lease, &single, 0, EXPIRE).await.unwrap(),
             Fill::TooLarge
         );
         let lease = won(&untold, &k).await;
@@ -862,6 +963,18 @@ mod tests {
             untold.fill(&k, lease, &small, 0, EXPIRE).await.unwrap(),
             Fill::Stored,
             "the connection is still in step"
+        );
+        // Chunks: refused under their own keys, and the lease is still ours.
+        let k = key("chunked-untold");
+        let lease = won(&untold, &k).await;
+        assert_eq!(
+            untold.fill(&k, lease, &chunked, 0, EXPIRE).await.unwrap(),
+            Fill::TooLarge
+        );
+        assert_eq!(
+            untold.fill(&k, lease, &small, 0, EXPIRE).await.unwrap(),
+            Fill::Stored,
+            "the lease survived the refused chunks"
         );
     }
 

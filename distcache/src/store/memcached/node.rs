@@ -30,8 +30,13 @@ pub(crate) struct NodeConfig {
     pub(crate) retry_interval: Duration,
     pub(crate) failure_threshold: u32,
     pub(crate) connections: usize,
-    /// The largest value kept from a reply (`item_bytes`).
+    /// The largest value kept from a reply (`item_bytes`, and what distcache adds to a value).
     pub(crate) max_value: usize,
+    /// Values over this many bytes are stored in chunks of it (`item_bytes`; `chunks.rs`).
+    pub(crate) chunk_bytes: usize,
+    /// The largest value a big value's manifest may stand for (`max_value_bytes`, and what
+    /// distcache adds to a value).
+    pub(crate) max_assembled: usize,
     /// Ask each server about itself on connecting (`handshake.rs`): always, but in tests against
     /// scripted peers.
     pub(crate) greet: bool,
@@ -605,6 +610,8 @@ mod tests {
             failure_threshold: 100,
             connections: 1,
             max_value: 1_000_000,
+            chunk_bytes: 1_000_000,
+            max_assembled: 16_000_000,
             greet: false,
             credentials: None,
             tls: None,

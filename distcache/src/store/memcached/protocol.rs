@@ -44,6 +44,16 @@ pub(crate) enum Request<'a> {
         cas: u64,
         return_cas: bool,
     },
+    /// `ms <key> <len> T<ttl> F<flags> O<op>`: store unconditionally. Only for a chunk of a big
+    /// value, under a key of its own that no other write uses (`chunks.rs`).
+    Set {
+        key: &'a WireKey,
+        data: &'a [u8],
+        flags: u32,
+        ttl: u32,
+    },
+    /// `mg <key> v f O<op>`: a plain read of an item's value and flags (a chunk of a big value).
+    Get { key: &'a WireKey },
     /// `md <key> [C<cas>] O<op>`: delete, only if the CAS is still `cas` when given.
     Delete { key: &'a WireKey, cas: Option<u64> },
     /// `mg <key> c T<ttl> O<op>`: the item's CAS, its TTL set to `ttl` (touched). Unconditional:
@@ -95,6 +105,23 @@ impl Request<'_> {
                 flag(out, b" C", cas);
                 flag(out, b" F", flags.into());
             }
+            Request::Set {
+                key,
+                data,
+                flags,
+                ttl,
+            } => {
+                out.extend_from_slice(b"ms ");
+                out.extend_from_slice(key.as_bytes());
+                flag(out, b" ", data.len() as u64);
+                flag(out, b" T", ttl.into());
+                flag(out, b" F", flags.into());
+            }
+            Request::Get { key } => {
+                out.extend_from_slice(b"mg ");
+                out.extend_from_slice(key.as_bytes());
+                out.extend_from_slice(b" v f");
+            }
             Request::Delete { key, cas } => {
                 out.extend_from_slice(b"md ");
                 out.extend_from_slice(key.as_bytes());
@@ -110,7 +137,7 @@ impl Request<'_> {
         }
         flag(out, b" O", opaque.into());
         out.extend_from_slice(b"\r\n");
-        if let Request::SetIfCas { data, .. } = self {
+        if let Request::SetIfCas { data, .. } | Request::Set { data, .. } = self {
             out.extend_from_slice(data);
             out.extend_from_slice(b"\r\n");
         }

@@ -85,6 +85,16 @@ fn requests_are_built_from_typed_values() {
         encoded(Request::Touch { key: &k, ttl: 4 }),
         "mg user:1 c T4 O7\r\n"
     );
+    assert_eq!(
+        encoded(Request::Set {
+            key: &k,
+            data: b"abc",
+            flags: 5,
+            ttl: 61,
+        }),
+        "ms user:1 3 T61 F5 O7\r\nabc\r\n"
+    );
+    assert_eq!(encoded(Request::Get { key: &k }), "mg user:1 v f O7\r\n");
 }
 
 #[test]
