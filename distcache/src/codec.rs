@@ -53,6 +53,50 @@ pub(crate) fn pack_fresh(header: &Freshness, json: &[u8]) -> (Bytes, u32) {
     }
 }
 
+/// [`pack`], on a blocking thread for a big value (`blocking.rs`).
+pub(crate) async fn pack_off_worker(json: &Bytes) -> (Bytes, u32) {
+    let owned = json.clone();
+    crate::blocking::run(json.len(), move || pack(&owned))
+        .await
+        .unwrap_or_else(|| (json.clone(), JSON_FLAGS))
+}
+
+/// [`pack_fresh`], on a blocking thread for a big value (`blocking.rs`).
+pub(crate) async fn pack_fresh_off_worker(header: Freshness, json: &Bytes) -> (Bytes, u32) {
+    let owned = json.clone();
+    crate::blocking::run(json.len(), move || pack_fresh(&header, &owned))
+        .await
+        .unwrap_or_else(|| (header.item(json), FRESHNESS_FLAGS))
+}
+
+/// The item a compressed item ([`ZSTD_JSON_FLAGS`] or [`ZSTD_FRESHNESS_FLAGS`]) stands for (its
+/// JSON, after its header if it has one, under the flags of its kind uncompressed), as [`unpack`]
+/// and [`unpack_fresh`] read it; on a blocking thread for a big one (`blocking.rs`).
+pub(crate) async fn unpack_off_worker(
+    flags: u32,
+    data: &Bytes,
+    max_value: usize,
+) -> Result<(Bytes, u32), DecodeError> {
+    let fresh = flags == ZSTD_FRESHNESS_FLAGS;
+    let frame = if fresh {
+        data.get(FRESHNESS_BYTES..).unwrap_or_default()
+    } else {
+        data
+    };
+    // The work is the JSON's size (at most `max_value`), not the frame's.
+    let declared = match zstd::zstd_safe::get_frame_content_size(frame) {
+        Ok(Some(size)) => usize::try_from(size).unwrap_or(usize::MAX).min(max_value),
+        _ => frame.len(),
+    };
+    let data = data.clone();
+    crate::blocking::run(declared, move || match fresh {
+        true => unpack_fresh(&data, max_value).map(|item| (item, FRESHNESS_FLAGS)),
+        false => unpack(&data, max_value).map(|json| (json, JSON_FLAGS)),
+    })
+    .await
+    .unwrap_or(Err(DecodeError::Compressed("the runtime shut down")))
+}
+
 /// `json` compressed, if it is long enough to try and zstd makes it smaller.
 fn compressed(json: &[u8]) -> Option<Vec<u8>> {
     if json.len() < COMPRESS_FROM {

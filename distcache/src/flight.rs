@@ -528,7 +528,7 @@ impl<S: Store> Call<'_, S> {
                     if let Lookup::Hit(item) | Lookup::Refresh(item) = &mut lookup
                         && (item.flags == ZSTD_JSON_FLAGS || item.flags == ZSTD_FRESHNESS_FLAGS)
                     {
-                        self.unpack(item);
+                        self.unpack(item).await;
                     }
                     lookup
                 }
@@ -819,7 +819,7 @@ impl<S: Store> Call<'_, S> {
             retry_at: 0,
         };
         let ttl = expire.saturating_add(self.max_stale());
-        let (bytes, flags) = codec::pack_fresh(&header, json);
+        let (bytes, flags) = codec::pack_fresh_off_worker(header, json).await;
         self.store.fill(&self.wire, lease, &bytes, flags, ttl).await
     }
 
@@ -831,7 +831,7 @@ impl<S: Store> Call<'_, S> {
         json: &bytes::Bytes,
         expire: Duration,
     ) -> Result<Fill, StoreError> {
-        let (bytes, flags) = codec::pack(json);
+        let (bytes, flags) = codec::pack_off_worker(json).await;
         self.store
             .fill(&self.wire, lease, &bytes, flags, expire)
             .await
@@ -842,13 +842,9 @@ impl<S: Store> Call<'_, S> {
     /// `max_value_bytes`), as an item that decodes as a miss.
     #[cold]
     #[inline(never)]
-    fn unpack(&self, item: &mut Item) {
+    async fn unpack(&self, item: &mut Item) {
         let max = self.core.config.max_value_bytes;
-        let unpacked = match item.flags {
-            ZSTD_JSON_FLAGS => codec::unpack(&item.data, max).map(|json| (json, JSON_FLAGS)),
-            _ => codec::unpack_fresh(&item.data, max).map(|item| (item, FRESHNESS_FLAGS)),
-        };
-        match unpacked {
+        match codec::unpack_off_worker(item.flags, &item.data, max).await {
             Ok((data, flags)) => {
                 item.data = data;
                 item.flags = flags;
@@ -1198,7 +1194,7 @@ impl<S: Store> Call<'_, S> {
         &self,
         version: Lease,
         header: Freshness,
-        json: &[u8],
+        json: &bytes::Bytes,
     ) -> Result<Option<Lease>, StoreError> {
         swap_header(
             self.store,
@@ -1600,7 +1596,7 @@ async fn swap_header<S: Store>(
     wire: &WireKey,
     version: Lease,
     header: Freshness,
-    json: &[u8],
+    json: &bytes::Bytes,
     cap: Duration,
 ) -> Result<Option<Lease>, StoreError> {
     let now = codec::unix_millis(std::time::SystemTime::now());
@@ -1608,7 +1604,7 @@ async fn swap_header<S: Store>(
     if left.is_zero() {
         return Ok(None);
     }
-    let (bytes, flags) = codec::pack_fresh(&header, json);
+    let (bytes, flags) = codec::pack_fresh_off_worker(header, json).await;
     store.swap(wire, version, &bytes, flags, left).await
 }
 

@@ -85,6 +85,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod blocking;
 mod build_error;
 mod builder;
 mod cache;

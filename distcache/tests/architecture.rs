@@ -6,6 +6,7 @@ use std::path::Path;
 
 /// The crate's top-level modules, and what `lib.rs` re-exports from each.
 const MODULES: &[(&str, &[&str])] = &[
+    ("blocking", &[]),
     ("build_error", &["BuildError"]),
     ("builder", &["CacheBuilder"]),
     ("cache", &["Cache"]),

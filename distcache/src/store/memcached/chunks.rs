@@ -139,6 +139,24 @@ pub(crate) fn chunk_key(key: &WireKey, version: u64, index: u32) -> WireKey {
     WireKey::from_wire(&bytes).expect("printable ASCII, at most 250 bytes")
 }
 
+/// The value the chunks hold, if they match `digest`. Every chunk is the size its manifest says,
+/// and their total was checked against the limits: this is the only allocation of the value's
+/// size.
+fn join(chunks: &[Bytes], total: usize, digest: &[u8; 32]) -> Result<Bytes, Unread> {
+    let mut data = BytesMut::with_capacity(total);
+    let mut hasher = Sha256::new();
+    for chunk in chunks {
+        hasher.update(chunk);
+        data.extend_from_slice(chunk);
+    }
+    if hasher.finalize()[..] != digest[..] {
+        return Err(Unread::Bad(
+            "the chunks do not match the manifest's SHA-256",
+        ));
+    }
+    Ok(data.freeze())
+}
+
 /// Why a chunk was not read.
 enum Unread {
     /// Not there: evicted, or on a node lost since.
@@ -232,20 +250,11 @@ impl Cluster {
         // The first chunk missing or wrong ends the round: the requests still out are dropped,
         // and their replies, if they come, dropped as they arrive.
         let chunks = try_join_all(reads).await?;
-        // Every chunk is the size the manifest says, and the total was checked: this is the
-        // only allocation of the value's size.
-        let mut data = BytesMut::with_capacity(manifest.total as usize);
-        let mut digest = Sha256::new();
-        for chunk in &chunks {
-            digest.update(chunk);
-            data.extend_from_slice(chunk);
-        }
-        if digest.finalize()[..] != manifest.digest {
-            return Err(Unread::Bad(
-                "the chunks do not match the manifest's SHA-256",
-            ));
-        }
-        Ok((data.freeze(), manifest.flags))
+        let (total, digest) = (manifest.total as usize, manifest.digest);
+        let joined = crate::blocking::run(total, move || join(&chunks, total, &digest))
+            .await
+            .ok_or(Unread::Bad("the runtime shut down"))?;
+        Ok((joined?, manifest.flags))
     }
 
     /// Stores `data` in chunks, then a manifest for them under `lease`, as
@@ -277,7 +286,12 @@ impl Cluster {
             chunk_bytes: u32::try_from(chunk_bytes).expect("item_bytes is at most 1 GiB"),
             count: u32::try_from(data.len().div_ceil(chunk_bytes))
                 .expect("max_value_bytes over item_bytes fits"),
-            digest: Sha256::digest(data).into(),
+            digest: {
+                let owned = data.clone();
+                crate::blocking::run(data.len(), move || Sha256::digest(&owned).into())
+                    .await
+                    .unwrap_or_default()
+            },
         };
         let ttl = ttl_seconds(expire.saturating_add(CHUNKS_OUTLIVE));
         let manifest_ref = &manifest;
