@@ -656,6 +656,46 @@ mod tests {
                 let _ = decode::<serde_json::Value>(flags, &data);
             }
 
+            /// A genuine frame (or freshness item) changed anywhere, cut or grown, unpacks to at
+            /// most `max_value` bytes of JSON, or is refused; never a panic.
+            #[test]
+            fn changed_frames_are_refused_or_unpack_within_the_limit(
+                fresh in any::<bool>(),
+                flips in proptest::collection::vec((any::<prop::sample::Index>(), 0u8..8), 0..4),
+                cut in any::<Option<prop::sample::Index>>(),
+                grow in proptest::collection::vec(any::<u8>(), 0..8),
+                max_value in 0usize..40_000,
+            ) {
+                let json = Bytes::from(serde_json::to_vec(&"0123456789".repeat(2_000)).unwrap());
+                let header = Freshness { fresh_until: 1, stale_until: 2, retry_at: 0 };
+                let (mut item, flags) = match fresh {
+                    false => {
+                        let (packed, flags) = pack(&json);
+                        (packed.to_vec(), flags)
+                    }
+                    true => {
+                        let (packed, flags) = pack_fresh(&header, &json);
+                        (packed.to_vec(), flags)
+                    }
+                };
+                prop_assert_eq!(flags, if fresh { ZSTD_FRESHNESS_FLAGS } else { ZSTD_JSON_FLAGS });
+                for (at, bit) in flips {
+                    let at = at.index(item.len());
+                    item[at] ^= 1 << bit;
+                }
+                if let Some(cut) = cut {
+                    item.truncate(cut.index(item.len() + 1));
+                }
+                item.extend_from_slice(&grow);
+                let (unpacked, head) = match fresh {
+                    false => (unpack(&item, max_value), 0),
+                    true => (unpack_fresh(&item, max_value), FRESHNESS_BYTES),
+                };
+                if let Ok(out) = unpacked {
+                    prop_assert!(out.len() <= head + max_value);
+                }
+            }
+
             /// Whatever a value is, what the store is given reads back as exactly that value.
             #[test]
             fn what_is_stored_reads_back_as_it_was(

@@ -160,6 +160,49 @@ pub mod __fuzz {
         crate::codec::decode::<Typed>(flags, data).is_ok()
     }
 
+    /// A compressed item (`DZJ1`, or `DZF1` with `fresh`) read with a `max_value` of at most
+    /// 1 MiB: its JSON, or why not. Checks that nothing over `max_value` comes back.
+    pub fn unpack_item(fresh: bool, data: &[u8], max_value: usize) -> Option<usize> {
+        let max_value = max_value % (1 << 20);
+        let unpacked = match fresh {
+            false => crate::codec::unpack(data, max_value),
+            true => crate::codec::unpack_fresh(data, max_value),
+        };
+        let head = if fresh {
+            crate::codec::FRESHNESS_BYTES
+        } else {
+            0
+        };
+        let item = unpacked.ok()?;
+        assert!(
+            item.len() <= head + max_value,
+            "more than max_value came back"
+        );
+        Some(item.len())
+    }
+
+    /// A big value's manifest as a reader with these limits takes it: whether it would read its
+    /// chunks. Checks that one it takes describes chunks within the limits.
+    pub fn read_manifest(data: &[u8], max_total: usize, max_chunk: usize) -> bool {
+        use crate::store::memcached::chunks::Manifest;
+        let Some(manifest) = Manifest::read(data) else {
+            return false;
+        };
+        if manifest.refused(max_total, max_chunk).is_some() {
+            return false;
+        }
+        assert!(manifest.total as usize <= max_total);
+        let lengths: u64 = (0..manifest.count)
+            .map(|index| {
+                let len = manifest.chunk_len(index);
+                assert!(len > 0 && len <= max_chunk);
+                len as u64
+            })
+            .sum();
+        assert_eq!(lengths, manifest.total);
+        true
+    }
+
     /// The wire key of `key` under `namespace` (if the namespace is valid); checks that it is a
     /// valid memcached key.
     pub fn wire_key(namespace: &str, key: &str) -> Option<String> {

@@ -106,7 +106,7 @@ impl Manifest {
 
     /// Why a reader with these limits must not act on the manifest, if it must not: each claim is
     /// checked before anything is read or allocated for it.
-    fn refused(&self, max_total: usize, max_chunk: usize) -> Option<&'static str> {
+    pub(crate) fn refused(&self, max_total: usize, max_chunk: usize) -> Option<&'static str> {
         if usize::try_from(self.total).map_or(true, |total| total > max_total) {
             return Some("the manifest declares more than max_value_bytes");
         }
@@ -120,7 +120,7 @@ impl Manifest {
     }
 
     /// How long chunk `index` is.
-    fn chunk_len(&self, index: u32) -> usize {
+    pub(crate) fn chunk_len(&self, index: u32) -> usize {
         let start = u64::from(index) * u64::from(self.chunk_bytes);
         (self.total - start).min(self.chunk_bytes.into()) as usize
     }
