@@ -47,7 +47,9 @@ use crate::key::WireKey;
 use crate::near::{Keep, NearChoice, Sent};
 use crate::options::GetOptions;
 use crate::schedule::{Knowledge, PollSchedule, Site, SiteWait};
-use crate::store::{Fill, Item, Lease, Lookup, Store, StoreError, StoreErrorKind, whole_seconds};
+use crate::store::{
+    Fill, Item, Lease, Lookup, MANIFEST_FLAGS, Store, StoreError, StoreErrorKind, whole_seconds,
+};
 
 /// After this many undecodable items in one call, the call stops fighting over the key: it runs
 /// the getter and returns the value without storing it.
@@ -517,20 +519,23 @@ impl<S: Store> Call<'_, S> {
                 )
                 .await
             {
-                Err(err) if err.is_deadline() => return Err(self.timed_out()),
+                Ok(mut lookup) => {
+                    // Stored in chunks, or compressed: from here on, the value as it would be
+                    // stored whole (or a miss, if it cannot be had). Boxed: the hit path's future
+                    // does not carry this one's state.
+                    if let Lookup::Hit(item) | Lookup::Refresh(item) = &mut lookup
+                        && packed(item.flags)
+                        && let Err(err) = Box::pin(self.unpack(item)).await
+                    {
+                        drop(waiting);
+                        return self.lookup_failed(leader, getter, err).await;
+                    }
+                    lookup
+                }
                 Err(err) => {
                     // A scout hands its part on before the getter runs (as below).
                     drop(waiting);
-                    return self.without_store(leader, getter, err).await;
-                }
-                Ok(mut lookup) => {
-                    // Stored compressed: from here on, its JSON (or a miss, if it is unreadable).
-                    if let Lookup::Hit(item) | Lookup::Refresh(item) = &mut lookup
-                        && (item.flags == ZSTD_JSON_FLAGS || item.flags == ZSTD_FRESHNESS_FLAGS)
-                    {
-                        self.unpack(item).await;
-                    }
-                    lookup
+                    return self.lookup_failed(leader, getter, err).await;
                 }
             };
             // How long a value found may be kept near: its own life left, counted from `sent`.
@@ -837,12 +842,19 @@ impl<S: Store> Call<'_, S> {
             .await
     }
 
-    /// A compressed item, as the item it stands for (its JSON, after its freshness header if it
-    /// has one); or, if it is unreadable (corrupt, foreign, or declaring more than
-    /// `max_value_bytes`), as an item that decodes as a miss.
+    /// A big value's manifest or a compressed item, as the item it stands for (its JSON, after
+    /// its freshness header if it has one); or, if it is unreadable (a chunk missing or wrong, a
+    /// frame corrupt, foreign, or declaring more than `max_value_bytes`), as an item that decodes
+    /// as a miss. Fails as a lookup does if a chunk's node cannot be asked.
     #[cold]
     #[inline(never)]
-    async fn unpack(&self, item: &mut Item) {
+    async fn unpack(&self, item: &mut Item) -> Result<(), StoreError> {
+        if item.flags == MANIFEST_FLAGS {
+            self.store.assemble(&self.wire, item, self.deadline).await?;
+        }
+        if item.flags != ZSTD_JSON_FLAGS && item.flags != ZSTD_FRESHNESS_FLAGS {
+            return Ok(());
+        }
         let max = self.core.config.max_value_bytes;
         match codec::unpack_off_worker(item.flags, &item.data, max).await {
             Ok((data, flags)) => {
@@ -854,6 +866,7 @@ impl<S: Store> Call<'_, S> {
                 item.flags = codec::UNREADABLE_FLAGS;
             }
         }
+        Ok(())
     }
 
     /// How this call keeps values near, if it does: its getter's way, if it has a `near_ttl`.
@@ -1325,6 +1338,24 @@ impl<S: Store> Call<'_, S> {
         value
     }
 
+    /// A lookup failed: the call's deadline passed, or the store could not be asked.
+    async fn lookup_failed<T, E, F>(
+        &self,
+        leader: Leader<'_>,
+        getter: F,
+        err: StoreError,
+    ) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned,
+        E: From<Error> + std::fmt::Debug,
+        F: Getter<T, E>,
+    {
+        if err.is_deadline() {
+            return Err(self.timed_out());
+        }
+        self.without_store(leader, getter, err).await
+    }
+
     /// The store cannot be reached: run the getter without it, or fail, as configured.
     async fn without_store<T, E, F>(
         &self,
@@ -1573,6 +1604,13 @@ impl<S: Store> Call<'_, S> {
             Duration::ZERO
         }
     }
+}
+
+/// Whether an item's bytes are not the value as stored whole: a big value's manifest, or a
+/// compressed value.
+#[inline]
+fn packed(flags: u32) -> bool {
+    flags == ZSTD_JSON_FLAGS || flags == ZSTD_FRESHNESS_FLAGS || flags == MANIFEST_FLAGS
 }
 
 /// `d` in whole milliseconds, as [`Freshness`] counts.

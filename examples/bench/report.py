@@ -127,6 +127,25 @@ def main():
         rs = ratios(sec, "warm_ops_per_s", m, "plain")
         bars.append(("security", name, statistics.median(rs), min(rs), max(rs)))
 
+    # Big values: chunked and compressed, against plain gets of the same bytes by hand.
+    big = by_round(rows("big-runs.jsonl"), lambda r: r["mode"])
+    rs = ratios(big, "warm_ops_per_s", "distcache", "naive")
+    bars.append(("5 MB values", "distcache / plain gets by hand", statistics.median(rs), min(rs), max(rs)))
+    modes = [("distcache", "distcache, random"), ("naive", "by hand: 1 MB parts, plain gets"), ("compressible", "distcache, compressible")]
+    column = lambda field, fmt="{:,.0f}": [spread((r[m][field] for r in big), fmt) for m, _ in modes]
+    warm = column("warm_ops_per_s")
+    warm[0] += f", {spread(rs, '{:.2f}×')}"
+    table(
+        f"Big values: 20 keys of 5 MB, 4 × 32, a 20 ms getter, a 5 s warm phase ({n_rounds(big)})",
+        [""] + [name for _, name in modes],
+        [
+            ["getter runs (once per key: 20)"] + column("getter_calls"),
+            ["warm gets/s"] + warm,
+            ["warm p99, ms"] + column("warm_p99_ms", "{:.0f}"),
+            ["failed calls"] + column("failed_calls"),
+        ],
+    )
+
     (HERE / "chart.svg").write_text(chart(bars))
     print(f"\nwrote {HERE / 'chart.svg'}", file=sys.stderr)
 

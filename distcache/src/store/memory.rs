@@ -293,6 +293,12 @@ impl Shard {
 }
 
 impl Store for MemoryStore {
+    /// Nothing to put together: values are kept whole, and no manifest is ever written here (an
+    /// item under its flags would have to come from the flight, which writes none).
+    async fn assemble(&self, _: &WireKey, _: &mut Item, _: Instant) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     async fn lookup(
         &self,
         key: &WireKey,

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use self::memcached::Cluster;
+pub(crate) use self::memcached::chunks::MANIFEST_FLAGS;
 use self::memory::MemoryStore;
 use crate::key::WireKey;
 
@@ -170,6 +171,17 @@ pub(crate) trait Store: Clone + Send + Sync + 'static {
         deadline: Instant,
     ) -> impl Future<Output = Result<Lookup, StoreError>> + Send;
 
+    /// Replaces an item a lookup found under [`MANIFEST_FLAGS`] (a big value's manifest) with
+    /// the value it stands for; or, if that cannot be had (a chunk missing or not the manifest's),
+    /// with an item that decodes as a miss. Fails as a lookup does (at `deadline`, or if the store
+    /// cannot be asked). The in-process store keeps every value whole and writes no manifests.
+    fn assemble(
+        &self,
+        key: &WireKey,
+        item: &mut Item,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Stores `data` for `expire`, if `lease` is still the key's current lease.
     fn fill(
         &self,
@@ -241,6 +253,18 @@ impl Store for AnyStore {
         match self {
             AnyStore::Memory(s) => s.lookup(key, lease_ttl, refresh, ask_life, deadline).await,
             AnyStore::Memcached(s) => s.lookup(key, lease_ttl, refresh, ask_life, deadline).await,
+        }
+    }
+
+    async fn assemble(
+        &self,
+        key: &WireKey,
+        item: &mut Item,
+        deadline: Instant,
+    ) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.assemble(key, item, deadline).await,
+            AnyStore::Memcached(s) => s.assemble(key, item, deadline).await,
         }
     }
 

@@ -181,9 +181,7 @@ impl Cluster {
     /// Replaces a manifest `item` with the value it stands for, its chunks read in one round;
     /// or, if they cannot be put together, with an item that decodes as a miss and says why
     /// ([`UNASSEMBLED_FLAGS`]). Fails as a lookup does if a chunk's node cannot be asked.
-    #[cold]
-    #[inline(never)]
-    pub(super) async fn assemble(
+    pub(super) async fn read_big(
         &self,
         key: &WireKey,
         item: &mut Item,

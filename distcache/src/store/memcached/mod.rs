@@ -332,7 +332,7 @@ impl Store for Cluster {
                 }),
             }
         };
-        let mut lookup = match meta.code {
+        let lookup = match meta.code {
             // A stale item (X) or the empty stub of a lease (`N`) carries a value nobody should
             // read: the lease is ours (W), or someone else's (Z, or X alone).
             Code::Value if meta.won_lease() => Lookup::Won(version),
@@ -354,13 +354,16 @@ impl Store for Cluster {
                 });
             }
         };
-        // A big value's manifest: from here on, the value (or a miss, if it cannot be had).
-        if let Lookup::Hit(item) | Lookup::Refresh(item) = &mut lookup
-            && item.flags == chunks::MANIFEST_FLAGS
-        {
-            self.assemble(key, item, deadline).await?;
-        }
         Ok(lookup)
+    }
+
+    async fn assemble(
+        &self,
+        key: &WireKey,
+        item: &mut Item,
+        deadline: Instant,
+    ) -> Result<(), StoreError> {
+        self.read_big(key, item, deadline).await
     }
 
     async fn fill(
@@ -780,7 +783,9 @@ mod tests {
     }
 
     /// The default `item_bytes` fits memcached's default item size (`-I 1m`) under the longest
-    /// key, with what distcache adds to a value: a freshness header and a signature.
+    /// key, with what distcache adds to a value: a signature (a freshness header is counted in
+    /// `item_bytes`, and is here as a margin). Stored as one item, as `set_item` does for every
+    /// value of at most `item_bytes` (a larger one is chunked).
     #[tokio::test]
     async fn the_default_item_size_fits_memcached_s_default_under_the_longest_key() {
         let server = Memcached::start().await;
@@ -792,8 +797,15 @@ mod tests {
         let largest =
             crate::codec::DEFAULT_ITEM_BYTES + crate::codec::FRESHNESS_BYTES + signing::TAG_BYTES;
         let data = Bytes::from(vec![b'7'; largest]);
-        let filled = cluster
-            .fill(&k, lease, &data, 5, Duration::from_secs(60))
+        let (filled, _) = cluster
+            .set_item(
+                "fill",
+                &k,
+                lease,
+                (&data, 5),
+                Duration::from_secs(60),
+                false,
+            )
             .await
             .unwrap();
         assert_eq!(filled, Fill::Stored);
@@ -888,7 +900,13 @@ mod tests {
             cluster.fill(&k, lease, &value, 42, EXPIRE).await.unwrap(),
             Fill::Stored
         );
-        let item = hit(&cluster, &k).await;
+        let mut item = hit(&cluster, &k).await;
+        assert_eq!(
+            item.flags,
+            chunks::MANIFEST_FLAGS,
+            "a lookup finds the manifest"
+        );
+        cluster.assemble(&k, &mut item, far()).await.unwrap();
         assert_eq!(item.flags, 42);
         assert!(item.data == value, "read back whole");
         // As memcached holds it: a manifest under the key, chunks under keys of their own, each
