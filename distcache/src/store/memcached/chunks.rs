@@ -31,9 +31,9 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::protocol::{Code, ErrorKind, Reply, Request};
-use super::{Cluster, meta, ttl_seconds};
+use super::{Cluster, Write, meta, ttl_seconds};
 use crate::key::{MAX_KEY_LEN, WireKey};
-use crate::store::{Fill, Item, Lease, StoreError};
+use crate::store::{Fill, Item, Lease, StoreError, StoreErrorKind};
 
 /// Client flags of a big value's manifest: `"DCM1"`. Its bytes are [`Manifest::BYTES`] long.
 pub(crate) const MANIFEST_FLAGS: u32 = u32::from_be_bytes(*b"DCM1");
@@ -258,14 +258,15 @@ impl Cluster {
     /// Stores `data` in chunks, then a manifest for them under `lease`, as
     /// [`set_item`](Cluster::set_item) stores an item: how it went, and, asked for, the
     /// manifest's CAS. Chunks of a manifest that was not stored are deleted in the background.
+    /// Bounded as one request is (`connect_timeout + io_timeout`): the chunks' round and the
+    /// manifest's share that bound, so that a fill past a call's deadline stays one store
+    /// operation.
     pub(super) async fn set_chunked(
         &self,
-        operation: &'static str,
         key: &WireKey,
         lease: Lease,
         (data, flags): (&Bytes, u32),
-        expire: Duration,
-        return_cas: bool,
+        write: Write,
     ) -> Result<(Fill, Option<u64>), StoreError> {
         let chunk_bytes = self.inner.chunk_bytes;
         if self
@@ -277,6 +278,8 @@ impl Cluster {
             // A server's item size is under `item_bytes`: not sent, as for a single item.
             return Ok((Fill::TooLarge, None));
         }
+        let bound = self.inner.nodes[lease.node].request_bound();
+        let limit = Instant::now() + bound;
         let manifest = Manifest {
             flags,
             version: fastrand::u64(..),
@@ -291,7 +294,7 @@ impl Cluster {
                     .unwrap_or_default()
             },
         };
-        let ttl = ttl_seconds(expire.saturating_add(CHUNKS_OUTLIVE));
+        let ttl = ttl_seconds(write.expire.saturating_add(CHUNKS_OUTLIVE));
         let manifest_ref = &manifest;
         let writes = (0..manifest.count).map(|index| async move {
             let chunk = chunk_key(key, manifest_ref.version, index);
@@ -332,14 +335,21 @@ impl Cluster {
         }
         let written = self
             .set_item(
-                operation,
                 key,
                 lease,
                 (&manifest.to_bytes(), MANIFEST_FLAGS),
-                expire,
-                return_cas,
+                write,
+                Some(limit),
             )
-            .await;
+            .await
+            .map_err(|err| match err.kind {
+                // Not the call's deadline: the fill's own bound, spent.
+                StoreErrorKind::Deadline => StoreError {
+                    kind: StoreErrorKind::Timeout(bound),
+                    ..err
+                },
+                _ => err,
+            });
         // Not stored, for sure: nobody will read these chunks. (After an error, the manifest
         // may have been stored: its chunks are left to expire.)
         if let Ok((Fill::LeaseLost | Fill::TooLarge, _)) = written {

@@ -147,36 +147,34 @@ impl Cluster {
         }
     }
 
-    /// Stores a value under `lease` (`operation`: a fill, or a swap): in one item, or, over
-    /// `item_bytes`, in chunks under a manifest (`chunks.rs`). How it went, and, asked for with
-    /// `return_cas`, the stored item's CAS.
+    /// Stores a value under `lease`: in one item, or, over `item_bytes`, in chunks under a
+    /// manifest (`chunks.rs`). How it went, and, asked for, the stored item's CAS.
     async fn set_if_cas(
         &self,
-        operation: &'static str,
         key: &WireKey,
         lease: Lease,
         (data, flags): (&Bytes, u32),
-        expire: Duration,
-        return_cas: bool,
+        write: Write,
     ) -> Result<(Fill, Option<u64>), StoreError> {
         if data.len() > self.inner.chunk_bytes {
-            return self
-                .set_chunked(operation, key, lease, (data, flags), expire, return_cas)
-                .await;
+            return self.set_chunked(key, lease, (data, flags), write).await;
         }
-        self.set_item(operation, key, lease, (data, flags), expire, return_cas)
-            .await
+        self.set_item(key, lease, (data, flags), write, None).await
     }
 
-    /// `ms … C<cas>` on the lease's node: one item, signed if values are.
+    /// `ms … C<cas>` on the lease's node: one item, signed if values are; by `deadline`, if
+    /// given, rather than its own bound.
     async fn set_item(
         &self,
-        operation: &'static str,
         key: &WireKey,
         lease: Lease,
         (data, flags): (&Bytes, u32),
-        expire: Duration,
-        return_cas: bool,
+        Write {
+            operation,
+            expire,
+            return_cas,
+        }: Write,
+        deadline: Option<Instant>,
     ) -> Result<(Fill, Option<u64>), StoreError> {
         let signed;
         let (data, flags) = match &self.inner.signer {
@@ -199,7 +197,10 @@ impl Cluster {
             cas: lease.cas,
             return_cas,
         };
-        let reply = match self.on_lease_node(operation, lease, request).await {
+        let reply = match self
+            .on_lease_node(operation, lease, request, deadline)
+            .await
+        {
             Err(err) if matches!(err.kind, StoreErrorKind::Restarted) => {
                 debug!(key = key.as_str(), error = %err, "not filled");
                 return Ok((Fill::LeaseLost, None));
@@ -225,21 +226,34 @@ impl Cluster {
 
     /// Runs `request` on the node that granted `lease`, and only on the run of its server that
     /// granted it: only that one can honour the lease's CAS.
+    /// With `deadline`, it fails with [`StoreErrorKind::Deadline`] then, if that comes before
+    /// its own bound.
     async fn on_lease_node(
         &self,
         operation: &'static str,
         lease: Lease,
         request: Request<'_>,
+        deadline: Option<Instant>,
     ) -> Result<Reply, StoreError> {
         let node = &self.inner.nodes[lease.node];
         // Sent even to a node marked down: only it can honour the lease, and a lease neither
         // filled nor handed back blocks its key for every process until it expires. Such
         // requests are few (the leases won before the node was marked down), each bounded.
         let ticket = node.admit().unwrap_or(Ticket::Up);
-        node.execute(ticket, operation, &request, None, Some(lease.instance))
+        node.execute(ticket, operation, &request, deadline, Some(lease.instance))
             .await
             .map(|(reply, _)| reply)
     }
+}
+
+/// How a value is written under a lease.
+#[derive(Debug, Clone, Copy)]
+struct Write {
+    /// A `"fill"` (of a lease) or a `"swap"` (of a version), for errors and logs.
+    operation: &'static str,
+    expire: Duration,
+    /// Ask for the stored item's CAS: a swap's new version.
+    return_cas: bool,
 }
 
 fn meta(operation: &'static str, node: &Server, reply: Reply) -> Result<Meta, StoreError> {
@@ -374,7 +388,12 @@ impl Store for Cluster {
         flags: u32,
         expire: Duration,
     ) -> Result<Fill, StoreError> {
-        self.set_if_cas("fill", key, lease, (data, flags), expire, false)
+        let write = Write {
+            operation: "fill",
+            expire,
+            return_cas: false,
+        };
+        self.set_if_cas(key, lease, (data, flags), write)
             .await
             .map(|(fill, _)| fill)
     }
@@ -388,7 +407,16 @@ impl Store for Cluster {
         expire: Duration,
     ) -> Result<Option<Lease>, StoreError> {
         match self
-            .set_if_cas("swap", key, version, (data, flags), expire, true)
+            .set_if_cas(
+                key,
+                version,
+                (data, flags),
+                Write {
+                    operation: "swap",
+                    expire,
+                    return_cas: true,
+                },
+            )
             .await?
         {
             (Fill::Stored, Some(cas)) => Ok(Some(Lease { cas, ..version })),
@@ -418,7 +446,7 @@ impl Store for Cluster {
             key,
             ttl: ttl_seconds(lease_ttl),
         };
-        let reply = match self.on_lease_node("extend", lease, request).await {
+        let reply = match self.on_lease_node("extend", lease, request, None).await {
             Err(err) if matches!(err.kind, StoreErrorKind::Restarted) => return Ok(false),
             reply => reply?,
         };
@@ -436,7 +464,7 @@ impl Store for Cluster {
             key,
             cas: Some(lease.cas),
         };
-        let reply = match self.on_lease_node("release", lease, request).await {
+        let reply = match self.on_lease_node("release", lease, request, None).await {
             // The lease went with the server's restart: nothing to hand back.
             Err(err) if matches!(err.kind, StoreErrorKind::Restarted) => return Ok(()),
             reply => reply?,
@@ -520,6 +548,10 @@ mod harness;
 #[cfg(all(test, feature = "tls"))]
 #[path = "../../../tests/support/tls.rs"]
 mod pki;
+
+#[cfg(test)]
+#[path = "../../../tests/support/proxy.rs"]
+mod proxy;
 
 #[cfg(test)]
 mod tests {
@@ -797,15 +829,13 @@ mod tests {
         let largest =
             crate::codec::DEFAULT_ITEM_BYTES + crate::codec::FRESHNESS_BYTES + signing::TAG_BYTES;
         let data = Bytes::from(vec![b'7'; largest]);
+        let write = Write {
+            operation: "fill",
+            expire: Duration::from_secs(60),
+            return_cas: false,
+        };
         let (filled, _) = cluster
-            .set_item(
-                "fill",
-                &k,
-                lease,
-                (&data, 5),
-                Duration::from_secs(60),
-                false,
-            )
+            .set_item(&k, lease, (&data, 5), write, None)
             .await
             .unwrap();
         assert_eq!(filled, Fill::Stored);
@@ -934,6 +964,44 @@ mod tests {
             holders.insert(holder);
         }
         assert_eq!(holders.len(), 3, "chunks are spread like any keys");
+    }
+
+    /// A fill in chunks is one store operation: the chunks' round and the manifest's share one
+    /// request's bound (`connect_timeout + io_timeout`), however slowly each is answered.
+    #[tokio::test]
+    async fn a_fill_in_chunks_is_bounded_as_one_request() {
+        let server = Memcached::start().await;
+        let slow = proxy::FaultProxy::start(&server.addr()).await;
+        let ring = Ring::new([slow.addr().parse().unwrap()]).unwrap();
+        let (connect_timeout, io_timeout) = (Duration::from_millis(200), Duration::from_secs(2));
+        let cluster = Cluster::new(
+            ring,
+            &NodeConfig {
+                connect_timeout,
+                io_timeout,
+                chunk_bytes: 64 * 1024,
+                ..test_config()
+            },
+        );
+        let k = key("slow");
+        let lease = won(&cluster, &k).await;
+        // Each round is answered within io_timeout; the two together take longer than the bound.
+        slow.set(proxy::Fault::Latency(Duration::from_millis(1300)));
+        let bound = connect_timeout + io_timeout;
+        let started = tokio::time::Instant::now();
+        let filled = cluster
+            .fill(&k, lease, &noise(200 * 1024, 4), 0, EXPIRE)
+            .await;
+        let took = started.elapsed();
+        assert!(
+            took < bound + Duration::from_millis(250),
+            "{took:?}, over the bound of {bound:?}"
+        );
+        let err = filled.expect_err("the manifest's reply comes after the bound");
+        assert!(
+            matches!(err.kind, StoreErrorKind::Timeout(t) if t == bound),
+            "{err}"
+        );
     }
 
     #[tokio::test]

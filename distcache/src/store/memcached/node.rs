@@ -137,6 +137,12 @@ impl Node {
         self.orphans.invalidate(key);
     }
 
+    /// How long a request without a deadline of its own may take: `connect_timeout` and
+    /// `io_timeout`.
+    pub(crate) fn request_bound(&self) -> Duration {
+        self.connect_timeout + self.io_timeout
+    }
+
     /// Whether the node is marked down and not yet due for a probe (no side effect).
     pub(crate) fn is_down(&self) -> bool {
         self.health.is_down()
