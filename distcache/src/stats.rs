@@ -38,10 +38,11 @@ pub struct Stats {
     /// getter ran out of time (their caller got the current value).
     pub timeouts: u64,
     /// Stored items that did not decode as the requested type, or were written by something
-    /// else: treated as a miss and recomputed.
+    /// else (a corrupt compressed item, a big value's chunk that does not match its manifest):
+    /// treated as a miss and recomputed. A chunk evicted is a plain miss, not counted here.
     pub decode_misses: u64,
-    /// Values returned to their caller but not stored: over the size limit, not serializable
-    /// as JSON, or refused by the server.
+    /// Values returned to their caller but not stored: over `max_value_bytes`, not serializable
+    /// as JSON, or refused by a server (whose `-I` is under `item_bytes`).
     pub unstorable_values: u64,
     /// Values computed by a lease holder whose lease had been taken over before it could store
     /// them (its lease expired, or the key was invalidated meanwhile), or by a refresh ahead whose
