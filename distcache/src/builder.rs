@@ -619,6 +619,20 @@ impl CacheBuilder {
         if self.credentials.is_some() && self.tls.is_none() {
             warn!("distcache: credentials without TLS: the password crosses the network in clear");
         }
+        // A value over an item is stored in chunks of `item_bytes`, and read in one round of
+        // one request per chunk: a bound on that round.
+        let most = self.max_value_bytes + crate::codec::FRESHNESS_BYTES;
+        let chunks = crate::store::memcached::chunks::MAX_CHUNKS as usize;
+        if most.div_ceil(self.item_bytes) > chunks {
+            return Err(BuildError::InvalidSetting {
+                setting: "max_value_bytes",
+                reason: format!(
+                    "{} is over {chunks} chunks of item_bytes ({}): raise item_bytes or lower \
+                     max_value_bytes",
+                    self.max_value_bytes, self.item_bytes
+                ),
+            });
+        }
         let minute = Duration::from_secs(60);
         let config = NodeConfig {
             connect_timeout: duration("connect_timeout", self.connect_timeout, minute)?,
@@ -648,8 +662,10 @@ impl CacheBuilder {
             },
             // An item holds up to `item_bytes` of a value and what distcache adds to it: a
             // freshness header (`stale_if_error`) and a signature.
-            max_value: self.item_bytes
-                + crate::codec::FRESHNESS_BYTES
+            // No item is larger than the value it holds, or a chunk of it.
+            max_value: self
+                .item_bytes
+                .min(self.max_value_bytes + crate::codec::FRESHNESS_BYTES)
                 + crate::store::memcached::signing::TAG_BYTES,
             // A value over an item is stored in chunks, each a whole item.
             chunk_bytes: self.item_bytes,
@@ -734,6 +750,25 @@ mod tests {
             .in_process_max_bytes(64 * 1024)
             .build()
             .unwrap();
+    }
+
+    /// A value is read in one round of one request per chunk: at most 1,024 of them.
+    #[test]
+    fn a_largest_value_over_a_thousand_items_is_refused() {
+        let servers = || Cache::builder().server("127.0.0.1:11211");
+        // 16 MiB (and a freshness header) in chunks of 16 KiB: 1,025 of them.
+        assert_eq!(
+            refused(servers().item_bytes(16 * 1024)),
+            "max_value_bytes"
+        );
+        servers()
+            .item_bytes(16 * 1024)
+            .max_value_bytes(16 * 1024 * 1024 - 24)
+            .build()
+            .unwrap();
+        servers().build().unwrap();
+        // The in-process store keeps values whole.
+        Cache::builder().item_bytes(16 * 1024).build().unwrap();
     }
 
     #[test]

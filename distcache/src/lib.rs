@@ -192,10 +192,12 @@ pub mod __fuzz {
             return false;
         }
         assert!(manifest.total as usize <= max_total);
+        assert!(manifest.count <= crate::store::memcached::chunks::MAX_CHUNKS);
         let lengths: u64 = (0..manifest.count)
             .map(|index| {
                 let len = manifest.chunk_len(index);
                 assert!(len > 0 && len <= max_chunk);
+                assert!(index + 1 == manifest.count || len >= 1024);
                 len as u64
             })
             .sum();

@@ -145,11 +145,18 @@ fn a_hit_allocates_its_decoded_value_and_a_small_constant() {
             "the largest allocation reading it: {largest} bytes"
         );
 
-        // Manifests of big values that claim 1 TiB, or 16 MiB whose chunks are not there: a
-        // miss, and nothing near the claimed size is allocated (the value's one allocation comes
-        // after every chunk has arrived, each of the size the manifest says).
-        for (i, total) in [1u64 << 40, 16 << 20].into_iter().enumerate() {
-            let chunk_bytes = 1024 * 1024 - 512u32;
+        // Manifests of big values that claim 1 TiB, 16 MiB whose chunks are not there, or 16 MiB
+        // in chunks of a byte each: a miss, and nothing near the claimed size is allocated, in
+        // one allocation or in many (the value's one allocation comes after every chunk has
+        // arrived, each of the size the manifest says, and there are at most 1,024 of them).
+        for (i, (total, chunk_bytes)) in [
+            (1u64 << 40, 1024 * 1024 - 512u32),
+            (16 << 20, 1024 * 1024 - 512),
+            (16 << 20, 1),
+        ]
+        .into_iter()
+        .enumerate()
+        {
             let mut manifest = Vec::new();
             manifest.extend_from_slice(b"DCJ1");
             manifest.extend_from_slice(&7u64.to_be_bytes());
@@ -162,17 +169,25 @@ fn a_hit_allocates_its_decoded_value_and_a_small_constant() {
                 .set(&key, &manifest, u32::from_be_bytes(*b"DCM1"))
                 .await;
             LARGEST.store(0, Ordering::Relaxed);
+            let before = ALLOCATIONS.load(Ordering::Relaxed);
             let got: String = cache
                 .get(&key, MINUTE, MINUTE, || async {
                     Ok::<_, Error>("genuine".into())
                 })
                 .await
                 .unwrap();
-            let largest = LARGEST.load(Ordering::Relaxed);
+            let (largest, allocations) = (
+                LARGEST.load(Ordering::Relaxed),
+                ALLOCATIONS.load(Ordering::Relaxed) - before,
+            );
             assert_eq!(got, "genuine", "a manifest claiming {total} bytes");
             assert!(
                 largest < 1 << 20,
                 "the largest allocation reading a manifest claiming {total} bytes: {largest}"
+            );
+            assert!(
+                allocations < 2_000,
+                "{allocations} allocations reading a manifest of {total} bytes in {chunk_bytes}-byte chunks"
             );
         }
     });

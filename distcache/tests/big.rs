@@ -510,6 +510,21 @@ async fn a_lying_manifest_or_a_foreign_chunk_is_a_miss() {
         ),
         ("a count that does not match", like(&|m| m.count += 1)),
         ("zero-byte chunks", like(&|m| m.chunk_bytes = 0)),
+        (
+            "one-byte chunks",
+            like(&|m| {
+                m.chunk_bytes = 1;
+                m.count = m.total as u32;
+            }),
+        ),
+        (
+            "over 1,024 chunks",
+            like(&|m| {
+                m.total = 1024 * 1024;
+                m.chunk_bytes = 1000;
+                m.count = (m.total.div_ceil(m.chunk_bytes.into())) as u32;
+            }),
+        ),
         ("another digest", like(&|m| m.digest[0] ^= 1)),
         ("a total shorter than its chunks", like(&|m| m.total -= 1)),
         ("not a manifest", b"short".to_vec()),

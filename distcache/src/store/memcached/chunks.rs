@@ -47,6 +47,14 @@ pub(crate) const CHUNK_FLAGS: u32 = u32::from_be_bytes(*b"DCC1");
 /// since) or did not match the manifest (`B`). Never stored.
 pub(crate) const UNASSEMBLED_FLAGS: u32 = u32::from_be_bytes(*b"DMX\0");
 
+/// The most chunks a value is stored in, and a reader reads: the round of reads holds one request
+/// per chunk at once. `CacheBuilder::build` refuses a `max_value_bytes` over this many times
+/// `item_bytes`.
+pub(crate) const MAX_CHUNKS: u32 = 1024;
+
+/// The smallest chunk a reader takes (every chunk but a value's last): `item_bytes`' own least.
+const MIN_CHUNK_BYTES: u32 = 1024;
+
 /// How much longer than its manifest a chunk is stored for: memcached counts TTLs in whole
 /// seconds of its own clock, and the chunks are stored before the manifest, so that with the same
 /// TTL a chunk could expire a tick before the manifest that needs it.
@@ -110,8 +118,14 @@ impl Manifest {
         if usize::try_from(self.total).map_or(true, |total| total > max_total) {
             return Some("the manifest declares more than max_value_bytes");
         }
-        if self.chunk_bytes == 0 || self.chunk_bytes as usize > max_chunk {
+        if self.chunk_bytes as usize > max_chunk {
             return Some("the manifest declares chunks over item_bytes");
+        }
+        if self.chunk_bytes < MIN_CHUNK_BYTES {
+            return Some("the manifest declares chunks under 1 KiB");
+        }
+        if self.count > MAX_CHUNKS {
+            return Some("the manifest declares over 1,024 chunks");
         }
         if u64::from(self.count) != self.total.div_ceil(self.chunk_bytes.into()) {
             return Some("the manifest's count of chunks does not match its sizes");
@@ -409,11 +423,26 @@ mod tests {
             ..m.clone()
         };
         assert!(miscounted.refused(2_500, 1_024).is_some());
-        let empty = Manifest {
-            chunk_bytes: 0,
+        for chunk_bytes in [0, 1, 1_023] {
+            let tiny = Manifest {
+                chunk_bytes,
+                count: 2_500u32.div_ceil(chunk_bytes.max(1)),
+                ..m.clone()
+            };
+            assert!(tiny.refused(2_500, 1_024).is_some(), "{chunk_bytes}-byte chunks");
+        }
+        let many = Manifest {
+            total: 1_025 * 1_024,
+            count: 1_025,
             ..m.clone()
         };
-        assert!(empty.refused(2_500, 1_024).is_some());
+        assert!(many.refused(usize::MAX, 1_024).is_some(), "over MAX_CHUNKS");
+        let most = Manifest {
+            total: 1_024 * 1_024,
+            count: 1_024,
+            ..m.clone()
+        };
+        assert_eq!(most.refused(usize::MAX, 1_024), None);
         let huge = Manifest {
             total: u64::MAX,
             chunk_bytes: 1,
