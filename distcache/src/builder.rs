@@ -757,10 +757,7 @@ mod tests {
     fn a_largest_value_over_a_thousand_items_is_refused() {
         let servers = || Cache::builder().server("127.0.0.1:11211");
         // 16 MiB (and a freshness header) in chunks of 16 KiB: 1,025 of them.
-        assert_eq!(
-            refused(servers().item_bytes(16 * 1024)),
-            "max_value_bytes"
-        );
+        assert_eq!(refused(servers().item_bytes(16 * 1024)), "max_value_bytes");
         servers()
             .item_bytes(16 * 1024)
             .max_value_bytes(16 * 1024 * 1024 - 24)

@@ -321,7 +321,7 @@ impl Cluster {
                 ttl,
             };
             let (node, reply, _) = self
-                .on_key_node("chunk write", &chunk, request, None)
+                .on_key_node("chunk write", &chunk, request, Some(limit))
                 .await
                 .map_err(Unwritten::Store)?;
             match reply {
@@ -332,19 +332,30 @@ impl Cluster {
                 } if message.contains("too large") => Err(Unwritten::TooLarge),
                 other => {
                     let server = &self.inner.nodes[node].server;
-                    match meta("chunk write", server, other) {
-                        Err(err) => Err(Unwritten::Store(err)),
-                        // Out of memory (`NS`): nothing to read it back from.
-                        Ok(_) => Err(Unwritten::TooLarge),
-                    }
+                    let code = meta("chunk write", server, other)
+                        .map_err(Unwritten::Store)?
+                        .code;
+                    Err(Unwritten::Store(StoreError {
+                        operation: "chunk write",
+                        node: server.to_string(),
+                        kind: StoreErrorKind::Server(format!("{code:?} to a plain store")),
+                    }))
                 }
             }
         });
+        // The fill's own bound, spent: not a call's deadline.
+        let spent = |err: StoreError| match err.kind {
+            StoreErrorKind::Deadline => StoreError {
+                kind: StoreErrorKind::Timeout(bound),
+                ..err
+            },
+            _ => err,
+        };
         if let Err(unwritten) = try_join_all(writes).await {
             self.forget_chunks(key, &manifest);
             return match unwritten {
                 Unwritten::TooLarge => Ok((Fill::TooLarge, None)),
-                Unwritten::Store(err) => Err(err),
+                Unwritten::Store(err) => Err(spent(err)),
             };
         }
         let written = self
@@ -356,14 +367,7 @@ impl Cluster {
                 Some(limit),
             )
             .await
-            .map_err(|err| match err.kind {
-                // Not the call's deadline: the fill's own bound, spent.
-                StoreErrorKind::Deadline => StoreError {
-                    kind: StoreErrorKind::Timeout(bound),
-                    ..err
-                },
-                _ => err,
-            });
+            .map_err(spent);
         // Not stored, for sure: nobody will read these chunks. (After an error, the manifest
         // may have been stored: its chunks are left to expire.)
         if let Ok((Fill::LeaseLost | Fill::TooLarge, _)) = written {
@@ -429,7 +433,10 @@ mod tests {
                 count: 2_500u32.div_ceil(chunk_bytes.max(1)),
                 ..m.clone()
             };
-            assert!(tiny.refused(2_500, 1_024).is_some(), "{chunk_bytes}-byte chunks");
+            assert!(
+                tiny.refused(2_500, 1_024).is_some(),
+                "{chunk_bytes}-byte chunks"
+            );
         }
         let many = Manifest {
             total: 1_025 * 1_024,

@@ -1004,6 +1004,51 @@ mod tests {
         );
     }
 
+    /// The same when a chunk's own node hangs: the chunks' round ends with the fill's bound, not
+    /// its own bound, and not on another node after that.
+    #[tokio::test]
+    async fn a_fill_in_chunks_to_a_hung_node_is_bounded_as_one_request() {
+        let [lease_server, hung] = Memcached::start_many::<2>().await;
+        let slow = proxy::FaultProxy::start(&lease_server.addr()).await;
+        let ring = Ring::new([slow.addr().parse().unwrap(), hung.addr().parse().unwrap()]).unwrap();
+        let (connect_timeout, io_timeout) = (Duration::from_millis(200), Duration::from_secs(2));
+        let cluster = Cluster::new(
+            ring,
+            &NodeConfig {
+                connect_timeout,
+                io_timeout,
+                chunk_bytes: 64 * 1024,
+                ..test_config()
+            },
+        );
+        let on = |server: &str| {
+            (0..)
+                .map(|i| key(&format!("k{i}")))
+                .find(|k| cluster.home_server(k).to_string() == server)
+                .unwrap()
+        };
+        // Both nodes connected; the key's lease on the proxied one.
+        won(&cluster, &on(&hung.addr())).await;
+        let k = on(&slow.addr());
+        let lease = won(&cluster, &k).await;
+        hung.pause();
+        slow.set(proxy::Fault::Latency(Duration::from_millis(1300)));
+        let bound = connect_timeout + io_timeout;
+        let started = tokio::time::Instant::now();
+        let filled = cluster
+            .fill(&k, lease, &noise(640 * 1024, 5), 0, EXPIRE)
+            .await;
+        let took = started.elapsed();
+        hung.resume();
+        assert!(
+            took < bound + Duration::from_millis(250),
+            "{took:?}, over the bound of {bound:?}"
+        );
+        // The connection's own timer (`io_timeout` without progress) or the fill's bound.
+        let err = filled.expect_err("a chunk's node never answers");
+        assert!(matches!(err.kind, StoreErrorKind::Timeout(_)), "{err}");
+    }
+
     #[tokio::test]
     async fn an_item_over_the_servers_item_size_is_refused_as_too_large() {
         // A server whose item size is under `item_bytes`: neither a single item over it nor a
