@@ -56,17 +56,13 @@ pub(crate) fn pack_fresh(header: &Freshness, json: &[u8]) -> (Bytes, u32) {
 /// [`pack`], on a blocking thread for a big value (`blocking.rs`).
 pub(crate) async fn pack_off_worker(json: &Bytes) -> (Bytes, u32) {
     let owned = json.clone();
-    crate::blocking::run(json.len(), move || pack(&owned))
-        .await
-        .unwrap_or_else(|| (json.clone(), JSON_FLAGS))
+    crate::blocking::run(json.len(), move || pack(&owned)).await
 }
 
 /// [`pack_fresh`], on a blocking thread for a big value (`blocking.rs`).
 pub(crate) async fn pack_fresh_off_worker(header: Freshness, json: &Bytes) -> (Bytes, u32) {
     let owned = json.clone();
-    crate::blocking::run(json.len(), move || pack_fresh(&header, &owned))
-        .await
-        .unwrap_or_else(|| (header.item(json), FRESHNESS_FLAGS))
+    crate::blocking::run(json.len(), move || pack_fresh(&header, &owned)).await
 }
 
 /// The item a compressed item ([`ZSTD_JSON_FLAGS`] or [`ZSTD_FRESHNESS_FLAGS`]) stands for (its
@@ -94,7 +90,6 @@ pub(crate) async fn unpack_off_worker(
         false => unpack(&data, max_value).map(|json| (json, JSON_FLAGS)),
     })
     .await
-    .unwrap_or(Err(DecodeError::Compressed("the runtime shut down")))
 }
 
 /// `json` compressed, if it is long enough to try and zstd makes it smaller.
@@ -360,8 +355,8 @@ pub(crate) fn refused_marker(size: usize) -> (Bytes, u32) {
     marker(
         true,
         &format!(
-            "a server refused an item of the value's {size} bytes of JSON as too large \
-             (its -I is under item_bytes)"
+            "the store refused the value's {size} bytes of JSON as too large (a server \
+             whose -I is under item_bytes, or over a sixteenth of in_process_max_bytes)"
         ),
     )
 }

@@ -525,7 +525,7 @@ impl<S: Store> Call<'_, S> {
                     // does not carry this one's state.
                     if let Lookup::Hit(item) | Lookup::Refresh(item) = &mut lookup
                         && packed(item.flags)
-                        && let Err(err) = Box::pin(self.unpack(item)).await
+                        && let Err(err) = Box::pin(self.unpack_by_deadline(item)).await
                     {
                         drop(waiting);
                         return self.lookup_failed(leader, getter, err).await;
@@ -840,6 +840,18 @@ impl<S: Store> Call<'_, S> {
         self.store
             .fill(&self.wire, lease, &bytes, flags, expire)
             .await
+    }
+
+    /// [`unpack`](Self::unpack), by the call's deadline: its work on blocking threads may queue.
+    async fn unpack_by_deadline(&self, item: &mut Item) -> Result<(), StoreError> {
+        match timeout_at(self.deadline, self.unpack(item)).await {
+            Ok(unpacked) => unpacked,
+            Err(_) => Err(StoreError {
+                operation: "unpack",
+                node: "this process".into(),
+                kind: StoreErrorKind::Deadline,
+            }),
+        }
     }
 
     /// A big value's manifest or a compressed item, as the item it stands for (its JSON, after
@@ -1280,7 +1292,7 @@ impl<S: Store> Call<'_, S> {
                 warn!(
                     key = self.key,
                     size,
-                    "a server refused an item as too large (its -I is under item_bytes); returned, not stored"
+                    "the store refused the value as too large (a server whose -I is under item_bytes, or over a sixteenth of in_process_max_bytes); returned, not stored"
                 );
             }
             Err(err) => {

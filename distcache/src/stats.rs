@@ -42,7 +42,8 @@ pub struct Stats {
     /// treated as a miss and recomputed. A chunk evicted is a plain miss, not counted here.
     pub decode_misses: u64,
     /// Values returned to their caller but not stored: over `max_value_bytes`, not serializable
-    /// as JSON, or refused by a server (whose `-I` is under `item_bytes`).
+    /// as JSON, or refused by the store (a server whose `-I` is under `item_bytes`, or over a
+    /// sixteenth of `in_process_max_bytes`).
     pub unstorable_values: u64,
     /// Values computed by a lease holder whose lease had been taken over before it could store
     /// them (its lease expired, or the key was invalidated meanwhile), or by a refresh ahead whose

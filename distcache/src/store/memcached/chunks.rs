@@ -263,9 +263,7 @@ impl Cluster {
         // and their replies, if they come, dropped as they arrive.
         let chunks = try_join_all(reads).await?;
         let (total, digest) = (manifest.total as usize, manifest.digest);
-        let joined = crate::blocking::run(total, move || join(&chunks, total, &digest))
-            .await
-            .ok_or(Unread::Bad("the runtime shut down"))?;
+        let joined = crate::blocking::run(total, move || join(&chunks, total, &digest)).await;
         Ok((joined?, manifest.flags))
     }
 
@@ -303,9 +301,7 @@ impl Cluster {
                 .expect("max_value_bytes over item_bytes fits"),
             digest: {
                 let owned = data.clone();
-                crate::blocking::run(data.len(), move || Sha256::digest(&owned).into())
-                    .await
-                    .unwrap_or_default()
+                crate::blocking::run(data.len(), move || Sha256::digest(&owned).into()).await
             },
         };
         let ttl = ttl_seconds(write.expire.saturating_add(CHUNKS_OUTLIVE));
