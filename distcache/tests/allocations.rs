@@ -162,8 +162,10 @@ fn a_hit_allocates_its_decoded_value_and_a_small_constant() {
             manifest.extend_from_slice(&7u64.to_be_bytes());
             manifest.extend_from_slice(&total.to_be_bytes());
             manifest.extend_from_slice(&chunk_bytes.to_be_bytes());
-            manifest.extend_from_slice(&(total.div_ceil(chunk_bytes.into()) as u32).to_be_bytes());
-            manifest.extend_from_slice(&[0; 32]);
+            manifest.extend_from_slice(
+                &((total - 24).div_ceil(chunk_bytes.into()) as u32).to_be_bytes(),
+            );
+            manifest.extend_from_slice(&[0; 32 + 24]);
             let key = format!("claims:{i}");
             outside
                 .set(&key, &manifest, u32::from_be_bytes(*b"DCM1"))

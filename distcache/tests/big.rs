@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use distcache::{Cache, Error};
-use support::memcached::{Memcached, Outside};
+use support::memcached::{Memcached, Outside, stat};
 use support::proxy::{Fault, FaultProxy};
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -31,7 +31,8 @@ fn noise(len: usize, seed: u64) -> String {
 }
 
 /// A manifest's fields, as ARCHITECTURE.md ("The item format") lays them out: the value's flags,
-/// the version, the total size, the chunk size, the count, and the SHA-256.
+/// the body's version, the total size, the chunk size, the count, the body's SHA-256, and the
+/// value's first 24 bytes (its head; the chunks hold the rest, its body).
 struct Manifest {
     flags: u32,
     version: u64,
@@ -39,11 +40,12 @@ struct Manifest {
     chunk_bytes: u32,
     count: u32,
     digest: [u8; 32],
+    head: [u8; 24],
 }
 
 impl Manifest {
     fn read(bytes: &[u8]) -> Manifest {
-        assert_eq!(bytes.len(), 60, "a manifest");
+        assert_eq!(bytes.len(), 84, "a manifest");
         Manifest {
             flags: u32::from_be_bytes(bytes[0..4].try_into().unwrap()),
             version: u64::from_be_bytes(bytes[4..12].try_into().unwrap()),
@@ -51,6 +53,7 @@ impl Manifest {
             chunk_bytes: u32::from_be_bytes(bytes[20..24].try_into().unwrap()),
             count: u32::from_be_bytes(bytes[24..28].try_into().unwrap()),
             digest: bytes[28..60].try_into().unwrap(),
+            head: bytes[60..84].try_into().unwrap(),
         }
     }
 
@@ -62,7 +65,13 @@ impl Manifest {
         bytes.extend_from_slice(&self.chunk_bytes.to_be_bytes());
         bytes.extend_from_slice(&self.count.to_be_bytes());
         bytes.extend_from_slice(&self.digest);
+        bytes.extend_from_slice(&self.head);
         bytes
+    }
+
+    /// The number of chunks for the manifest's sizes.
+    fn chunks_for(&self) -> u32 {
+        (self.total - 24).div_ceil(self.chunk_bytes.into()) as u32
     }
 
     /// The key of chunk `index`: the value's key, `|`, the version in 16 hex digits, `|`, the
@@ -343,10 +352,7 @@ async fn a_missing_chunk_is_a_miss_recomputed_once() {
         "compressed first"
     );
     assert_eq!(manifest.chunk_bytes, 64 * 1024);
-    assert_eq!(
-        u64::from(manifest.count),
-        manifest.total.div_ceil(64 * 1024)
-    );
+    assert_eq!(manifest.count, manifest.chunks_for());
     assert!(manifest.count >= 3, "{} chunks", manifest.count);
     let (chunk, flags) = outside.get(&manifest.chunk("evicted", 1)).await.unwrap();
     assert_eq!((chunk.len(), flags), (64 * 1024, CHUNK));
@@ -367,11 +373,47 @@ async fn a_missing_chunk_is_a_miss_recomputed_once() {
         stats.iter().all(|s| s.decode_misses == 0),
         "an eviction is a plain miss: {stats:?}"
     );
+    // The same value again: the same body, its chunks keyed by their content, the lost one back.
     let (replaced, _) = outside.get("evicted").await.unwrap();
-    assert_ne!(
-        Manifest::read(&replaced).version,
-        manifest.version,
-        "replaced by a new version"
+    assert_eq!(Manifest::read(&replaced).version, manifest.version);
+    assert!(outside.get(&manifest.chunk("evicted", 1)).await.is_some());
+}
+
+/// A value kept past `expire` changes its freshness header (its head, in the manifest) at each
+/// claim and recompute: the chunks of the same body are not written again, only touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_header_on_the_same_big_value_writes_no_chunk() {
+    let server = Memcached::start().await;
+    let cache = Cache::builder()
+        .server(server.addr())
+        .item_bytes(64 * 1024)
+        .stale_if_error(MINUTE)
+        .build()
+        .unwrap();
+    let expire = Duration::from_millis(300);
+    let value = noise(300_000, 6);
+    let get = || {
+        cache.get("claimed", MINUTE, expire, || async {
+            Ok::<_, Error>(value.clone())
+        })
+    };
+    let _: String = get().await.unwrap();
+    let outside = Outside::connect(&server.addr()).await;
+    let (manifest, _) = outside.get("claimed").await.unwrap();
+    let manifest = Manifest::read(&manifest);
+    assert!(manifest.count >= 3, "{} chunks", manifest.count);
+    // Past `expire`: one caller claims the recompute (a new header, swapped in) and stores the
+    // recomputed value, the same (a new header again).
+    tokio::time::sleep(expire + Duration::from_millis(50)).await;
+    let sets = stat(&server.addr(), "cmd_set").await;
+    let got: String = get().await.unwrap();
+    assert!(got == value);
+    assert_eq!(cache.stats().getter_runs, 2, "recomputed");
+    assert_eq!(
+        stat(&server.addr(), "cmd_set").await - sets,
+        2,
+        "the claim's manifest and the recompute's, and no chunk of {}",
+        manifest.count
     );
 }
 
@@ -498,14 +540,14 @@ async fn a_lying_manifest_or_a_foreign_chunk_is_a_miss() {
             "a total over max_value_bytes",
             like(&|m| {
                 m.total = 1 << 40;
-                m.count = (m.total.div_ceil(m.chunk_bytes.into())) as u32;
+                m.count = m.chunks_for();
             }),
         ),
         (
             "chunks over item_bytes",
             like(&|m| {
                 m.chunk_bytes = 128 * 1024;
-                m.count = (m.total.div_ceil(m.chunk_bytes.into())) as u32;
+                m.count = m.chunks_for();
             }),
         ),
         ("a count that does not match", like(&|m| m.count += 1)),
@@ -514,7 +556,7 @@ async fn a_lying_manifest_or_a_foreign_chunk_is_a_miss() {
             "one-byte chunks",
             like(&|m| {
                 m.chunk_bytes = 1;
-                m.count = m.total as u32;
+                m.count = m.chunks_for();
             }),
         ),
         (
@@ -522,7 +564,7 @@ async fn a_lying_manifest_or_a_foreign_chunk_is_a_miss() {
             like(&|m| {
                 m.total = 1024 * 1024;
                 m.chunk_bytes = 1000;
-                m.count = (m.total.div_ceil(m.chunk_bytes.into())) as u32;
+                m.count = m.chunks_for();
             }),
         ),
         ("another digest", like(&|m| m.digest[0] ^= 1)),

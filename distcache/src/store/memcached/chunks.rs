@@ -3,24 +3,30 @@
 //!
 //! memcached refuses items over its item size (`-I`, 1 MiB by default). A value whose bytes, as
 //! stored (compressed, if that paid), are over `item_bytes` is written in two steps:
-//! - its chunks, of `item_bytes` each, as plain items ([`CHUNK_FLAGS`]), each under a key made of
-//!   the value's key, a version drawn at random for this write, and the chunk's index, and placed
-//!   on the ring like any key. No lease guards them: no other write uses their keys.
-//! - then, once every chunk is stored, a manifest ([`MANIFEST_FLAGS`]) under the value's key, where
+//! - its body (every byte but the first [`HEAD_BYTES`]) in chunks of `item_bytes`, plain items
+//!   ([`CHUNK_FLAGS`]) under keys made of the value's key, the body's version (the first 8 bytes of
+//!   its SHA-256), and the chunk's index, placed on the ring like any key. Chunks that are already
+//!   there (the same body, stored before) are only touched, to live as long as the new manifest.
+//! - then, once every chunk is there, a manifest ([`MANIFEST_FLAGS`]) under the value's key, where
 //!   the value would have been, under the lease (or the version a swap replaces) as any value is:
-//!   the version, the chunks' count and size, the value's size and flags, and the SHA-256 of its
-//!   bytes. With signing keys it is signed as any item is, and its digest vouches for the chunks.
+//!   the value's flags, size and head, the chunks' count and size, and the body's SHA-256. With
+//!   signing keys it is signed as any item is, and its digest vouches for the chunks.
+//!
+//! Keyed by their content, chunks of two different bodies never share a key, so a reader never
+//! puts together parts of two writes (and the digest makes sure of it); and a value stored again
+//! with the same body, or with only a new freshness header (its head: a `stale_if_error` claim or
+//! backoff), writes a manifest and no chunk. No chunk is ever deleted (another manifest may use
+//! it): chunks nobody reads expire with their TTL, or are evicted first.
 //!
 //! A reader finds the manifest as it would a value, then reads every chunk in one round: every
-//! request is queued at once, and each node's are pipelined on its connections. A new write puts
-//! its chunks under a new version, so a reader never puts together parts of two writes, and the
-//! digest makes sure of it. A chunk missing (evicted, or on a node lost since) makes the value a
-//! miss: the flight removes that manifest (and nothing that replaced it), and the one caller
-//! fleet-wide that wins the lease next recomputes it.
+//! request is queued at once, and each node's are pipelined on its connections. A chunk missing
+//! (evicted, or on a node lost since) makes the value a miss: the flight removes that manifest
+//! (and nothing that replaced it), and the one caller fleet-wide that wins the lease next
+//! recomputes it.
 //!
 //! A manifest's claims are checked before anything is read or allocated for them: its total size
-//! against `max_value_bytes`, its chunk size against `item_bytes`, its count against both; and
-//! every chunk must be exactly the size the manifest says.
+//! against `max_value_bytes`, its chunk size against `item_bytes` (and at least 1 KiB), its count
+//! against [`MAX_CHUNKS`] and its sizes; and every chunk must be exactly the size it says.
 
 use std::time::Duration;
 
@@ -60,16 +66,22 @@ const MIN_CHUNK_BYTES: u32 = 1024;
 /// TTL a chunk could expire a tick before the manifest that needs it.
 const CHUNKS_OUTLIVE: Duration = Duration::from_secs(2);
 
+/// The bytes of a value that its manifest holds itself, ahead of its chunks: as long as a
+/// freshness header (`codec::FRESHNESS_BYTES`), so that a value stored again with only a new
+/// header finds its chunks where they are.
+pub(crate) const HEAD_BYTES: usize = 24;
+
 /// What a manifest says, as it is stored (big-endian):
 ///
-/// | bytes  | field                                              |
-/// |--------|----------------------------------------------------|
-/// | 0..4   | the value's client flags                           |
-/// | 4..12  | the version: part of every chunk's key             |
-/// | 12..20 | the value's size in bytes                          |
-/// | 20..24 | the size of every chunk but the last               |
-/// | 24..28 | the number of chunks                               |
-/// | 28..60 | the SHA-256 of the value's bytes                   |
+/// | bytes  | field                                                        |
+/// |--------|--------------------------------------------------------------|
+/// | 0..4   | the value's client flags                                     |
+/// | 4..12  | the body's version: the first 8 bytes of its SHA-256         |
+/// | 12..20 | the value's size in bytes, its head included                 |
+/// | 20..24 | the size of every chunk but the last                         |
+/// | 24..28 | the number of chunks                                         |
+/// | 28..60 | the SHA-256 of the body (the value after its head)           |
+/// | 60..84 | the head: the value's first [`HEAD_BYTES`]                   |
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Manifest {
     pub(crate) flags: u32,
@@ -78,10 +90,11 @@ pub(crate) struct Manifest {
     pub(crate) chunk_bytes: u32,
     pub(crate) count: u32,
     pub(crate) digest: [u8; 32],
+    pub(crate) head: [u8; HEAD_BYTES],
 }
 
 impl Manifest {
-    pub(crate) const BYTES: usize = 60;
+    pub(crate) const BYTES: usize = 60 + HEAD_BYTES;
 
     pub(crate) fn to_bytes(&self) -> Bytes {
         let mut bytes = Vec::with_capacity(Self::BYTES);
@@ -91,6 +104,7 @@ impl Manifest {
         bytes.extend_from_slice(&self.chunk_bytes.to_be_bytes());
         bytes.extend_from_slice(&self.count.to_be_bytes());
         bytes.extend_from_slice(&self.digest);
+        bytes.extend_from_slice(&self.head);
         Bytes::from(bytes)
     }
 
@@ -101,15 +115,38 @@ impl Manifest {
         let (version, rest) = rest.split_first_chunk::<8>()?;
         let (total, rest) = rest.split_first_chunk::<8>()?;
         let (chunk_bytes, rest) = rest.split_first_chunk::<4>()?;
-        let (count, digest) = rest.split_first_chunk::<4>()?;
+        let (count, rest) = rest.split_first_chunk::<4>()?;
+        let (digest, head) = rest.split_first_chunk::<32>()?;
         Some(Manifest {
             flags: u32::from_be_bytes(*flags),
             version: u64::from_be_bytes(*version),
             total: u64::from_be_bytes(*total),
             chunk_bytes: u32::from_be_bytes(*chunk_bytes),
             count: u32::from_be_bytes(*count),
-            digest: digest.try_into().ok()?,
+            digest: *digest,
+            head: head.try_into().ok()?,
         })
+    }
+
+    /// The manifest of `data` under `flags`, in chunks of `chunk_bytes`: its body hashed on a
+    /// blocking thread when it is big (`blocking.rs`).
+    async fn of(data: &Bytes, flags: u32, chunk_bytes: usize) -> Manifest {
+        let body = data.slice(HEAD_BYTES..);
+        let len = body.len();
+        let digest: [u8; 32] =
+            crate::blocking::run(len, move || Sha256::digest(&body).into()).await;
+        Manifest {
+            flags,
+            version: u64::from_be_bytes(digest[..8].try_into().expect("8 of 32 bytes")),
+            total: data.len() as u64,
+            chunk_bytes: u32::try_from(chunk_bytes).expect("item_bytes is at most 1 GiB"),
+            count: u32::try_from(len.div_ceil(chunk_bytes))
+                .expect("at most MAX_CHUNKS (CacheBuilder::build)"),
+            digest,
+            head: data[..HEAD_BYTES]
+                .try_into()
+                .expect("a chunked value is over 1 KiB"),
+        }
     }
 
     /// Why a reader with these limits must not act on the manifest, if it must not: each claim is
@@ -127,7 +164,14 @@ impl Manifest {
         if self.count > MAX_CHUNKS {
             return Some("the manifest declares over 1,024 chunks");
         }
-        if u64::from(self.count) != self.total.div_ceil(self.chunk_bytes.into()) {
+        let Some(body) = self
+            .total
+            .checked_sub(HEAD_BYTES as u64)
+            .filter(|&body| body > 0)
+        else {
+            return Some("the manifest declares no more than its head");
+        };
+        if u64::from(self.count) != body.div_ceil(self.chunk_bytes.into()) {
             return Some("the manifest's count of chunks does not match its sizes");
         }
         None
@@ -136,11 +180,12 @@ impl Manifest {
     /// How long chunk `index` is.
     pub(crate) fn chunk_len(&self, index: u32) -> usize {
         let start = u64::from(index) * u64::from(self.chunk_bytes);
-        (self.total - start).min(self.chunk_bytes.into()) as usize
+        let body = self.total - HEAD_BYTES as u64;
+        (body - start).min(self.chunk_bytes.into()) as usize
     }
 }
 
-/// The key of chunk `index` of the value under `key`, written as `version`: the value's key (cut
+/// The key of chunk `index` of a body of `version` for the value under `key`: the value's key (cut
 /// to fit), `|`, the version in 16 hex digits, `|`, the index. It never ends as a hashed key does
 /// (`key.rs`).
 pub(crate) fn chunk_key(key: &WireKey, version: u64, index: u32) -> WireKey {
@@ -153,11 +198,12 @@ pub(crate) fn chunk_key(key: &WireKey, version: u64, index: u32) -> WireKey {
     WireKey::from_wire(&bytes).expect("printable ASCII, at most 250 bytes")
 }
 
-/// The value the chunks hold, if they match `digest`. Every chunk is the size its manifest says,
-/// and their total was checked against the limits: this is the only allocation of the value's
-/// size.
-fn join(chunks: &[Bytes], total: usize, digest: &[u8; 32]) -> Result<Bytes, Unread> {
+/// The value a manifest stands for: its head, then its chunks, if they match its digest. Every
+/// chunk is the size the manifest says, and its total was checked against the limits: this is
+/// the only allocation of the value's size.
+fn join(head: &[u8], chunks: &[Bytes], total: usize, digest: &[u8; 32]) -> Result<Bytes, Unread> {
     let mut data = BytesMut::with_capacity(total);
+    data.extend_from_slice(head);
     let mut hasher = Sha256::new();
     for chunk in chunks {
         hasher.update(chunk);
@@ -262,17 +308,17 @@ impl Cluster {
         // The first chunk missing or wrong ends the round: the requests still out are dropped,
         // and their replies, if they come, dropped as they arrive.
         let chunks = try_join_all(reads).await?;
-        let (total, digest) = (manifest.total as usize, manifest.digest);
-        let joined = crate::blocking::run(total, move || join(&chunks, total, &digest)).await;
+        let (total, digest, head) = (manifest.total as usize, manifest.digest, manifest.head);
+        let joined =
+            crate::blocking::run(total, move || join(&head, &chunks, total, &digest)).await;
         Ok((joined?, manifest.flags))
     }
 
-    /// Stores `data` in chunks, then a manifest for them under `lease`, as
-    /// [`set_item`](Cluster::set_item) stores an item: how it went, and, asked for, the
-    /// manifest's CAS. Chunks of a manifest that was not stored are deleted in the background.
-    /// Bounded as one request is (`connect_timeout + io_timeout`): the chunks' round and the
-    /// manifest's share that bound, so that a fill past a call's deadline stays one store
-    /// operation.
+    /// Stores `data` in chunks (those not there already), then a manifest for them under
+    /// `lease`, as [`set_item`](Cluster::set_item) stores an item: how it went, and, asked for,
+    /// the manifest's CAS. Bounded as one request is (`connect_timeout + io_timeout`): the
+    /// chunks' rounds and the manifest's share that bound, so that a fill past a call's deadline
+    /// stays one store operation.
     pub(super) async fn set_chunked(
         &self,
         key: &WireKey,
@@ -292,53 +338,6 @@ impl Cluster {
         }
         let bound = self.inner.nodes[lease.node].request_bound();
         let limit = Instant::now() + bound;
-        let manifest = Manifest {
-            flags,
-            version: fastrand::u64(..),
-            total: data.len() as u64,
-            chunk_bytes: u32::try_from(chunk_bytes).expect("item_bytes is at most 1 GiB"),
-            count: u32::try_from(data.len().div_ceil(chunk_bytes))
-                .expect("max_value_bytes over item_bytes fits"),
-            digest: {
-                let owned = data.clone();
-                crate::blocking::run(data.len(), move || Sha256::digest(&owned).into()).await
-            },
-        };
-        let ttl = ttl_seconds(write.expire.saturating_add(CHUNKS_OUTLIVE));
-        let manifest_ref = &manifest;
-        let writes = (0..manifest.count).map(|index| async move {
-            let chunk = chunk_key(key, manifest_ref.version, index);
-            let start = index as usize * chunk_bytes;
-            let piece = &data[start..start + manifest_ref.chunk_len(index)];
-            let request = Request::Set {
-                key: &chunk,
-                data: piece,
-                flags: CHUNK_FLAGS,
-                ttl,
-            };
-            let (node, reply, _) = self
-                .on_key_node("chunk write", &chunk, request, Some(limit))
-                .await
-                .map_err(Unwritten::Store)?;
-            match reply {
-                Reply::Meta(meta) if meta.code == Code::Stored => Ok(()),
-                Reply::Error {
-                    kind: ErrorKind::Server,
-                    message,
-                } if message.contains("too large") => Err(Unwritten::TooLarge),
-                other => {
-                    let server = &self.inner.nodes[node].server;
-                    let code = meta("chunk write", server, other)
-                        .map_err(Unwritten::Store)?
-                        .code;
-                    Err(Unwritten::Store(StoreError {
-                        operation: "chunk write",
-                        node: server.to_string(),
-                        kind: StoreErrorKind::Server(format!("{code:?} to a plain store")),
-                    }))
-                }
-            }
-        });
         // The fill's own bound, spent: not a call's deadline.
         let spent = |err: StoreError| match err.kind {
             StoreErrorKind::Deadline => StoreError {
@@ -347,47 +346,85 @@ impl Cluster {
             },
             _ => err,
         };
-        if let Err(unwritten) = try_join_all(writes).await {
-            self.forget_chunks(key, &manifest);
-            return match unwritten {
-                Unwritten::TooLarge => Ok((Fill::TooLarge, None)),
-                Unwritten::Store(err) => Err(spent(err)),
-            };
-        }
-        let written = self
-            .set_item(
-                key,
-                lease,
-                (&manifest.to_bytes(), MANIFEST_FLAGS),
-                write,
-                Some(limit),
-            )
+        let manifest = Manifest::of(data, flags, chunk_bytes).await;
+        let ttl = ttl_seconds(write.expire.saturating_add(CHUNKS_OUTLIVE));
+        let missing = self
+            .touch_chunks(key, &manifest, ttl, limit)
             .await
-            .map_err(spent);
-        // Not stored, for sure: nobody will read these chunks. (After an error, the manifest
-        // may have been stored: its chunks are left to expire.)
-        if let Ok((Fill::LeaseLost | Fill::TooLarge, _)) = written {
-            self.forget_chunks(key, &manifest);
-        }
-        written
-    }
-
-    /// Deletes the chunks of `manifest`, from a spawned task, as far as they can be.
-    fn forget_chunks(&self, key: &WireKey, manifest: &Manifest) {
-        let (cluster, key, version, count) =
-            (self.clone(), key.clone(), manifest.version, manifest.count);
-        tokio::spawn(async move {
-            for index in 0..count {
-                let chunk = chunk_key(&key, version, index);
-                let request = Request::Delete {
+            .map_err(spent)?;
+        let body = data.slice(HEAD_BYTES..);
+        let manifest_ref = &manifest;
+        let writes = missing.into_iter().map(|index| {
+            let body = &body;
+            async move {
+                let chunk = chunk_key(key, manifest_ref.version, index);
+                let start = index as usize * chunk_bytes;
+                let request = Request::Set {
                     key: &chunk,
-                    cas: None,
+                    data: &body[start..start + manifest_ref.chunk_len(index)],
+                    flags: CHUNK_FLAGS,
+                    ttl,
                 };
-                let _ = cluster
-                    .on_key_node("chunk delete", &chunk, request, None)
-                    .await;
+                let (node, reply, _) = self
+                    .on_key_node("chunk write", &chunk, request, Some(limit))
+                    .await
+                    .map_err(Unwritten::Store)?;
+                match reply {
+                    Reply::Meta(meta) if meta.code == Code::Stored => Ok(()),
+                    Reply::Error {
+                        kind: ErrorKind::Server,
+                        message,
+                    } if message.contains("too large") => Err(Unwritten::TooLarge),
+                    other => {
+                        let server = &self.inner.nodes[node].server;
+                        let code = meta("chunk write", server, other)
+                            .map_err(Unwritten::Store)?
+                            .code;
+                        Err(Unwritten::Store(StoreError {
+                            operation: "chunk write",
+                            node: server.to_string(),
+                            kind: StoreErrorKind::Server(format!("{code:?} to a plain store")),
+                        }))
+                    }
+                }
             }
         });
+        match try_join_all(writes).await {
+            Ok(_) => {}
+            Err(Unwritten::TooLarge) => return Ok((Fill::TooLarge, None)),
+            Err(Unwritten::Store(err)) => return Err(spent(err)),
+        }
+        self.set_item(
+            key,
+            lease,
+            (&manifest.to_bytes(), MANIFEST_FLAGS),
+            write,
+            Some(limit),
+        )
+        .await
+        .map_err(spent)
+    }
+
+    /// Touches the chunks of `manifest`, so that those already there live for `ttl`: the
+    /// indexes of those that are not, to be written. One round, by `limit`.
+    async fn touch_chunks(
+        &self,
+        key: &WireKey,
+        manifest: &Manifest,
+        ttl: u32,
+        limit: Instant,
+    ) -> Result<Vec<u32>, StoreError> {
+        let touches = (0..manifest.count).map(|index| async move {
+            let chunk = chunk_key(key, manifest.version, index);
+            let request = Request::Touch { key: &chunk, ttl };
+            let (node, reply, _) = self
+                .on_key_node("chunk touch", &chunk, request, Some(limit))
+                .await?;
+            let server = &self.inner.nodes[node].server;
+            let there = meta("chunk touch", server, reply)?.code == Code::Stored;
+            Ok::<_, StoreError>((!there).then_some(index))
+        });
+        Ok(try_join_all(touches).await?.into_iter().flatten().collect())
     }
 }
 
@@ -400,10 +437,11 @@ mod tests {
         Manifest {
             flags: u32::from_be_bytes(*b"DZJ1"),
             version: 0x0123_4567_89ab_cdef,
-            total: 2_500,
+            total: 2_500 + HEAD_BYTES as u64,
             chunk_bytes: 1_024,
             count: 3,
             digest: [7; 32],
+            head: [9; HEAD_BYTES],
         }
     }
 
@@ -414,15 +452,20 @@ mod tests {
         assert_eq!(bytes.len(), Manifest::BYTES);
         assert_eq!(Manifest::read(&bytes), Some(m.clone()));
         assert_eq!(Manifest::read(&bytes[1..]), None);
-        assert_eq!(m.refused(2_500, 1_024), None);
+        // 2,500 bytes of body after the head: chunks of 1,024, 1,024 and 452.
+        let total = 2_500 + HEAD_BYTES;
+        assert_eq!(m.refused(total, 1_024), None);
         assert_eq!((m.chunk_len(0), m.chunk_len(2)), (1_024, 452));
-        assert!(m.refused(2_499, 1_024).is_some(), "over max_value_bytes");
-        assert!(m.refused(2_500, 1_023).is_some(), "chunks over item_bytes");
+        assert!(
+            m.refused(total - 1, 1_024).is_some(),
+            "over max_value_bytes"
+        );
+        assert!(m.refused(total, 1_023).is_some(), "chunks over item_bytes");
         let miscounted = Manifest {
             count: 2,
             ..m.clone()
         };
-        assert!(miscounted.refused(2_500, 1_024).is_some());
+        assert!(miscounted.refused(total, 1_024).is_some());
         for chunk_bytes in [0, 1, 1_023] {
             let tiny = Manifest {
                 chunk_bytes,
@@ -430,22 +473,30 @@ mod tests {
                 ..m.clone()
             };
             assert!(
-                tiny.refused(2_500, 1_024).is_some(),
+                tiny.refused(total, 1_024).is_some(),
                 "{chunk_bytes}-byte chunks"
             );
         }
         let many = Manifest {
-            total: 1_025 * 1_024,
+            total: 1_025 * 1_024 + HEAD_BYTES as u64,
             count: 1_025,
             ..m.clone()
         };
         assert!(many.refused(usize::MAX, 1_024).is_some(), "over MAX_CHUNKS");
         let most = Manifest {
-            total: 1_024 * 1_024,
+            total: 1_024 * 1_024 + HEAD_BYTES as u64,
             count: 1_024,
             ..m.clone()
         };
         assert_eq!(most.refused(usize::MAX, 1_024), None);
+        for total in [0, HEAD_BYTES as u64] {
+            let headless = Manifest {
+                total,
+                count: 0,
+                ..m.clone()
+            };
+            assert!(headless.refused(usize::MAX, 1_024).is_some(), "{total}");
+        }
         let huge = Manifest {
             total: u64::MAX,
             chunk_bytes: 1,

@@ -956,7 +956,7 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(flags, chunks::CHUNK_FLAGS);
-            let start = index as usize * CHUNK;
+            let start = chunks::HEAD_BYTES + index as usize * CHUNK;
             assert!(
                 bytes[..] == value[start..start + bytes.len()],
                 "chunk {index}"
