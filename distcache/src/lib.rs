@@ -51,8 +51,9 @@
 //!   [`refresh_ahead`](CacheBuilder::refresh_ahead) (off by default) a key read near the end of its
 //!   value is recomputed early, and so somewhat more often.
 //! - **Bounded.** A call returns within `exec_limit`, waiting included, plus at most one store
-//!   operation (storing a value computed just in time, or handing a lease back). A getter still running at the limit is dropped, the call fails with
-//!   [`Error::Timeout`], and the next caller may compute at once.
+//!   operation (storing a value computed just in time, or handing a lease back). A getter still
+//!   running at the limit is dropped, the call fails with [`Error::Timeout`], and the next caller
+//!   may compute at once.
 //! - **Available.** When the store cannot be reached, the call runs the getter itself (counted,
 //!   logged), unless [configured](CacheBuilder::on_unavailable) to fail.
 //! - **Typed.** Values are serde types stored as JSON, marked in the item's flags. Bytes that do
@@ -60,9 +61,10 @@
 //!
 //! Limits: a getter that blocks its thread cannot be cut off at `exec_limit` (run CPU-bound work
 //! in [`tokio::task::spawn_blocking`]); values that cannot be stored (over
-//! [`max_value_bytes`](CacheBuilder::max_value_bytes), or over [`item_bytes`](CacheBuilder::item_bytes)
-//! compressed, not serializable, or holding what JSON
+//! [`max_value_bytes`](CacheBuilder::max_value_bytes), not serializable, or holding what JSON
 //! would not give back, such as a NaN) are returned to their caller but recomputed by the next one.
+//! Values of 16 KiB of JSON or more are stored compressed, and values over
+//! [`item_bytes`](CacheBuilder::item_bytes) in chunks of it.
 //!
 //! # Where values live
 //!
