@@ -81,6 +81,22 @@ impl Manifest {
     }
 }
 
+/// `key`, planted from outside with what must not be served (`case`): the call computes
+/// `"recomputed"` itself, counts a decode miss, and replaces the item.
+async fn refused_and_replaced(cache: &Cache, outside: &Outside, key: &str, case: &str) {
+    let misses = cache.stats().decode_misses;
+    let got: String = cache
+        .get(key, MINUTE, MINUTE, || async {
+            Ok::<_, Error>("recomputed".into())
+        })
+        .await
+        .unwrap();
+    assert!(got == "recomputed", "{case}: got {} bytes", got.len());
+    assert_eq!(cache.stats().decode_misses, misses + 1, "{case}: counted");
+    let (stored, _) = outside.get(key).await.expect("replaced");
+    assert_eq!(stored, b"\"recomputed\"", "{case}: replaced");
+}
+
 /// A value of `len` decimal digits, as the demo's factorials are: zstd packs it about 2.4×.
 fn digits(len: usize) -> String {
     let mut rng = fastrand::Rng::with_seed(42);
@@ -172,20 +188,7 @@ async fn a_lying_or_hostile_compressed_item_is_a_miss() {
     for (i, (case, bytes)) in cases.into_iter().enumerate() {
         let key = format!("hostile:{i}");
         outside.set(&key, bytes, ZSTD_JSON).await;
-        let misses = cache.stats().decode_misses;
-        let got: String = cache
-            .get(&key, MINUTE, MINUTE, || async {
-                Ok::<_, Error>("genuine".into())
-            })
-            .await
-            .unwrap();
-        assert!(got == "genuine", "{case}: got {} bytes", got.len());
-        assert_eq!(cache.stats().decode_misses, misses + 1, "{case}: counted");
-        let (stored, _) = outside.get(&key).await.expect("replaced");
-        assert_eq!(
-            stored, b"\"genuine\"",
-            "{case}: replaced by the genuine value"
-        );
+        refused_and_replaced(&cache, &outside, &key, case).await;
     }
     // And the frame itself, genuine, reads back.
     outside.set("genuine-frame", &frame, ZSTD_JSON).await;
@@ -581,17 +584,7 @@ async fn a_lying_manifest_or_a_foreign_chunk_is_a_miss() {
                 .await;
         }
         outside.set(&key, &manifest, MANIFEST).await;
-        let misses = cache.stats().decode_misses;
-        let got: String = cache
-            .get(&key, MINUTE, MINUTE, || async {
-                Ok::<_, Error>("recomputed".into())
-            })
-            .await
-            .unwrap();
-        assert!(got == "recomputed", "{case}: got {} bytes", got.len());
-        assert_eq!(cache.stats().decode_misses, misses + 1, "{case}: counted");
-        let (stored, _) = outside.get(&key).await.unwrap();
-        assert_eq!(stored, b"\"recomputed\"", "{case}: replaced");
+        refused_and_replaced(&cache, &outside, &key, case).await;
     }
     // A chunk of the right size but other bytes, or of another size, under a genuine manifest.
     for (case, forged) in [

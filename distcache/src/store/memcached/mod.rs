@@ -966,41 +966,53 @@ mod tests {
         assert_eq!(holders.len(), 3, "chunks are spread like any keys");
     }
 
+    /// A cluster of `servers` in chunks of 64 KiB, whose requests are bounded by 200 ms to
+    /// connect and 2 s without progress; and that bound.
+    fn bounded_cluster(servers: &[String]) -> (Cluster, Duration) {
+        let ring = Ring::new(servers.iter().map(|s| s.parse().unwrap())).unwrap();
+        let (connect_timeout, io_timeout) = (Duration::from_millis(200), Duration::from_secs(2));
+        let config = NodeConfig {
+            connect_timeout,
+            io_timeout,
+            chunk_bytes: 64 * 1024,
+            ..test_config()
+        };
+        (Cluster::new(ring, &config), connect_timeout + io_timeout)
+    }
+
+    /// Fills `k` with `len` bytes, which must fail within `bound` and the slack of 250 ms.
+    async fn fill_fails_within(
+        cluster: &Cluster,
+        k: &WireKey,
+        lease: Lease,
+        len: usize,
+        bound: Duration,
+    ) -> StoreError {
+        let started = tokio::time::Instant::now();
+        let filled = cluster.fill(k, lease, &noise(len, 4), 0, EXPIRE).await;
+        let took = started.elapsed();
+        assert!(
+            took < bound + Duration::from_millis(250),
+            "{took:?}, over the bound of {bound:?}"
+        );
+        filled.expect_err("not answered in time")
+    }
+
     /// A fill in chunks is one store operation: the chunks' round and the manifest's share one
     /// request's bound (`connect_timeout + io_timeout`), however slowly each is answered.
     #[tokio::test]
     async fn a_fill_in_chunks_is_bounded_as_one_request() {
         let server = Memcached::start().await;
         let slow = proxy::FaultProxy::start(&server.addr()).await;
-        let ring = Ring::new([slow.addr().parse().unwrap()]).unwrap();
-        let (connect_timeout, io_timeout) = (Duration::from_millis(200), Duration::from_secs(2));
-        let cluster = Cluster::new(
-            ring,
-            &NodeConfig {
-                connect_timeout,
-                io_timeout,
-                chunk_bytes: 64 * 1024,
-                ..test_config()
-            },
-        );
+        let (cluster, bound) = bounded_cluster(&[slow.addr()]);
         let k = key("slow");
         let lease = won(&cluster, &k).await;
         // Each round is answered within io_timeout; the two together take longer than the bound.
         slow.set(proxy::Fault::Latency(Duration::from_millis(1300)));
-        let bound = connect_timeout + io_timeout;
-        let started = tokio::time::Instant::now();
-        let filled = cluster
-            .fill(&k, lease, &noise(200 * 1024, 4), 0, EXPIRE)
-            .await;
-        let took = started.elapsed();
-        assert!(
-            took < bound + Duration::from_millis(250),
-            "{took:?}, over the bound of {bound:?}"
-        );
-        let err = filled.expect_err("the manifest's reply comes after the bound");
+        let err = fill_fails_within(&cluster, &k, lease, 200 * 1024, bound).await;
         assert!(
             matches!(err.kind, StoreErrorKind::Timeout(t) if t == bound),
-            "{err}"
+            "the manifest's reply comes after the bound: {err}"
         );
     }
 
@@ -1010,17 +1022,7 @@ mod tests {
     async fn a_fill_in_chunks_to_a_hung_node_is_bounded_as_one_request() {
         let [lease_server, hung] = Memcached::start_many::<2>().await;
         let slow = proxy::FaultProxy::start(&lease_server.addr()).await;
-        let ring = Ring::new([slow.addr().parse().unwrap(), hung.addr().parse().unwrap()]).unwrap();
-        let (connect_timeout, io_timeout) = (Duration::from_millis(200), Duration::from_secs(2));
-        let cluster = Cluster::new(
-            ring,
-            &NodeConfig {
-                connect_timeout,
-                io_timeout,
-                chunk_bytes: 64 * 1024,
-                ..test_config()
-            },
-        );
+        let (cluster, bound) = bounded_cluster(&[slow.addr(), hung.addr()]);
         let on = |server: &str| {
             (0..)
                 .map(|i| key(&format!("k{i}")))
@@ -1033,19 +1035,9 @@ mod tests {
         let lease = won(&cluster, &k).await;
         hung.pause();
         slow.set(proxy::Fault::Latency(Duration::from_millis(1300)));
-        let bound = connect_timeout + io_timeout;
-        let started = tokio::time::Instant::now();
-        let filled = cluster
-            .fill(&k, lease, &noise(640 * 1024, 5), 0, EXPIRE)
-            .await;
-        let took = started.elapsed();
+        let err = fill_fails_within(&cluster, &k, lease, 640 * 1024, bound).await;
         hung.resume();
-        assert!(
-            took < bound + Duration::from_millis(250),
-            "{took:?}, over the bound of {bound:?}"
-        );
         // The connection's own timer (`io_timeout` without progress) or the fill's bound.
-        let err = filled.expect_err("a chunk's node never answers");
         assert!(matches!(err.kind, StoreErrorKind::Timeout(_)), "{err}");
     }
 
