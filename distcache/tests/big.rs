@@ -81,6 +81,27 @@ impl Manifest {
     }
 }
 
+/// A caller of `key` on `cache`, in a task of its own, whose getter counts its runs in `runs` and
+/// returns `value`: whether it got `value`.
+fn spawn_get(
+    cache: &Cache,
+    key: &'static str,
+    value: &Arc<String>,
+    runs: &Arc<AtomicUsize>,
+) -> tokio::task::JoinHandle<bool> {
+    let (cache, value, runs) = (cache.clone(), value.clone(), runs.clone());
+    tokio::spawn(async move {
+        let got: String = cache
+            .get(key, MINUTE, MINUTE, || async {
+                runs.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, Error>(value.to_string())
+            })
+            .await
+            .unwrap();
+        got == *value
+    })
+}
+
 /// `key`, planted from outside with what must not be served (`case`): the call computes
 /// `"recomputed"` itself, counts a decode miss, and replaces the item.
 async fn refused_and_replaced(cache: &Cache, outside: &Outside, key: &str, case: &str) {
@@ -298,17 +319,7 @@ async fn a_value_over_the_item_size_compressed_is_stored_in_chunks_and_shared() 
     let mut callers = Vec::new();
     for cache in &caches {
         for _ in 0..8 {
-            let (cache, value, runs) = (cache.clone(), value.clone(), runs.clone());
-            callers.push(tokio::spawn(async move {
-                let got: String = cache
-                    .get("report", MINUTE, MINUTE, || async {
-                        runs.fetch_add(1, Ordering::SeqCst);
-                        Ok::<_, Error>(value.to_string())
-                    })
-                    .await
-                    .unwrap();
-                got == *value
-            }));
+            callers.push(spawn_get(cache, "report", &value, &runs));
         }
     }
     for caller in callers {
@@ -327,24 +338,12 @@ async fn a_missing_chunk_is_a_miss_recomputed_once() {
     let outside = Outside::connect(&server.addr()).await;
     let caches: Vec<Cache> = (0..2).map(|_| small_items(&server)).collect();
     let value = Arc::new(noise(300_000, 2));
-    let get = |cache: &Cache| {
-        let (cache, value) = (cache.clone(), value.clone());
-        let runs = Arc::new(AtomicUsize::new(0));
-        let counted = runs.clone();
-        let call = tokio::spawn(async move {
-            let got: String = cache
-                .get("evicted", MINUTE, MINUTE, || async {
-                    counted.fetch_add(1, Ordering::SeqCst);
-                    Ok::<_, Error>(value.to_string())
-                })
-                .await
-                .unwrap();
-            got == *value
-        });
-        (call, runs)
-    };
-    let (first, runs) = get(&caches[0]);
-    assert!(first.await.unwrap());
+    let runs = Arc::new(AtomicUsize::new(0));
+    assert!(
+        spawn_get(&caches[0], "evicted", &value, &runs)
+            .await
+            .unwrap()
+    );
     assert_eq!(runs.load(Ordering::SeqCst), 1);
     let (manifest, flags) = outside.get("evicted").await.expect("stored");
     assert_eq!(flags, MANIFEST);
@@ -361,14 +360,15 @@ async fn a_missing_chunk_is_a_miss_recomputed_once() {
     assert_eq!((chunk.len(), flags), (64 * 1024, CHUNK));
     // As an eviction would.
     assert!(outside.delete(&manifest.chunk("evicted", 1)).await);
-    let calls: Vec<_> = (0..16).map(|i| get(&caches[i % 2])).collect();
-    let mut reruns = 0;
-    for (call, runs) in calls {
+    let calls: Vec<_> = (0..16)
+        .map(|i| spawn_get(&caches[i % 2], "evicted", &value, &runs))
+        .collect();
+    for call in calls {
         assert!(call.await.unwrap(), "read back whole");
-        reruns += runs.load(Ordering::SeqCst);
     }
     assert_eq!(
-        reruns, 1,
+        runs.load(Ordering::SeqCst),
+        2,
         "recomputed once, by one of 16 callers in two caches"
     );
     let stats: Vec<_> = caches.iter().map(Cache::stats).collect();
