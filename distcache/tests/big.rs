@@ -81,6 +81,18 @@ impl Manifest {
     }
 }
 
+/// `value` under `key`, computed by `a` and read back whole by `b`, whose getter does not run.
+async fn stored_by_one_read_by_another(a: &Cache, b: &Cache, key: &str, value: String) {
+    let runs = AtomicUsize::new(0);
+    let getter = || async {
+        runs.fetch_add(1, Ordering::SeqCst);
+        Ok::<_, Error>(value.clone())
+    };
+    let _: String = a.get(key, MINUTE, MINUTE, getter).await.unwrap();
+    let read: String = b.get(key, MINUTE, MINUTE, getter).await.unwrap();
+    assert_eq!((read == value, runs.load(Ordering::SeqCst)), (true, 1));
+}
+
 /// A caller of `key` on `cache`, in a task of its own, whose getter counts its runs in `runs` and
 /// returns `value`: whether it got `value`.
 fn spawn_get(
@@ -236,15 +248,7 @@ async fn signed_compressed_values_verify_and_planted_ones_are_forged() {
             .unwrap()
     };
     let (a, b) = (cache(), cache());
-    let value = digits(2 * 1024 * 1024);
-    let runs = AtomicUsize::new(0);
-    let getter = || async {
-        runs.fetch_add(1, Ordering::SeqCst);
-        Ok::<_, Error>(value.clone())
-    };
-    let _: String = a.get("signed", MINUTE, MINUTE, getter).await.unwrap();
-    let read: String = b.get("signed", MINUTE, MINUTE, getter).await.unwrap();
-    assert_eq!((read == value, runs.load(Ordering::SeqCst)), (true, 1));
+    stored_by_one_read_by_another(&a, &b, "signed", digits(2 * 1024 * 1024)).await;
     let outside = Outside::connect(&server.addr()).await;
     let bomb = zstd::bulk::compress(&vec![b'0'; 64 << 20], 1).unwrap();
     outside
@@ -620,15 +624,7 @@ async fn signed_big_values_are_shared_and_planted_chunks_are_refused() {
             .unwrap()
     };
     let (a, b) = (cache(), cache());
-    let value = noise(300_000, 4);
-    let runs = AtomicUsize::new(0);
-    let getter = || async {
-        runs.fetch_add(1, Ordering::SeqCst);
-        Ok::<_, Error>(value.clone())
-    };
-    let _: String = a.get("signed", MINUTE, MINUTE, getter).await.unwrap();
-    let read: String = b.get("signed", MINUTE, MINUTE, getter).await.unwrap();
-    assert_eq!((read == value, runs.load(Ordering::SeqCst)), (true, 1));
+    stored_by_one_read_by_another(&a, &b, "signed", noise(300_000, 4)).await;
     let (signed, flags) = outside.get("signed").await.unwrap();
     assert_eq!(flags, u32::from_be_bytes(*b"SCM1"));
     // The tag, then the manifest.
