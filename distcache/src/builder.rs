@@ -623,12 +623,12 @@ impl CacheBuilder {
         // one request per chunk: a bound on that round.
         let most = self.max_value_bytes + crate::codec::FRESHNESS_BYTES;
         let chunks = crate::store::memcached::chunks::MAX_CHUNKS as usize;
-        if most.div_ceil(self.item_bytes) > chunks {
+        if (most - crate::store::memcached::chunks::HEAD_BYTES).div_ceil(self.item_bytes) > chunks {
             return Err(BuildError::InvalidSetting {
                 setting: "max_value_bytes",
                 reason: format!(
-                    "{} is over {chunks} chunks of item_bytes ({}): raise item_bytes or lower \
-                     max_value_bytes",
+                    "{} would take over {chunks} chunks of item_bytes ({}): raise item_bytes or \
+                     lower max_value_bytes",
                     self.max_value_bytes, self.item_bytes
                 ),
             });
@@ -662,10 +662,11 @@ impl CacheBuilder {
             },
             // An item holds up to `item_bytes` of a value and what distcache adds to it: a
             // freshness header (`stale_if_error`) and a signature.
-            // No item is larger than the value it holds, or a chunk of it.
+            // No item is larger than the value it holds, or a chunk of it; nor than 1 KiB, for
+            // distcache's own markers (the least `item_bytes`).
             max_value: self
                 .item_bytes
-                .min(self.max_value_bytes + crate::codec::FRESHNESS_BYTES)
+                .min(self.max_value_bytes.max(1024) + crate::codec::FRESHNESS_BYTES)
                 + crate::store::memcached::signing::TAG_BYTES,
             // A value over an item is stored in chunks, each a whole item.
             chunk_bytes: self.item_bytes,
@@ -756,11 +757,19 @@ mod tests {
     #[test]
     fn a_largest_value_over_a_thousand_items_is_refused() {
         let servers = || Cache::builder().server("127.0.0.1:11211");
-        // 16 MiB (and a freshness header) in chunks of 16 KiB: 1,025 of them.
-        assert_eq!(refused(servers().item_bytes(16 * 1024)), "max_value_bytes");
+        // Over 16 MiB in chunks of 16 KiB: 1,025 of them.
+        assert_eq!(
+            refused(
+                servers()
+                    .item_bytes(16 * 1024)
+                    .max_value_bytes(16 * 1024 * 1024 + 1)
+            ),
+            "max_value_bytes"
+        );
+        // 16 MiB and a freshness header, less the 24 bytes the manifest holds: 1,024.
         servers()
             .item_bytes(16 * 1024)
-            .max_value_bytes(16 * 1024 * 1024 - 24)
+            .max_value_bytes(16 * 1024 * 1024)
             .build()
             .unwrap();
         servers().build().unwrap();

@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::time::Instant;
 
 use crate::json;
 
@@ -53,16 +54,33 @@ pub(crate) fn pack_fresh(header: &Freshness, json: &[u8]) -> (Bytes, u32) {
     }
 }
 
-/// [`pack`], on a blocking thread for a big value (`blocking.rs`).
-pub(crate) async fn pack_off_worker(json: &Bytes) -> (Bytes, u32) {
+/// [`pack`], on a blocking thread for a big value (`blocking.rs`); uncompressed if that is not
+/// done `by` then (a call's deadline: the time it takes is no store operation's).
+pub(crate) async fn pack_off_worker(json: &Bytes, by: Option<Instant>) -> (Bytes, u32) {
     let owned = json.clone();
-    crate::blocking::run(json.len(), move || pack(&owned)).await
+    let packing = crate::blocking::run(json.len(), move || pack(&owned));
+    match by {
+        None => packing.await,
+        Some(by) => tokio::time::timeout_at(by, packing)
+            .await
+            .unwrap_or_else(|_| (json.clone(), JSON_FLAGS)),
+    }
 }
 
-/// [`pack_fresh`], on a blocking thread for a big value (`blocking.rs`).
-pub(crate) async fn pack_fresh_off_worker(header: Freshness, json: &Bytes) -> (Bytes, u32) {
+/// [`pack_fresh`], as [`pack_off_worker`] does [`pack`].
+pub(crate) async fn pack_fresh_off_worker(
+    header: Freshness,
+    json: &Bytes,
+    by: Option<Instant>,
+) -> (Bytes, u32) {
     let owned = json.clone();
-    crate::blocking::run(json.len(), move || pack_fresh(&header, &owned)).await
+    let packing = crate::blocking::run(json.len(), move || pack_fresh(&header, &owned));
+    match by {
+        None => packing.await,
+        Some(by) => tokio::time::timeout_at(by, packing)
+            .await
+            .unwrap_or_else(|_| (header.item(json), FRESHNESS_FLAGS)),
+    }
 }
 
 /// The item a compressed item ([`ZSTD_JSON_FLAGS`] or [`ZSTD_FRESHNESS_FLAGS`]) stands for (its

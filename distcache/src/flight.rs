@@ -824,7 +824,7 @@ impl<S: Store> Call<'_, S> {
             retry_at: 0,
         };
         let ttl = expire.saturating_add(self.max_stale());
-        let (bytes, flags) = codec::pack_fresh_off_worker(header, json).await;
+        let (bytes, flags) = codec::pack_fresh_off_worker(header, json, Some(self.deadline)).await;
         self.store.fill(&self.wire, lease, &bytes, flags, ttl).await
     }
 
@@ -836,7 +836,7 @@ impl<S: Store> Call<'_, S> {
         json: &bytes::Bytes,
         expire: Duration,
     ) -> Result<Fill, StoreError> {
-        let (bytes, flags) = codec::pack_off_worker(json).await;
+        let (bytes, flags) = codec::pack_off_worker(json, Some(self.deadline)).await;
         self.store
             .fill(&self.wire, lease, &bytes, flags, expire)
             .await
@@ -1227,7 +1227,10 @@ impl<S: Store> Call<'_, S> {
             version,
             header,
             json,
-            self.expire.saturating_add(self.max_stale()),
+            (
+                self.expire.saturating_add(self.max_stale()),
+                Some(self.deadline),
+            ),
         )
         .await
     }
@@ -1640,21 +1643,22 @@ pub(crate) fn lease_ttl(exec_limit: Duration) -> Duration {
 
 /// Swaps the value at `version` for the same JSON under `header`, to live until the header's
 /// `stale_until`, at most `cap` (a forged header cannot make it live longer than a value of this
-/// call would); `None` if it changed meanwhile, or its time is up.
+/// call would); `None` if it changed meanwhile, or its time is up. Compressed if that is done
+/// `by` then (the call's deadline, if a call waits).
 async fn swap_header<S: Store>(
     store: &S,
     wire: &WireKey,
     version: Lease,
     header: Freshness,
     json: &bytes::Bytes,
-    cap: Duration,
+    (cap, by): (Duration, Option<Instant>),
 ) -> Result<Option<Lease>, StoreError> {
     let now = codec::unix_millis(std::time::SystemTime::now());
     let left = Duration::from_millis(header.stale_until.saturating_sub(now)).min(cap);
     if left.is_zero() {
         return Ok(None);
     }
-    let (bytes, flags) = codec::pack_fresh_off_worker(header, json).await;
+    let (bytes, flags) = codec::pack_fresh_off_worker(header, json, by).await;
     store.swap(wire, version, &bytes, flags, left).await
 }
 
@@ -1686,7 +1690,7 @@ impl<S: Store> Drop for HeldClaim<'_, S> {
                 ..header
             };
             runtime.spawn(async move {
-                let _ = swap_header(&store, &wire, claimed, open, &json, cap).await;
+                let _ = swap_header(&store, &wire, claimed, open, &json, (cap, None)).await;
             });
         }
     }

@@ -159,7 +159,6 @@ fn a_hit_allocates_its_decoded_value_and_a_small_constant() {
         {
             let mut manifest = Vec::new();
             manifest.extend_from_slice(b"DCJ1");
-            manifest.extend_from_slice(&7u64.to_be_bytes());
             manifest.extend_from_slice(&total.to_be_bytes());
             manifest.extend_from_slice(&chunk_bytes.to_be_bytes());
             manifest.extend_from_slice(

@@ -31,11 +31,10 @@ fn noise(len: usize, seed: u64) -> String {
 }
 
 /// A manifest's fields, as ARCHITECTURE.md ("The item format") lays them out: the value's flags,
-/// the body's version, the total size, the chunk size, the count, the body's SHA-256, and the
-/// value's first 24 bytes (its head; the chunks hold the rest, its body).
+/// the total size, the chunk size, the count, the body's SHA-256, and the value's first 24 bytes
+/// (its head; the chunks hold the rest, its body).
 struct Manifest {
     flags: u32,
-    version: u64,
     total: u64,
     chunk_bytes: u32,
     count: u32,
@@ -45,22 +44,20 @@ struct Manifest {
 
 impl Manifest {
     fn read(bytes: &[u8]) -> Manifest {
-        assert_eq!(bytes.len(), 84, "a manifest");
+        assert_eq!(bytes.len(), 76, "a manifest");
         Manifest {
             flags: u32::from_be_bytes(bytes[0..4].try_into().unwrap()),
-            version: u64::from_be_bytes(bytes[4..12].try_into().unwrap()),
-            total: u64::from_be_bytes(bytes[12..20].try_into().unwrap()),
-            chunk_bytes: u32::from_be_bytes(bytes[20..24].try_into().unwrap()),
-            count: u32::from_be_bytes(bytes[24..28].try_into().unwrap()),
-            digest: bytes[28..60].try_into().unwrap(),
-            head: bytes[60..84].try_into().unwrap(),
+            total: u64::from_be_bytes(bytes[4..12].try_into().unwrap()),
+            chunk_bytes: u32::from_be_bytes(bytes[12..16].try_into().unwrap()),
+            count: u32::from_be_bytes(bytes[16..20].try_into().unwrap()),
+            digest: bytes[20..52].try_into().unwrap(),
+            head: bytes[52..76].try_into().unwrap(),
         }
     }
 
     fn bytes(&self) -> Vec<u8> {
         let mut bytes = Vec::new();
         bytes.extend_from_slice(&self.flags.to_be_bytes());
-        bytes.extend_from_slice(&self.version.to_be_bytes());
         bytes.extend_from_slice(&self.total.to_be_bytes());
         bytes.extend_from_slice(&self.chunk_bytes.to_be_bytes());
         bytes.extend_from_slice(&self.count.to_be_bytes());
@@ -74,10 +71,14 @@ impl Manifest {
         (self.total - 24).div_ceil(self.chunk_bytes.into()) as u32
     }
 
-    /// The key of chunk `index`: the value's key, `|`, the version in 16 hex digits, `|`, the
-    /// index.
+    /// The key of chunk `index`: the value's key, `|`, the digest's first 16 bytes in hex, `|`,
+    /// the chunk size, `|`, the index.
     fn chunk(&self, key: &str, index: u32) -> String {
-        format!("{key}|{:016x}|{index}", self.version)
+        let hex: String = self.digest[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("{key}|{hex}|{}|{index}", self.chunk_bytes)
     }
 }
 
@@ -382,8 +383,53 @@ async fn a_missing_chunk_is_a_miss_recomputed_once() {
     );
     // The same value again: the same body, its chunks keyed by their content, the lost one back.
     let (replaced, _) = outside.get("evicted").await.unwrap();
-    assert_eq!(Manifest::read(&replaced).version, manifest.version);
+    assert_eq!(Manifest::read(&replaced).digest, manifest.digest);
     assert!(outside.get(&manifest.chunk("evicted", 1)).await.is_some());
+}
+
+/// A chunk that is there but not what its key names (corrupt, or planted) is recomputed once,
+/// and put right: the next call reads the value, and so does a process with another
+/// `item_bytes`, whose chunks have keys of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_chunk_is_recomputed_once_and_put_right() {
+    let server = Memcached::start().await;
+    let outside = Outside::connect(&server.addr()).await;
+    let cache = small_items(&server);
+    let value = Arc::new(noise(300_000, 7));
+    let runs = Arc::new(AtomicUsize::new(0));
+    assert!(spawn_get(&cache, "fixed", &value, &runs).await.unwrap());
+    let (manifest, _) = outside.get("fixed").await.unwrap();
+    let manifest = Manifest::read(&manifest);
+    let chunk = manifest.chunk("fixed", 0);
+    let (mut bytes, _) = outside.get(&chunk).await.unwrap();
+    bytes[100] ^= 1;
+    outside.set(&chunk, &bytes, CHUNK).await;
+    for _ in 0..3 {
+        assert!(spawn_get(&cache, "fixed", &value, &runs).await.unwrap());
+    }
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        2,
+        "the altered chunk cost one recompute, not one per call"
+    );
+    assert_eq!(cache.stats().decode_misses, 1);
+    // Another process, its items twice the size, stores the same value after an invalidate: its
+    // chunks do not take the first one's for its own.
+    let larger = Cache::builder()
+        .server(server.addr())
+        .item_bytes(128 * 1024)
+        .build()
+        .unwrap();
+    larger.invalidate("fixed").await.unwrap();
+    for _ in 0..3 {
+        assert!(spawn_get(&larger, "fixed", &value, &runs).await.unwrap());
+    }
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        3,
+        "stored once more, then read"
+    );
+    assert_eq!(larger.stats().decode_misses, 0);
 }
 
 /// A value kept past `expire` changes its freshness header (its head, in the manifest) at each
@@ -580,12 +626,12 @@ async fn a_lying_manifest_or_a_foreign_chunk_is_a_miss() {
     ];
     for (i, (case, manifest)) in cases.into_iter().enumerate() {
         let key = format!("lying:{i}");
-        // The genuine chunks, under this key and the manifest's version.
+        // The genuine chunks, under this key and the keys the lying manifest names.
+        let named = (manifest.len() == 76).then(|| Manifest::read(&manifest));
         for index in 0..genuine.count {
             let (chunk, _) = outside.get(&genuine.chunk("genuine", index)).await.unwrap();
-            outside
-                .set(&genuine.chunk(&key, index), &chunk, CHUNK)
-                .await;
+            let lying = named.as_ref().unwrap_or(&genuine);
+            outside.set(&lying.chunk(&key, index), &chunk, CHUNK).await;
         }
         outside.set(&key, &manifest, MANIFEST).await;
         refused_and_replaced(&cache, &outside, &key, case).await;

@@ -4,9 +4,10 @@
 //! memcached refuses items over its item size (`-I`, 1 MiB by default). A value whose bytes, as
 //! stored (compressed, if that paid), are over `item_bytes` is written in two steps:
 //! - its body (every byte but the first [`HEAD_BYTES`]) in chunks of `item_bytes`, plain items
-//!   ([`CHUNK_FLAGS`]) under keys made of the value's key, the body's version (the first 8 bytes of
-//!   its SHA-256), and the chunk's index, placed on the ring like any key. Chunks that are already
-//!   there (the same body, stored before) are only touched, to live as long as the new manifest.
+//!   ([`CHUNK_FLAGS`]) under keys made of the value's key, the body's SHA-256 (its first 16 bytes),
+//!   the chunk size and the chunk's index, placed on the ring like any key. Chunks that are
+//!   already there, of their size (the same body, stored before), are only touched, to live as
+//!   long as the new manifest.
 //! - then, once every chunk is there, a manifest ([`MANIFEST_FLAGS`]) under the value's key, where
 //!   the value would have been, under the lease (or the version a swap replaces) as any value is:
 //!   the value's flags, size and head, the chunks' count and size, and the body's SHA-256. With
@@ -15,8 +16,9 @@
 //! Keyed by their content, chunks of two different bodies never share a key, so a reader never
 //! puts together parts of two writes (and the digest makes sure of it); and a value stored again
 //! with the same body, or with only a new freshness header (its head: a `stale_if_error` claim or
-//! backoff), writes a manifest and no chunk. No chunk is ever deleted (another manifest may use
-//! it): chunks nobody reads expire with their TTL, or are evicted first.
+//! backoff), writes a manifest and no chunk. A chunk is deleted only when a reader finds it is not
+//! what its key names (corrupt, or planted): no manifest can use it then, and the next write puts
+//! it back. Chunks nobody reads expire with their TTL, or are evicted first.
 //!
 //! A reader finds the manifest as it would a value, then reads every chunk in one round: every
 //! request is queued at once, and each node's are pipelined on its connections. A chunk missing
@@ -33,7 +35,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::try_join_all;
 use sha2::{Digest, Sha256};
-use tokio::time::Instant;
+use tokio::time::{Instant, timeout_at};
 use tracing::debug;
 
 use super::protocol::{Code, ErrorKind, Reply, Request};
@@ -61,10 +63,10 @@ pub(crate) const MAX_CHUNKS: u32 = 1024;
 /// The smallest chunk a reader takes (every chunk but a value's last): `item_bytes`' own least.
 const MIN_CHUNK_BYTES: u32 = 1024;
 
-/// How much longer than its manifest a chunk is stored for: memcached counts TTLs in whole
-/// seconds of its own clock, and the chunks are stored before the manifest, so that with the same
-/// TTL a chunk could expire a tick before the manifest that needs it.
-const CHUNKS_OUTLIVE: Duration = Duration::from_secs(2);
+/// How much longer than its manifest a chunk is stored for, beyond the fill's bound (the most
+/// the manifest's write can come after them): memcached counts TTLs in whole seconds of its own
+/// clock, so that a chunk could expire a tick early.
+const CHUNKS_OUTLIVE: Duration = Duration::from_secs(1);
 
 /// The bytes of a value that its manifest holds itself, ahead of its chunks: as long as a
 /// freshness header (`codec::FRESHNESS_BYTES`), so that a value stored again with only a new
@@ -76,16 +78,14 @@ pub(crate) const HEAD_BYTES: usize = 24;
 /// | bytes  | field                                                        |
 /// |--------|--------------------------------------------------------------|
 /// | 0..4   | the value's client flags                                     |
-/// | 4..12  | the body's version: the first 8 bytes of its SHA-256         |
-/// | 12..20 | the value's size in bytes, its head included                 |
-/// | 20..24 | the size of every chunk but the last                         |
-/// | 24..28 | the number of chunks                                         |
-/// | 28..60 | the SHA-256 of the body (the value after its head)           |
-/// | 60..84 | the head: the value's first [`HEAD_BYTES`]                   |
+/// | 4..12  | the value's size in bytes, its head included                 |
+/// | 12..16 | the size of every chunk but the last                         |
+/// | 16..20 | the number of chunks                                         |
+/// | 20..52 | the SHA-256 of the body (the value after its head)           |
+/// | 52..76 | the head: the value's first [`HEAD_BYTES`]                   |
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Manifest {
     pub(crate) flags: u32,
-    pub(crate) version: u64,
     pub(crate) total: u64,
     pub(crate) chunk_bytes: u32,
     pub(crate) count: u32,
@@ -94,12 +94,11 @@ pub(crate) struct Manifest {
 }
 
 impl Manifest {
-    pub(crate) const BYTES: usize = 60 + HEAD_BYTES;
+    pub(crate) const BYTES: usize = 52 + HEAD_BYTES;
 
     pub(crate) fn to_bytes(&self) -> Bytes {
         let mut bytes = Vec::with_capacity(Self::BYTES);
         bytes.extend_from_slice(&self.flags.to_be_bytes());
-        bytes.extend_from_slice(&self.version.to_be_bytes());
         bytes.extend_from_slice(&self.total.to_be_bytes());
         bytes.extend_from_slice(&self.chunk_bytes.to_be_bytes());
         bytes.extend_from_slice(&self.count.to_be_bytes());
@@ -112,14 +111,12 @@ impl Manifest {
     pub(crate) fn read(data: &[u8]) -> Option<Manifest> {
         let data: &[u8; Self::BYTES] = data.try_into().ok()?;
         let (flags, rest) = data.split_first_chunk::<4>()?;
-        let (version, rest) = rest.split_first_chunk::<8>()?;
         let (total, rest) = rest.split_first_chunk::<8>()?;
         let (chunk_bytes, rest) = rest.split_first_chunk::<4>()?;
         let (count, rest) = rest.split_first_chunk::<4>()?;
         let (digest, head) = rest.split_first_chunk::<32>()?;
         Some(Manifest {
             flags: u32::from_be_bytes(*flags),
-            version: u64::from_be_bytes(*version),
             total: u64::from_be_bytes(*total),
             chunk_bytes: u32::from_be_bytes(*chunk_bytes),
             count: u32::from_be_bytes(*count),
@@ -137,7 +134,6 @@ impl Manifest {
             crate::blocking::run(len, move || Sha256::digest(&body).into()).await;
         Manifest {
             flags,
-            version: u64::from_be_bytes(digest[..8].try_into().expect("8 of 32 bytes")),
             total: data.len() as u64,
             chunk_bytes: u32::try_from(chunk_bytes).expect("item_bytes is at most 1 GiB"),
             count: u32::try_from(len.div_ceil(chunk_bytes))
@@ -147,6 +143,11 @@ impl Manifest {
                 .try_into()
                 .expect("a chunked value is over 1 KiB"),
         }
+    }
+
+    /// The key of chunk `index`, for the value under `key`.
+    pub(crate) fn chunk_key(&self, key: &WireKey, index: u32) -> WireKey {
+        chunk_key(key, &self.digest, self.chunk_bytes, index)
     }
 
     /// Why a reader with these limits must not act on the manifest, if it must not: each claim is
@@ -185,15 +186,30 @@ impl Manifest {
     }
 }
 
-/// The key of chunk `index` of a body of `version` for the value under `key`: the value's key (cut
-/// to fit), `|`, the version in 16 hex digits, `|`, the index. It never ends as a hashed key does
-/// (`key.rs`).
-pub(crate) fn chunk_key(key: &WireKey, version: u64, index: u32) -> WireKey {
-    let suffix = format!("|{version:016x}|{index}");
+/// The key of chunk `index`, of `chunk_bytes`, of the body whose SHA-256 is `digest`, for the
+/// value under `key`: the value's key, `|`, the digest's first 16 bytes in 32 hex digits, `|`, the
+/// chunk size, `|`, the index. A key too long for that is cut, and `#` and 16 hex digits of its
+/// own SHA-256 put in the cut's place, so that two keys never share chunks. It never ends as a
+/// hashed key does (`key.rs`).
+pub(crate) fn chunk_key(key: &WireKey, digest: &[u8; 32], chunk_bytes: u32, index: u32) -> WireKey {
+    let mut suffix = String::with_capacity(64);
+    suffix.push('|');
+    for byte in &digest[..16] {
+        suffix.push_str(&format!("{byte:02x}"));
+    }
+    suffix.push_str(&format!("|{chunk_bytes}|{index}"));
     let key = key.as_bytes();
-    let kept = key.len().min(MAX_KEY_LEN - suffix.len());
-    let mut bytes = Vec::with_capacity(kept + suffix.len());
-    bytes.extend_from_slice(&key[..kept]);
+    let mut bytes = Vec::with_capacity(MAX_KEY_LEN);
+    if key.len() + suffix.len() <= MAX_KEY_LEN {
+        bytes.extend_from_slice(key);
+    } else {
+        let whole = Sha256::digest(key);
+        bytes.extend_from_slice(&key[..MAX_KEY_LEN - suffix.len() - 17]);
+        bytes.push(b'#');
+        for byte in &whole[..8] {
+            bytes.extend_from_slice(format!("{byte:02x}").as_bytes());
+        }
+    }
     bytes.extend_from_slice(suffix.as_bytes());
     WireKey::from_wire(&bytes).expect("printable ASCII, at most 250 bytes")
 }
@@ -210,7 +226,7 @@ fn join(head: &[u8], chunks: &[Bytes], total: usize, digest: &[u8; 32]) -> Resul
         data.extend_from_slice(chunk);
     }
     if hasher.finalize()[..] != digest[..] {
-        return Err(Unread::Bad(
+        return Err(Unread::Wrong(
             "the chunks do not match the manifest's SHA-256",
         ));
     }
@@ -221,8 +237,10 @@ fn join(head: &[u8], chunks: &[Bytes], total: usize, digest: &[u8; 32]) -> Resul
 enum Unread {
     /// Not there: evicted, or on a node lost since.
     Missing,
-    /// There, but not the chunk the manifest describes.
+    /// The manifest is not one to act on.
     Bad(&'static str),
+    /// A chunk is there, but not what its key names: corrupt, or planted.
+    Wrong(&'static str),
     Store(StoreError),
 }
 
@@ -260,7 +278,7 @@ impl Cluster {
                     UNASSEMBLED_FLAGS,
                 )
             }
-            Err(Unread::Bad(why)) => {
+            Err(Unread::Bad(why) | Unread::Wrong(why)) => {
                 let mut reason = Vec::with_capacity(1 + why.len());
                 reason.push(b'B');
                 reason.extend_from_slice(why.as_bytes());
@@ -285,7 +303,7 @@ impl Cluster {
         }
         let manifest = &manifest;
         let reads = (0..manifest.count).map(|index| async move {
-            let chunk = chunk_key(key, manifest.version, index);
+            let chunk = manifest.chunk_key(key, index);
             let request = Request::Get { key: &chunk };
             let (node, reply, _) = self
                 .on_key_node("chunk read", &chunk, request, Some(deadline))
@@ -302,15 +320,23 @@ impl Cluster {
                     Ok(meta.data)
                 }
                 Code::Miss => Err(Unread::Missing),
-                _ => Err(Unread::Bad("a chunk is not the one the manifest describes")),
+                _ => Err(Unread::Wrong(
+                    "a chunk is not the one the manifest describes",
+                )),
             }
         });
         // The first chunk missing or wrong ends the round: the requests still out are dropped,
         // and their replies, if they come, dropped as they arrive.
-        let chunks = try_join_all(reads).await?;
         let (total, digest, head) = (manifest.total as usize, manifest.digest, manifest.head);
-        let joined =
-            crate::blocking::run(total, move || join(&head, &chunks, total, &digest)).await;
+        let joined = match try_join_all(reads).await {
+            Ok(chunks) => {
+                crate::blocking::run(total, move || join(&head, &chunks, total, &digest)).await
+            }
+            Err(err) => Err(err),
+        };
+        if let Err(Unread::Wrong(_)) = joined {
+            self.forget_chunks(key, manifest);
+        }
         Ok((joined?, manifest.flags))
     }
 
@@ -346,8 +372,14 @@ impl Cluster {
             },
             _ => err,
         };
-        let manifest = Manifest::of(data, flags, chunk_bytes).await;
-        let ttl = ttl_seconds(write.expire.saturating_add(CHUNKS_OUTLIVE));
+        let manifest = timeout_at(limit, Manifest::of(data, flags, chunk_bytes))
+            .await
+            .map_err(|_| StoreError {
+                operation: write.operation,
+                node: "this process".into(),
+                kind: StoreErrorKind::Timeout(bound),
+            })?;
+        let ttl = ttl_seconds(write.expire.saturating_add(bound + CHUNKS_OUTLIVE));
         let missing = self
             .touch_chunks(key, &manifest, ttl, limit)
             .await
@@ -357,7 +389,7 @@ impl Cluster {
         let writes = missing.into_iter().map(|index| {
             let body = &body;
             async move {
-                let chunk = chunk_key(key, manifest_ref.version, index);
+                let chunk = manifest_ref.chunk_key(key, index);
                 let start = index as usize * chunk_bytes;
                 let request = Request::Set {
                     key: &chunk,
@@ -406,7 +438,8 @@ impl Cluster {
     }
 
     /// Touches the chunks of `manifest`, so that those already there live for `ttl`: the
-    /// indexes of those that are not, to be written. One round, by `limit`.
+    /// indexes of those that are not, or not as their key says (another size or flags), to be
+    /// written. One round, by `limit`.
     async fn touch_chunks(
         &self,
         key: &WireKey,
@@ -415,16 +448,37 @@ impl Cluster {
         limit: Instant,
     ) -> Result<Vec<u32>, StoreError> {
         let touches = (0..manifest.count).map(|index| async move {
-            let chunk = chunk_key(key, manifest.version, index);
-            let request = Request::Touch { key: &chunk, ttl };
+            let chunk = manifest.chunk_key(key, index);
+            let request = Request::TouchChunk { key: &chunk, ttl };
             let (node, reply, _) = self
                 .on_key_node("chunk touch", &chunk, request, Some(limit))
                 .await?;
             let server = &self.inner.nodes[node].server;
-            let there = meta("chunk touch", server, reply)?.code == Code::Stored;
+            let meta = meta("chunk touch", server, reply)?;
+            let there = meta.code == Code::Stored
+                && meta.client_flags == Some(CHUNK_FLAGS)
+                && meta.item_size == Some(manifest.chunk_len(index) as u64);
             Ok::<_, StoreError>((!there).then_some(index))
         });
         Ok(try_join_all(touches).await?.into_iter().flatten().collect())
+    }
+
+    /// Deletes the chunks of `manifest`, from a spawned task, as far as they can be: one of
+    /// them is not what its key names, so no manifest can use them.
+    fn forget_chunks(&self, key: &WireKey, manifest: &Manifest) {
+        let (cluster, key, manifest) = (self.clone(), key.clone(), manifest.clone());
+        tokio::spawn(async move {
+            for index in 0..manifest.count {
+                let chunk = manifest.chunk_key(&key, index);
+                let request = Request::Delete {
+                    key: &chunk,
+                    cas: None,
+                };
+                let _ = cluster
+                    .on_key_node("chunk delete", &chunk, request, None)
+                    .await;
+            }
+        });
     }
 }
 
@@ -436,7 +490,6 @@ mod tests {
     fn manifest() -> Manifest {
         Manifest {
             flags: u32::from_be_bytes(*b"DZJ1"),
-            version: 0x0123_4567_89ab_cdef,
             total: 2_500 + HEAD_BYTES as u64,
             chunk_bytes: 1_024,
             count: 3,
@@ -510,15 +563,38 @@ mod tests {
     fn chunk_keys_are_valid_distinct_and_never_look_hashed() {
         let keys = KeyEncoder::new("ns").unwrap();
         let short = keys.encode("report");
+        let mut digest = [0u8; 32];
+        digest[0] = 0xab;
         assert_eq!(
-            chunk_key(&short, 0xab, 3).as_str(),
-            "ns:report|00000000000000ab|3"
+            chunk_key(&short, &digest, 65_536, 3).as_str(),
+            "ns:report|ab000000000000000000000000000000|65536|3"
         );
-        let long = keys.encode(&"k".repeat(400));
-        let chunk = chunk_key(&long, u64::MAX, u32::MAX);
+        // Long keys that differ only past the cut still have chunks of their own.
+        let (long, other) = (
+            keys.encode(&format!("{}a", "k".repeat(240))),
+            keys.encode(&format!("{}b", "k".repeat(240))),
+        );
+        let chunk = chunk_key(&long, &[0xff; 32], u32::MAX, u32::MAX);
         assert_eq!(chunk.as_bytes().len(), MAX_KEY_LEN);
-        assert!(chunk.as_str().ends_with("|ffffffffffffffff|4294967295"));
-        assert_ne!(chunk_key(&short, 1, 0), chunk_key(&short, 2, 0));
-        assert_ne!(chunk_key(&short, 1, 0), chunk_key(&short, 1, 1));
+        assert!(
+            chunk
+                .as_str()
+                .ends_with("|ffffffffffffffffffffffffffffffff|4294967295|4294967295")
+        );
+        assert_ne!(chunk, chunk_key(&other, &[0xff; 32], u32::MAX, u32::MAX));
+        let mut another = digest;
+        another[15] = 1;
+        assert_ne!(
+            chunk_key(&short, &digest, 1024, 0),
+            chunk_key(&short, &another, 1024, 0)
+        );
+        assert_ne!(
+            chunk_key(&short, &digest, 1024, 0),
+            chunk_key(&short, &digest, 2048, 0)
+        );
+        assert_ne!(
+            chunk_key(&short, &digest, 1024, 0),
+            chunk_key(&short, &digest, 1024, 1)
+        );
     }
 }

@@ -319,7 +319,7 @@ impl Store for Cluster {
             // Not ours (ours are never over the limit), or written with a larger limit: a miss,
             // which the flight counts, recomputes and replaces.
             warn!(node = %server, key = key.as_str(), size = meta.size,
-                "an item over item_bytes was skipped unread");
+                "an item over this cache's limit (item_bytes, or max_value_bytes) was skipped unread");
         }
         let version = Lease {
             cas: meta.cas.unwrap_or_default(),
@@ -948,7 +948,7 @@ mod tests {
         assert_eq!((manifest.count, manifest.total), (40, value.len() as u64));
         let mut holders = std::collections::HashSet::new();
         for index in 0..manifest.count {
-            let chunk = chunks::chunk_key(&k, manifest.version, index);
+            let chunk = manifest.chunk_key(&k, index);
             let holder = cluster.home_server(&chunk).to_string();
             let (bytes, flags) = Outside::connect(&holder)
                 .await
@@ -1016,8 +1016,10 @@ mod tests {
         );
     }
 
-    /// The same when a chunk's own node hangs: the chunks' round ends with the fill's bound, not
-    /// its own bound, and not on another node after that.
+    /// The same when a chunk's own node hangs: the round that asks for the chunks (their touch)
+    /// ends with the fill's bound, not with a request's own bound and another on the next node.
+    /// (The chunk writes' share of the bound is the test above's: with a bound of their own, it
+    /// fails.)
     #[tokio::test]
     async fn a_fill_in_chunks_to_a_hung_node_is_bounded_as_one_request() {
         let [lease_server, hung] = Memcached::start_many::<2>().await;

@@ -54,6 +54,9 @@ pub(crate) enum Request<'a> {
     },
     /// `mg <key> v f O<op>`: a plain read of an item's value and flags (a chunk of a big value).
     Get { key: &'a WireKey },
+    /// `mg <key> s f T<ttl> O<op>`: an item's size and flags, its TTL set to `ttl` (a chunk of a
+    /// big value, to be kept rather than written again if it is the one expected).
+    TouchChunk { key: &'a WireKey, ttl: u32 },
     /// `md <key> [C<cas>] O<op>`: delete, only if the CAS is still `cas` when given.
     Delete { key: &'a WireKey, cas: Option<u64> },
     /// `mg <key> c T<ttl> O<op>`: the item's CAS, its TTL set to `ttl` (touched). Unconditional:
@@ -121,6 +124,11 @@ impl Request<'_> {
                 out.extend_from_slice(b"mg ");
                 out.extend_from_slice(key.as_bytes());
                 out.extend_from_slice(b" v f");
+            }
+            Request::TouchChunk { key, ttl } => {
+                out.extend_from_slice(b"mg ");
+                out.extend_from_slice(key.as_bytes());
+                flag(out, b" s f T", ttl.into());
             }
             Request::Delete { key, cas } => {
                 out.extend_from_slice(b"md ");
@@ -204,6 +212,8 @@ pub(crate) struct Meta {
     /// `t`: the item's TTL left in whole seconds of the server's clock; `None` if not asked, or
     /// the item does not expire (`t-1`).
     pub(crate) ttl: Option<u32>,
+    /// `s`: the item's value size, asked without its value.
+    pub(crate) item_size: Option<u64>,
 }
 
 impl Meta {
@@ -348,6 +358,7 @@ fn parse(buf: &mut BytesMut, max_value: usize) -> Result<Parsed, ProtocolError> 
         won_elsewhere: false,
         stale: false,
         ttl: None,
+        item_size: None,
     };
     let mut key = None;
     for token in tokens {
@@ -380,7 +391,8 @@ fn parse(buf: &mut BytesMut, max_value: usize) -> Result<Parsed, ProtocolError> 
             b'X' => meta.stale = true,
             b'k' => key = Some(value),
             b't' => meta.ttl = ttl_left(value).ok_or_else(bad)?,
-            // Flags we do not ask for (s, ...) are ignored.
+            b's' => meta.item_size = Some(number(value).ok_or_else(bad)?),
+            // Flags we do not ask for are ignored.
             _ => {}
         }
     }

@@ -95,6 +95,10 @@ fn requests_are_built_from_typed_values() {
         "ms user:1 3 T61 F5 O7\r\nabc\r\n"
     );
     assert_eq!(encoded(Request::Get { key: &k }), "mg user:1 v f O7\r\n");
+    assert_eq!(
+        encoded(Request::TouchChunk { key: &k, ttl: 62 }),
+        "mg user:1 s f T62 O7\r\n"
+    );
 }
 
 #[test]
@@ -125,6 +129,24 @@ fn meta(reply: &Reply) -> &Meta {
         Reply::Meta(meta) => meta,
         other => panic!("expected a meta reply, got {other:?}"),
     }
+}
+
+/// A chunk's touch, as memcached 1.6.18 answers `mg <key> s f T<ttl> O<op>` (captured).
+#[test]
+fn a_touch_tells_the_size_and_flags() {
+    let replies = parse_all(b"HD s3 f5 O7\r\nEN O8\r\n");
+    let there = meta(&replies[0]);
+    assert_eq!(
+        (
+            there.code,
+            there.item_size,
+            there.client_flags,
+            there.data.len()
+        ),
+        (Code::Stored, Some(3), Some(5), 0)
+    );
+    assert!(!there.skipped(), "no value asked, none skipped");
+    assert_eq!(meta(&replies[1]).code, Code::Miss);
 }
 
 #[test]
