@@ -457,7 +457,7 @@ impl Cluster {
             let meta = meta("chunk touch", server, reply)?;
             let there = meta.code == Code::Stored
                 && meta.client_flags == Some(CHUNK_FLAGS)
-                && meta.item_size == Some(manifest.chunk_len(index) as u64);
+                && meta.size == manifest.chunk_len(index);
             Ok::<_, StoreError>((!there).then_some(index))
         });
         Ok(try_join_all(touches).await?.into_iter().flatten().collect())

@@ -196,7 +196,9 @@ pub(crate) struct Meta {
     pub(crate) code: Code,
     /// The value of a `VA`; empty if it was over the parser's limit and skipped unread.
     pub(crate) data: Bytes,
-    /// The value's size as the reply declared it.
+    /// The value's size as the reply declared it; for a reply without a value (`HD`), the
+    /// item's size as its `s` flag said (a chunk's touch), or 0. (One field for both: a reply
+    /// is moved several times on every hit, and each byte of it costs.)
     pub(crate) size: usize,
     pub(crate) cas: Option<u64>,
     pub(crate) client_flags: Option<u32>,
@@ -212,8 +214,6 @@ pub(crate) struct Meta {
     /// `t`: the item's TTL left in whole seconds of the server's clock; `None` if not asked, or
     /// the item does not expire (`t-1`).
     pub(crate) ttl: Option<u32>,
-    /// `s`: the item's value size, asked without its value.
-    pub(crate) item_size: Option<u64>,
 }
 
 impl Meta {
@@ -224,9 +224,10 @@ impl Meta {
         self.win && (self.stale || self.size == 0)
     }
 
-    /// Whether the value was over the parser's limit and skipped unread.
+    /// Whether the value of a `VA` was over the parser's limit and skipped unread (for other
+    /// replies, `size` is the `s` flag's, and nothing was skipped).
     pub(crate) fn skipped(&self) -> bool {
-        self.data.len() != self.size
+        self.code == Code::Value && self.data.len() != self.size
     }
 }
 
@@ -358,7 +359,6 @@ fn parse(buf: &mut BytesMut, max_value: usize) -> Result<Parsed, ProtocolError> 
         won_elsewhere: false,
         stale: false,
         ttl: None,
-        item_size: None,
     };
     let mut key = None;
     for token in tokens {
@@ -391,7 +391,12 @@ fn parse(buf: &mut BytesMut, max_value: usize) -> Result<Parsed, ProtocolError> 
             b'X' => meta.stale = true,
             b'k' => key = Some(value),
             b't' => meta.ttl = ttl_left(value).ok_or_else(bad)?,
-            b's' => meta.item_size = Some(number(value).ok_or_else(bad)?),
+            // Never a value's: its size frames the bytes that follow (`VA <size>`).
+            b's' if code != Code::Value => {
+                meta.size = number(value)
+                    .and_then(|s| usize::try_from(s).ok())
+                    .ok_or_else(bad)?
+            }
             // Flags we do not ask for are ignored.
             _ => {}
         }

@@ -137,16 +137,17 @@ fn a_touch_tells_the_size_and_flags() {
     let replies = parse_all(b"HD s3 f5 O7\r\nEN O8\r\n");
     let there = meta(&replies[0]);
     assert_eq!(
-        (
-            there.code,
-            there.item_size,
-            there.client_flags,
-            there.data.len()
-        ),
-        (Code::Stored, Some(3), Some(5), 0)
+        (there.code, there.size, there.client_flags, there.data.len()),
+        (Code::Stored, 3, Some(5), 0)
     );
     assert!(!there.skipped(), "no value asked, none skipped");
     assert_eq!(meta(&replies[1]).code, Code::Miss);
+    // A value's size is its `VA`'s, whatever an `s` says.
+    let value = parse_all(b"VA 2 s99 f1\r\nab\r\n");
+    assert_eq!(
+        (meta(&value[0]).size, &meta(&value[0]).data[..]),
+        (2, &b"ab"[..])
+    );
 }
 
 #[test]
