@@ -36,50 +36,39 @@ const ZSTD_LEVEL: i32 = 1;
 /// [`ZSTD_JSON_FLAGS`].
 pub(crate) const ZSTD_FRESHNESS_FLAGS: u32 = u32::from_be_bytes(*b"DZF1");
 
-/// A value's JSON as it is stored without a freshness header: compressed if that pays
-/// ([`ZSTD_JSON_FLAGS`]), as it is otherwise ([`JSON_FLAGS`]).
-pub(crate) fn pack(json: &Bytes) -> (Bytes, u32) {
-    match compressed(json) {
-        Some(packed) => (Bytes::from(packed), ZSTD_JSON_FLAGS),
-        None => (json.clone(), JSON_FLAGS),
-    }
+/// A value's JSON as it is stored, after `header` if it has one: compressed if that pays
+/// ([`ZSTD_JSON_FLAGS`], [`ZSTD_FRESHNESS_FLAGS`]), as it is otherwise ([`JSON_FLAGS`],
+/// [`FRESHNESS_FLAGS`]).
+pub(crate) fn pack(header: Option<&Freshness>, json: &Bytes) -> (Bytes, u32) {
+    stored(header, json, compressed(json))
 }
 
-/// A value's JSON after a freshness header, as it is stored: compressed if that pays
-/// ([`ZSTD_FRESHNESS_FLAGS`]), as it is otherwise ([`FRESHNESS_FLAGS`]).
-pub(crate) fn pack_fresh(header: &Freshness, json: &[u8]) -> (Bytes, u32) {
-    match compressed(json) {
-        Some(packed) => (header.item(&packed), ZSTD_FRESHNESS_FLAGS),
-        None => (header.item(json), FRESHNESS_FLAGS),
-    }
-}
-
-/// [`pack`], on a blocking thread for a big value (`blocking.rs`); uncompressed if that is not
-/// done `by` then (a call's deadline: the time it takes is no store operation's).
-pub(crate) async fn pack_off_worker(json: &Bytes, by: Option<Instant>) -> (Bytes, u32) {
-    let owned = json.clone();
-    let packing = crate::blocking::run(json.len(), move || pack(&owned));
-    match by {
-        None => packing.await,
-        Some(by) => tokio::time::timeout_at(by, packing)
-            .await
-            .unwrap_or_else(|_| (json.clone(), JSON_FLAGS)),
-    }
-}
-
-/// [`pack_fresh`], as [`pack_off_worker`] does [`pack`].
-pub(crate) async fn pack_fresh_off_worker(
-    header: Freshness,
+/// [`pack`], on a blocking thread for a big value
+/// (`blocking.rs`); uncompressed if that is not done `by` then (a call's deadline: the time it
+/// takes is no store operation's).
+pub(crate) async fn pack_off_worker(
+    header: Option<Freshness>,
     json: &Bytes,
     by: Option<Instant>,
 ) -> (Bytes, u32) {
     let owned = json.clone();
-    let packing = crate::blocking::run(json.len(), move || pack_fresh(&header, &owned));
+    let packing = crate::blocking::run(json.len(), move || pack(header.as_ref(), &owned));
     match by {
         None => packing.await,
         Some(by) => tokio::time::timeout_at(by, packing)
             .await
-            .unwrap_or_else(|_| (header.item(json), FRESHNESS_FLAGS)),
+            .unwrap_or_else(|_| stored(header.as_ref(), json, None)),
+    }
+}
+
+/// `json` as it is stored, after `header` if it has one: as its compressed frame, `packed`, if
+/// there is one.
+fn stored(header: Option<&Freshness>, json: &Bytes, packed: Option<Vec<u8>>) -> (Bytes, u32) {
+    match (header, packed) {
+        (None, Some(packed)) => (Bytes::from(packed), ZSTD_JSON_FLAGS),
+        (None, None) => (json.clone(), JSON_FLAGS),
+        (Some(header), Some(packed)) => (header.item(&packed), ZSTD_FRESHNESS_FLAGS),
+        (Some(header), None) => (header.item(json), FRESHNESS_FLAGS),
     }
 }
 
@@ -455,12 +444,12 @@ mod tests {
     fn json_from_compress_from_bytes_is_packed_when_it_pays_and_unpacks_whole() {
         let small = Bytes::from(vec![b'7'; COMPRESS_FROM - 1]);
         assert_eq!(
-            pack(&small),
+            pack(None, &small),
             (small.clone(), JSON_FLAGS),
             "under the threshold"
         );
         let big = Bytes::from(vec![b'7'; COMPRESS_FROM]);
-        let (packed, flags) = pack(&big);
+        let (packed, flags) = pack(None, &big);
         assert_eq!(flags, ZSTD_JSON_FLAGS);
         assert!(packed.len() < 100);
         assert_eq!(unpack(&packed, big.len()).unwrap(), big);
@@ -480,7 +469,7 @@ mod tests {
             })
             .collect();
         let noise = Bytes::from(noise);
-        assert_eq!(pack(&noise).1, JSON_FLAGS);
+        assert_eq!(pack(None, &noise).1, JSON_FLAGS);
     }
 
     #[test]
@@ -683,11 +672,11 @@ mod tests {
                 let header = Freshness { fresh_until: 1, stale_until: 2, retry_at: 0 };
                 let (mut item, flags) = match fresh {
                     false => {
-                        let (packed, flags) = pack(&json);
+                        let (packed, flags) = pack(None, &json);
                         (packed.to_vec(), flags)
                     }
                     true => {
-                        let (packed, flags) = pack_fresh(&header, &json);
+                        let (packed, flags) = pack(Some(&header), &json);
                         (packed.to_vec(), flags)
                     }
                 };

@@ -528,14 +528,14 @@ impl<S: Store> Call<'_, S> {
                         && let Err(err) = Box::pin(self.unpack_by_deadline(item)).await
                     {
                         drop(waiting);
-                        return self.lookup_failed(leader, getter, err).await;
+                        return self.without_store(leader, getter, err).await;
                     }
                     lookup
                 }
                 Err(err) => {
                     // A scout hands its part on before the getter runs (as below).
                     drop(waiting);
-                    return self.lookup_failed(leader, getter, err).await;
+                    return self.without_store(leader, getter, err).await;
                 }
             };
             // How long a value found may be kept near: its own life left, counted from `sent`.
@@ -824,7 +824,7 @@ impl<S: Store> Call<'_, S> {
             retry_at: 0,
         };
         let ttl = expire.saturating_add(self.max_stale());
-        let (bytes, flags) = codec::pack_fresh_off_worker(header, json, Some(self.deadline)).await;
+        let (bytes, flags) = codec::pack_off_worker(Some(header), json, Some(self.deadline)).await;
         self.store.fill(&self.wire, lease, &bytes, flags, ttl).await
     }
 
@@ -836,7 +836,7 @@ impl<S: Store> Call<'_, S> {
         json: &bytes::Bytes,
         expire: Duration,
     ) -> Result<Fill, StoreError> {
-        let (bytes, flags) = codec::pack_off_worker(json, Some(self.deadline)).await;
+        let (bytes, flags) = codec::pack_off_worker(None, json, Some(self.deadline)).await;
         self.store
             .fill(&self.wire, lease, &bytes, flags, expire)
             .await
@@ -1353,25 +1353,9 @@ impl<S: Store> Call<'_, S> {
         value
     }
 
-    /// A lookup failed: the call's deadline passed, or the store could not be asked.
-    async fn lookup_failed<T, E, F>(
-        &self,
-        leader: Leader<'_>,
-        getter: F,
-        err: StoreError,
-    ) -> Result<T, E>
-    where
-        T: Serialize + DeserializeOwned,
-        E: From<Error> + std::fmt::Debug,
-        F: Getter<T, E>,
-    {
-        if err.is_deadline() {
-            return Err(self.timed_out());
-        }
-        self.without_store(leader, getter, err).await
-    }
-
-    /// The store cannot be reached: run the getter without it, or fail, as configured.
+    /// The store cannot be reached: run the getter without it, or fail, as configured. A store
+    /// operation that failed only because the call's deadline passed says nothing of the store:
+    /// the call has timed out.
     async fn without_store<T, E, F>(
         &self,
         leader: Leader<'_>,
@@ -1383,6 +1367,9 @@ impl<S: Store> Call<'_, S> {
         E: From<Error>,
         F: Getter<T, E>,
     {
+        if err.is_deadline() {
+            return Err(self.timed_out());
+        }
         let stats = &self.core.stats;
         stats.store_errors.incr();
         // A node already marked down was logged then (and, for a refused login, at each probe):
@@ -1658,7 +1645,7 @@ async fn swap_header<S: Store>(
     if left.is_zero() {
         return Ok(None);
     }
-    let (bytes, flags) = codec::pack_fresh_off_worker(header, json, by).await;
+    let (bytes, flags) = codec::pack_off_worker(Some(header), json, by).await;
     store.swap(wire, version, &bytes, flags, left).await
 }
 
