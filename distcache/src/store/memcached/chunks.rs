@@ -33,7 +33,7 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::future::try_join_all;
+use futures_util::future::{join_all, try_join_all};
 use sha2::{Digest, Sha256};
 use tokio::time::{Instant, timeout_at};
 use tracing::debug;
@@ -335,7 +335,7 @@ impl Cluster {
             Err(err) => Err(err),
         };
         if let Err(Unread::Wrong(_)) = joined {
-            self.forget_chunks(key, manifest);
+            self.forget_chunks(key, manifest, deadline).await;
         }
         Ok((joined?, manifest.flags))
     }
@@ -463,22 +463,21 @@ impl Cluster {
         Ok(try_join_all(touches).await?.into_iter().flatten().collect())
     }
 
-    /// Deletes the chunks of `manifest`, from a spawned task, as far as they can be: one of
-    /// them is not what its key names, so no manifest can use them.
-    fn forget_chunks(&self, key: &WireKey, manifest: &Manifest) {
-        let (cluster, key, manifest) = (self.clone(), key.clone(), manifest.clone());
-        tokio::spawn(async move {
-            for index in 0..manifest.count {
-                let chunk = manifest.chunk_key(&key, index);
-                let request = Request::Delete {
-                    key: &chunk,
-                    cas: None,
-                };
-                let _ = cluster
-                    .on_key_node("chunk delete", &chunk, request, None)
-                    .await;
-            }
+    /// Deletes the chunks of `manifest`, in one round by `deadline`, as far as they can be: one
+    /// of them is not what its key names, so no manifest can use them. Before the read returns:
+    /// the recompute it leads to must not find them still there, and keep them.
+    async fn forget_chunks(&self, key: &WireKey, manifest: &Manifest, deadline: Instant) {
+        let deletes = (0..manifest.count).map(|index| async move {
+            let chunk = manifest.chunk_key(key, index);
+            let request = Request::Delete {
+                key: &chunk,
+                cas: None,
+            };
+            let _ = self
+                .on_key_node("chunk delete", &chunk, request, Some(deadline))
+                .await;
         });
+        join_all(deletes).await;
     }
 }
 
