@@ -56,7 +56,8 @@ use crate::store::{
 const MAX_DECODE_MISSES: u32 = 2;
 
 /// How long a lease lasts unless its holder extends it. A holder that dies, or never learns
-/// it won (its reply was lost), blocks the key this long at most, instead of its `exec_limit`.
+/// it won (its reply was lost), blocks the key this long at most, instead of its `exec_limit`
+/// (a lost reply's lease is handed back sooner if its process reconnects: `orphans.rs`).
 /// memcached's clock ticks in whole seconds: a TTL of 4 s lasts more than 3.
 pub(crate) const LEASE: Duration = Duration::from_secs(4);
 /// How often a holder extends its lease while its getter runs.

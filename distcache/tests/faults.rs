@@ -359,6 +359,89 @@ async fn a_lease_won_by_a_lookup_whose_reply_came_too_late_frees_its_key_within_
     a_lease_nobody_heard_of_frees_its_key_within_5s(Fault::Latency(Duration::from_secs(2))).await;
 }
 
+/// F14's worst case, in one process's view: a lookup makes its lease, but its connection is cut
+/// in the reply, and the connection asked next fails too, so that its caller runs the getter
+/// without the cache. The lease is then one that nobody heard of, and waiting it out (F15)
+/// blocks the key for up to 4 s; instead, the process that lost the reply asks its server about
+/// the key on its next connection, and hands back the lease its lookup may have made. Another
+/// process waiting on the key then wins it at its next poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_whose_reply_was_cut_is_handed_back_on_the_next_connection() {
+    let server = Memcached::start().await;
+    let proxy = FaultProxy::start(&server.addr()).await;
+    let cut = Cache::builder()
+        .server(proxy.addr())
+        .retry_interval(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let _: String = cut
+        .get("warm", MINUTE, MINUTE, || async {
+            Ok::<_, Error>("w".into())
+        })
+        .await
+        .unwrap();
+    // The lookup's reply is cut after a byte, and so is the greeting of the connection that asks
+    // again: the node is marked down, and the call runs its getter without the cache.
+    proxy.set(Fault::CutRepliesAfter(1));
+    let before = proxy.request_lines();
+    let sent = tokio::time::Instant::now();
+    let unheard: String = cut
+        .get("orphan", MINUTE, MINUTE, || async {
+            Ok::<_, Error>("run without the store".into())
+        })
+        .await
+        .unwrap();
+    assert_eq!(unheard, "run without the store");
+    assert_eq!(cut.stats().degraded_calls, 1, "its lookup got no answer");
+    assert!(
+        proxy.request_lines() > before,
+        "the lookup reached the server, which made its lease"
+    );
+    proxy.set(Fault::Pass);
+    let elsewhere = Cache::builder()
+        .server(server.addr())
+        .max_poll_interval(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let waiting = tokio::spawn({
+        let elsewhere = elsewhere.clone();
+        async move {
+            elsewhere
+                .get("orphan", MINUTE, MINUTE, || async {
+                    Ok::<_, Error>("computed again".to_owned())
+                })
+                .await
+                .map(|v: String| (v, tokio::time::Instant::now()))
+        }
+    });
+    // The process that lost the reply uses its node again once the retry interval has passed.
+    let mut i = 0;
+    while cut.node_stats()[0].back == 0 {
+        let key = format!("after:{i}");
+        let _: String = cut
+            .get(&key, MINUTE, MINUTE, || async { Ok::<_, Error>("a".into()) })
+            .await
+            .unwrap();
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (again, at) = waiting.await.unwrap().unwrap();
+    assert_eq!(again, "computed again");
+    let stats = elsewhere.stats();
+    assert_eq!(
+        (stats.lease_waits, stats.getter_runs),
+        (1, 1),
+        "it waited on the lease the lost reply made, then won the key: {stats:?}"
+    );
+    // Waited out, that lease lasts over 3 s from the lookup (a TTL of 4 s on memcached's
+    // one-second clock); handed back, the key is free within a retry interval and a poll.
+    assert!(
+        at - sent < Duration::from_secs(2),
+        "computed again {:?} after the lost lookup",
+        at - sent
+    );
+}
+
 /// F7: 10,000 calls over 2,000 keys (most of them misses), each cancelled at a random point (a timeout of 0 to 12 ms)
 /// while replies are delayed 0 to 5 ms: no value reaches the wrong key, no connection is broken
 /// by a cancelled request (none is replaced), no lease is left behind, and later callers see no

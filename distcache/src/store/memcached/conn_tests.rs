@@ -195,7 +195,7 @@ async fn with_orphans() -> (Scripted, Arc<Orphans>) {
 }
 
 /// The lease `k` C5 is handed back on the next connection to `server`.
-async fn handed_back_on_the_next_connection(server: &Scripted, orphans: &Orphans) {
+async fn handed_back_on_the_next_connection(server: &Scripted, orphans: &Arc<Orphans>) {
     let (next, mut peer) = server.connect().await;
     orphans.flush_onto(&next);
     assert_eq!(
@@ -441,4 +441,128 @@ async fn a_server_that_goes_away_fails_every_pending_request() {
         assert!(matches!(within(reply).await, Ok(Err(ConnError::Closed(_)))));
     }
     assert!(conn.is_closed());
+}
+
+/// A lookup of `k` for a lease of 4 s, whose reply was lost at `lost`, owed to `server`'s next
+/// connection: that connection, and its end at the server.
+async fn after_an_unheard_lookup(
+    server: &Scripted,
+    orphans: &Arc<Orphans>,
+    lost: Instant,
+) -> (Connection, BufReader<TcpStream>) {
+    let (next, peer) = server.connect().await;
+    orphans.unheard_since(&key("k"), next.instance(), 4, lost);
+    orphans.flush_onto(&next);
+    (next, peer)
+}
+
+#[tokio::test]
+async fn a_lease_an_unheard_lookup_made_is_looked_for_and_handed_back_on_the_next_connection() {
+    let peeked = |t: u64| {
+        [
+            // A lease's stub; a stale item someone won; a stale item the peek itself won.
+            format!("HD s0 c7 kk t{t} O0 Z"),
+            format!("HD s5 c7 kk t{t} O0 X Z"),
+            format!("HD s5 c7 kk t{t} O0 X W"),
+        ]
+    };
+    // Lost now, its lease has 4 s left at most; lost 1.5 s ago, 3; 2.5 s ago, 2.
+    let cases = [(0, 4), (1500, 3), (2500, 2)];
+    for (ago, left) in cases {
+        for answer in peeked(left) {
+            let (server, orphans) = with_orphans().await;
+            let lost = Instant::now() - Duration::from_millis(ago);
+            let (next, mut peer) = after_an_unheard_lookup(&server, &orphans, lost).await;
+            let other = next.send(&get(&key("other"))).unwrap();
+            // The peek goes before the request whose sending flushed it.
+            assert_eq!(within(read_line(&mut peer)).await, "mg k s c k t O0\r\n");
+            assert!(within(read_line(&mut peer)).await.starts_with("mg other "));
+            peer.get_mut()
+                .write_all(format!("{answer}\r\nEN O1\r\n").as_bytes())
+                .await
+                .unwrap();
+            assert!(within(other).await.is_ok());
+            assert_eq!(
+                within(read_line(&mut peer)).await,
+                "md k C7 O2\r\n",
+                "handed back by its CAS after {answer:?}, lost {ago} ms before"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_value_a_miss_or_a_lease_younger_than_the_lost_lookup_is_left_alone() {
+    let cases = [
+        // A value; a value someone is refreshing ahead; a miss.
+        (0, "HD s5 c7 kk t60 O0"),
+        (0, "HD s5 c7 kk t60 O0 Z"),
+        (0, "EN O0"),
+        // A lease made (or extended) since the lookup was lost: by a process that found the key
+        // free after another handed the lost lookup's lease back.
+        (1500, "HD s0 c7 kk t4 O0 Z"),
+        (2500, "HD s0 c7 kk t3 O0 Z"),
+    ];
+    for (ago, answer) in cases {
+        let (server, orphans) = with_orphans().await;
+        let lost = Instant::now() - Duration::from_millis(ago);
+        let (next, mut peer) = after_an_unheard_lookup(&server, &orphans, lost).await;
+        assert_eq!(within(read_line(&mut peer)).await, "mg k s c k t O0\r\n");
+        peer.get_mut()
+            .write_all(format!("{answer}\r\n").as_bytes())
+            .await
+            .unwrap();
+        let after = next.send(&get(&key("after"))).unwrap();
+        assert!(
+            within(read_line(&mut peer)).await.starts_with("mg after "),
+            "nothing deleted after {answer:?}, lost {ago} ms before"
+        );
+        drop(after);
+    }
+}
+
+#[tokio::test]
+async fn an_unheard_lookup_is_forgotten_once_its_lease_would_have_expired() {
+    let (server, orphans) = with_orphans().await;
+    let lost = Instant::now() - Duration::from_secs(4);
+    let (next, mut peer) = after_an_unheard_lookup(&server, &orphans, lost).await;
+    let _after = next.send(&get(&key("after"))).unwrap();
+    assert!(within(read_line(&mut peer)).await.starts_with("mg after "));
+}
+
+#[tokio::test]
+async fn an_unheard_lookup_whose_peek_went_unanswered_is_looked_for_on_the_next_connection() {
+    let (server, orphans) = with_orphans().await;
+    let (_first, mut peer) = after_an_unheard_lookup(&server, &orphans, Instant::now()).await;
+    assert_eq!(within(read_line(&mut peer)).await, "mg k s c k t O0\r\n");
+    drop(peer);
+    let (next, mut peer) = server.connect().await;
+    // Owed again once the peek's connection has closed.
+    while !orphans.owes() {
+        tokio::task::yield_now().await;
+    }
+    orphans.flush_onto(&next);
+    assert_eq!(within(read_line(&mut peer)).await, "mg k s c k t O0\r\n");
+}
+
+/// A peek lost with its connection comes back after a later lookup of the same key lost its
+/// reply too: the lease looked for is the later one's, younger.
+#[tokio::test]
+async fn of_two_unheard_lookups_of_a_key_the_later_ones_lease_is_looked_for() {
+    let (server, orphans) = with_orphans().await;
+    let (next, mut peer) = server.connect().await;
+    let now = Instant::now();
+    orphans.unheard_since(&key("k"), next.instance(), 4, now);
+    orphans.unheard_since(&key("k"), next.instance(), 4, now - Duration::from_millis(2500));
+    orphans.flush_onto(&next);
+    assert_eq!(within(read_line(&mut peer)).await, "mg k s c k t O0\r\n");
+    peer.get_mut()
+        .write_all(b"HD s0 c7 kk t4 O0 Z\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        within(read_line(&mut peer)).await,
+        "md k C7 O1\r\n",
+        "one peek, and the stub the later lookup made handed back"
+    );
 }

@@ -278,13 +278,20 @@ impl Node {
                 .await
                 .map_err(|_| passed())?
         };
-        match reply {
-            Err(_dropped) => Err(StoreErrorKind::Connection("the connection closed".into())),
-            Ok(Err(ConnError::Deadline)) => Err(passed()),
-            Ok(Err(ConnError::TimedOut(after))) => Err(StoreErrorKind::Timeout(after)),
-            Ok(Err(err)) => Err(StoreErrorKind::Connection(err.to_string())),
-            Ok(Ok(reply)) => Ok((reply, instance)),
+        let failed = match reply {
+            Ok(Ok(reply)) => return Ok((reply, instance)),
+            Ok(Err(ConnError::Deadline)) => return Err(passed()),
+            Err(_dropped) => StoreErrorKind::Connection("the connection closed".into()),
+            Ok(Err(ConnError::TimedOut(after))) => StoreErrorKind::Timeout(after),
+            Ok(Err(err)) => StoreErrorKind::Connection(err.to_string()),
+        };
+        // The connection closed with the request on it: the server may have acted on it. A
+        // lookup may have made a lease its caller will never hear of, which would block the key
+        // for every process until it expired; it is looked for on the next connection.
+        if let Request::GetOrLease { key, lease, .. } = request {
+            self.orphans.unheard(key, instance, *lease);
         }
+        Err(failed)
     }
 
     /// Takes a connection from the pool (connecting if need be), queues `request` on it, and
@@ -348,7 +355,7 @@ fn send_on(
     request: &Request<'_>,
     instance: Option<Instance>,
     limit: Instant,
-    orphans: &Orphans,
+    orphans: &Arc<Orphans>,
 ) -> Result<PendingReply, StoreErrorKind> {
     if instance.is_some_and(|instance| instance != conn.instance()) {
         return Err(StoreErrorKind::Restarted);

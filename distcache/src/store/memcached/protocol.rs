@@ -59,6 +59,10 @@ pub(crate) enum Request<'a> {
     TouchChunk { key: &'a WireKey, ttl: u32 },
     /// `md <key> [C<cas>] O<op>`: delete, only if the CAS is still `cas` when given.
     Delete { key: &'a WireKey, cas: Option<u64> },
+    /// `mg <key> s c k t O<op>`: an item's size, CAS and TTL left, and whether a lease is out on
+    /// it (`Z`), without its value and without making a stub. On a stale item nobody won yet,
+    /// memcached answers `W` even so: the key is echoed (`k`) for that lease to be handed back.
+    Peek { key: &'a WireKey },
     /// `mg <key> c T<ttl> O<op>`: the item's CAS, its TTL set to `ttl` (touched). Unconditional:
     /// memcached has no compare for a touch. On a lease's stub it keeps the CAS, and other
     /// lookups still answer `Z` (checked against 1.6.18).
@@ -141,6 +145,11 @@ impl Request<'_> {
                 out.extend_from_slice(b"mg ");
                 out.extend_from_slice(key.as_bytes());
                 flag(out, b" c T", ttl.into());
+            }
+            Request::Peek { key } => {
+                out.extend_from_slice(b"mg ");
+                out.extend_from_slice(key.as_bytes());
+                out.extend_from_slice(b" s c k t");
             }
         }
         flag(out, b" O", opaque.into());
