@@ -419,7 +419,9 @@ async fn a_lease_whose_reply_was_cut_is_handed_back_on_the_next_connection() {
     while cut.node_stats()[0].back == 0 {
         let key = format!("after:{i}");
         let _: String = cut
-            .get(&key, MINUTE, MINUTE, || async { Ok::<_, Error>("a".into()) })
+            .get(&key, MINUTE, MINUTE, || async {
+                Ok::<_, Error>("a".into())
+            })
             .await
             .unwrap();
         i += 1;

@@ -553,7 +553,12 @@ async fn of_two_unheard_lookups_of_a_key_the_later_ones_lease_is_looked_for() {
     let (next, mut peer) = server.connect().await;
     let now = Instant::now();
     orphans.unheard_since(&key("k"), next.instance(), 4, now);
-    orphans.unheard_since(&key("k"), next.instance(), 4, now - Duration::from_millis(2500));
+    orphans.unheard_since(
+        &key("k"),
+        next.instance(),
+        4,
+        now - Duration::from_millis(2500),
+    );
     orphans.flush_onto(&next);
     assert_eq!(within(read_line(&mut peer)).await, "mg k s c k t O0\r\n");
     peer.get_mut()

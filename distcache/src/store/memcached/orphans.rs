@@ -232,7 +232,10 @@ async fn hand_back_unheard(
     let as_old = (seconds + 1).saturating_sub(elapsed);
     let old_enough = meta.win || meta.ttl.is_some_and(|left| left <= as_old);
     if let (true, Some(cas)) = (old_enough, meta.cas) {
-        debug!(key = key.as_str(), "handing back a lease a lost reply may have made");
+        debug!(
+            key = key.as_str(),
+            "handing back a lease a lost reply may have made"
+        );
         let _ = conn.send(&Request::Delete {
             key: &key,
             cas: Some(cas),
