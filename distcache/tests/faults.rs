@@ -287,6 +287,39 @@ async fn a_lease_is_filled_though_its_node_was_marked_down_meanwhile() {
     the_lease_is_filled_after(Disruption::Timeout).await;
 }
 
+/// Under `fault`, `cache` (behind `proxy`, which it is connected through first, so that the
+/// fault takes the lookup's reply, not the handshake's) looks up "orphan": its lookup reaches the
+/// server, which makes its lease, but no reply reaches the cache, which runs the getter without
+/// the store. Returns when the lookup was sent.
+async fn lose_the_reply_of_a_lookup_that_made_a_lease(
+    cache: &Cache,
+    proxy: &FaultProxy,
+    fault: Fault,
+) -> tokio::time::Instant {
+    let _: String = cache
+        .get("warm", MINUTE, MINUTE, || async {
+            Ok::<_, Error>("w".into())
+        })
+        .await
+        .unwrap();
+    proxy.set(fault);
+    let before = proxy.request_lines();
+    let sent = tokio::time::Instant::now();
+    let unheard: String = cache
+        .get("orphan", MINUTE, MINUTE, || async {
+            Ok::<_, Error>("run without the store".into())
+        })
+        .await
+        .unwrap();
+    assert_eq!(unheard, "run without the store");
+    assert_eq!(cache.stats().degraded_calls, 1, "its lookup got no answer");
+    assert!(
+        proxy.request_lines() > before,
+        "the lookup reached the server, which made its lease"
+    );
+    sent
+}
+
 /// F15: a lookup wins a lease, but its reply is lost (`fault`), so its caller never learns it
 /// holds one; then the node answers again. The key must be computable again within 5 s of the
 /// lookup, not after the winner's `exec_limit` of 60 s: the lease lasts seconds unless extended.
@@ -298,32 +331,7 @@ async fn a_lease_nobody_heard_of_frees_its_key_within_5s(fault: Fault) {
         .io_timeout(Duration::from_millis(300))
         .build()
         .unwrap();
-    // Connected first, so that the fault takes the lookup's reply, not the handshake's.
-    let _: String = unaware
-        .get("warm", MINUTE, MINUTE, || async {
-            Ok::<_, Error>("w".into())
-        })
-        .await
-        .unwrap();
-    proxy.set(fault);
-    let before = proxy.request_lines();
-    let sent = tokio::time::Instant::now();
-    let unheard: String = unaware
-        .get("orphan", MINUTE, MINUTE, || async {
-            Ok::<_, Error>("run without the store".into())
-        })
-        .await
-        .unwrap();
-    assert_eq!(unheard, "run without the store");
-    assert_eq!(
-        unaware.stats().degraded_calls,
-        1,
-        "its lookup got no answer"
-    );
-    assert!(
-        proxy.request_lines() > before,
-        "the lookup reached the server, which made its lease"
-    );
+    let sent = lose_the_reply_of_a_lookup_that_made_a_lease(&unaware, &proxy, fault).await;
     proxy.set(Fault::Pass);
     let elsewhere = Cache::builder().server(server.addr()).build().unwrap();
     let again = tokio::time::timeout(
@@ -374,29 +382,10 @@ async fn a_lease_whose_reply_was_cut_is_handed_back_on_the_next_connection() {
         .retry_interval(Duration::from_millis(100))
         .build()
         .unwrap();
-    let _: String = cut
-        .get("warm", MINUTE, MINUTE, || async {
-            Ok::<_, Error>("w".into())
-        })
-        .await
-        .unwrap();
     // The lookup's reply is cut after a byte, and so is the greeting of the connection that asks
     // again: the node is marked down, and the call runs its getter without the cache.
-    proxy.set(Fault::CutRepliesAfter(1));
-    let before = proxy.request_lines();
-    let sent = tokio::time::Instant::now();
-    let unheard: String = cut
-        .get("orphan", MINUTE, MINUTE, || async {
-            Ok::<_, Error>("run without the store".into())
-        })
-        .await
-        .unwrap();
-    assert_eq!(unheard, "run without the store");
-    assert_eq!(cut.stats().degraded_calls, 1, "its lookup got no answer");
-    assert!(
-        proxy.request_lines() > before,
-        "the lookup reached the server, which made its lease"
-    );
+    let cut_off = Fault::CutRepliesAfter(1);
+    let sent = lose_the_reply_of_a_lookup_that_made_a_lease(&cut, &proxy, cut_off).await;
     proxy.set(Fault::Pass);
     let elsewhere = Cache::builder()
         .server(server.addr())
