@@ -507,11 +507,17 @@ async fn a_value_a_miss_or_a_lease_younger_than_the_lost_lookup_is_left_alone() 
         let (server, orphans) = with_orphans().await;
         let lost = Instant::now() - Duration::from_millis(ago);
         let (next, mut peer) = after_an_unheard_lookup(&server, &orphans, lost).await;
+        let probe = next.send(&get(&key("probe"))).unwrap();
         assert_eq!(within(read_line(&mut peer)).await, "mg k s c k t O0\r\n");
+        assert!(within(read_line(&mut peer)).await.starts_with("mg probe "));
         peer.get_mut()
-            .write_all(format!("{answer}\r\n").as_bytes())
+            .write_all(format!("{answer}\r\nEN O1\r\n").as_bytes())
             .await
             .unwrap();
+        // The peek's answer was handed over before the probe's: its task, woken then, runs
+        // (and sends its delete, if it would) before this one goes on.
+        assert!(within(probe).await.is_ok());
+        tokio::task::yield_now().await;
         let after = next.send(&get(&key("after"))).unwrap();
         assert!(
             within(read_line(&mut peer)).await.starts_with("mg after "),
@@ -538,9 +544,12 @@ async fn an_unheard_lookup_whose_peek_went_unanswered_is_looked_for_on_the_next_
     drop(peer);
     let (next, mut peer) = server.connect().await;
     // Owed again once the peek's connection has closed.
-    while !orphans.owes() {
-        tokio::task::yield_now().await;
-    }
+    within(async {
+        while !orphans.owes() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
     orphans.flush_onto(&next);
     assert_eq!(within(read_line(&mut peer)).await, "mg k s c k t O0\r\n");
 }

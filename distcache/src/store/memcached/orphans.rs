@@ -197,13 +197,15 @@ impl Orphans {
     }
 }
 
-/// Deletes the lease stub a peek at `key` found, if it found one as old as the lookup whose
-/// reply was lost: the lease that lookup made, most likely. It may be another process's, made
-/// before that lookup arrived (which was then told `Z`): that process's fill is then refused, and
-/// the key computed once more, which costs less than every caller of the key waiting out a lease
-/// nobody holds. A stub made since (by a process that found the key free again, after another
-/// handed back the same lease) has more of its TTL left, and is left alone; so is a value stored
-/// meanwhile, or a lease made after the peek (the delete is gated on the stub's CAS).
+/// Deletes the lease stub a peek at `key` found, if it found one that may be as old as the
+/// lookup whose reply was lost: the lease that lookup made, most likely. It may be another's,
+/// made before that lookup arrived (which was then told `Z`), or, memcached's clock ticking once
+/// a second, made or extended within a second of the loss: that holder's fill is then refused,
+/// and the key computed once more, which costs less than every caller of the key waiting out a
+/// lease nobody holds. A stub made or extended over a second after the loss (by a process that
+/// found the key free again, after another handed back the same lease) has more of its TTL left,
+/// and is left alone; so is a value stored meanwhile, or a lease made after the peek (the delete
+/// is gated on the stub's CAS).
 async fn hand_back_unheard(
     orphans: Arc<Orphans>,
     conn: Connection,
@@ -236,9 +238,13 @@ async fn hand_back_unheard(
             key = key.as_str(),
             "handing back a lease a lost reply may have made"
         );
-        let _ = conn.send(&Request::Delete {
+        let delete = Request::Delete {
             key: &key,
             cas: Some(cas),
-        });
+        };
+        if conn.send(&delete).is_err() {
+            // Closed meanwhile: a hand-back by its CAS, owed to the next connection.
+            orphans.push(&key, cas, conn.instance());
+        }
     }
 }
