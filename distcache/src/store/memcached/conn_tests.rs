@@ -456,6 +456,32 @@ async fn after_an_unheard_lookup(
     (next, peer)
 }
 
+/// `server`'s next connection after a lookup of `k` lost its reply `ago` ms before: its peek,
+/// sent before a request of its own, is answered `answer`, and its task has run (sending a
+/// delete, if it would) by the time this returns with the connection and its end at the server.
+async fn peek_answered(
+    server: &Scripted,
+    orphans: &Arc<Orphans>,
+    ago: u64,
+    answer: &str,
+) -> (Connection, BufReader<TcpStream>) {
+    let lost = Instant::now() - Duration::from_millis(ago);
+    let (next, mut peer) = after_an_unheard_lookup(server, orphans, lost).await;
+    let other = next.send(&get(&key("other"))).unwrap();
+    // The peek goes before the request whose sending flushed it.
+    assert_eq!(within(read_line(&mut peer)).await, "mg k s c k t O0\r\n");
+    assert!(within(read_line(&mut peer)).await.starts_with("mg other "));
+    peer.get_mut()
+        .write_all(format!("{answer}\r\nEN O1\r\n").as_bytes())
+        .await
+        .unwrap();
+    // The peek's answer was handed over before the other's: its task, woken then, runs before
+    // this one goes on.
+    assert!(within(other).await.is_ok());
+    tokio::task::yield_now().await;
+    (next, peer)
+}
+
 #[tokio::test]
 async fn a_lease_an_unheard_lookup_made_is_looked_for_and_handed_back_on_the_next_connection() {
     let peeked = |t: u64| {
@@ -471,17 +497,7 @@ async fn a_lease_an_unheard_lookup_made_is_looked_for_and_handed_back_on_the_nex
     for (ago, left) in cases {
         for answer in peeked(left) {
             let (server, orphans) = with_orphans().await;
-            let lost = Instant::now() - Duration::from_millis(ago);
-            let (next, mut peer) = after_an_unheard_lookup(&server, &orphans, lost).await;
-            let other = next.send(&get(&key("other"))).unwrap();
-            // The peek goes before the request whose sending flushed it.
-            assert_eq!(within(read_line(&mut peer)).await, "mg k s c k t O0\r\n");
-            assert!(within(read_line(&mut peer)).await.starts_with("mg other "));
-            peer.get_mut()
-                .write_all(format!("{answer}\r\nEN O1\r\n").as_bytes())
-                .await
-                .unwrap();
-            assert!(within(other).await.is_ok());
+            let (_next, mut peer) = peek_answered(&server, &orphans, ago, &answer).await;
             assert_eq!(
                 within(read_line(&mut peer)).await,
                 "md k C7 O2\r\n",
@@ -505,19 +521,7 @@ async fn a_value_a_miss_or_a_lease_younger_than_the_lost_lookup_is_left_alone() 
     ];
     for (ago, answer) in cases {
         let (server, orphans) = with_orphans().await;
-        let lost = Instant::now() - Duration::from_millis(ago);
-        let (next, mut peer) = after_an_unheard_lookup(&server, &orphans, lost).await;
-        let probe = next.send(&get(&key("probe"))).unwrap();
-        assert_eq!(within(read_line(&mut peer)).await, "mg k s c k t O0\r\n");
-        assert!(within(read_line(&mut peer)).await.starts_with("mg probe "));
-        peer.get_mut()
-            .write_all(format!("{answer}\r\nEN O1\r\n").as_bytes())
-            .await
-            .unwrap();
-        // The peek's answer was handed over before the probe's: its task, woken then, runs
-        // (and sends its delete, if it would) before this one goes on.
-        assert!(within(probe).await.is_ok());
-        tokio::task::yield_now().await;
+        let (next, mut peer) = peek_answered(&server, &orphans, ago, answer).await;
         let after = next.send(&get(&key("after"))).unwrap();
         assert!(
             within(read_line(&mut peer)).await.starts_with("mg after "),
